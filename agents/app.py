@@ -1,0 +1,47 @@
+"""create_app(settings): the Faust application with its topics, table, agent and services."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import faust
+
+from agents.kpi_table import register_kpi_agent
+from agents.transport import URL_SCHEME
+from streams.ingest import IngestService
+from streams.metrics import Metrics
+from streams.settings import Settings
+from streams.web import WebServer
+
+KPI_TABLE_NAME = "kpi-values"
+
+
+def create_app(settings: Settings, metrics: Metrics | None = None) -> faust.App:
+    metrics = metrics or Metrics()
+    datadir = Path(settings.stack_dir) / "worker-data" / settings.app_id
+    datadir.parent.mkdir(parents=True, exist_ok=True)
+    app = faust.App(
+        settings.app_id,
+        broker=f"{URL_SCHEME}://{settings.kafka_bootstrap}",
+        store="memory://",
+        datadir=str(datadir),
+        topic_partitions=settings.partitions,
+        topic_replication_factor=1,
+        consumer_auto_offset_reset="earliest",
+        web_enabled=True,
+        web_host=settings.web_host,
+        web_port=settings.web_port,
+        key_serializer="raw",
+        value_serializer="raw",
+    )
+    raw_bytes = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
+    deltas = app.topic(settings.deltas_topic, partitions=settings.partitions, **raw_bytes)
+    updates = app.topic(
+        settings.kpi_updates_topic, partitions=settings.partitions, compacting=True, **raw_bytes
+    )
+    table = app.Table(KPI_TABLE_NAME, partitions=settings.partitions, key_type=bytes, value_type=bytes)
+    register_kpi_agent(app, deltas, updates, table, metrics)
+    app.service(IngestService(settings, metrics, settings.worker_name or socket.gethostname()))  # type: ignore[arg-type]
+    app.web_server(WebServer(settings.web_host, settings.web_port, metrics))
+    return app

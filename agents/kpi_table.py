@@ -1,0 +1,70 @@
+"""The agent that folds deltas into the KPI table and publishes each changed value."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import faust
+import msgspec
+
+from streams.kpis import Delta, KpiKey, KpiState, apply_delta, kpi_update
+from streams.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+_delta_decoder = msgspec.json.Decoder(Delta)
+_state_decoder = msgspec.json.Decoder(KpiState)
+_encoder = msgspec.json.Encoder()
+
+
+class CurrentWindowGauges:
+    """Keeps ``mkpi_kpi_current`` on the newest window of each series."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+        self._newest_start: dict[tuple[str, int, str, str], int] = {}
+
+    def observe(self, key: KpiKey, value: int) -> None:
+        series = (key.kpi, key.window_seconds, key.channel, key.campaign)
+        if key.window_start < self._newest_start.get(series, key.window_start):
+            return
+        self._newest_start[series] = key.window_start
+        labels = (key.kpi, f"{key.window_seconds}s", key.channel, key.campaign)
+        self.metrics.kpi_current.labels(*labels).set(value)
+        self.metrics.kpi_current_window_start.labels(*labels).set(key.window_start)
+
+
+def register_kpi_agent(
+    app: faust.App,
+    deltas: faust.TopicT,
+    updates: faust.TopicT,
+    table: faust.Table,  # type: ignore[type-arg]
+    metrics: Metrics,
+) -> Any:
+    gauges = CurrentWindowGauges(metrics)
+
+    async def apply_kpi_deltas(stream: faust.StreamT[bytes]) -> None:
+        async for event in stream.events():
+            try:
+                delta = _delta_decoder.decode(event.value)
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                metrics.deltas_invalid.inc()
+                log.error("skipping undecodable delta at offset %s: %s", event.message.offset, exc)
+                continue
+            key = delta.key
+            table_key = key.encode()
+            stored = table.get(table_key)
+            state = apply_delta(
+                None if stored is None else _state_decoder.decode(stored), delta, event.message.offset
+            )
+            if state is None:
+                metrics.deltas_replayed.inc()
+                continue
+            table[table_key] = _encoder.encode(state)
+            await updates.send(key=table_key, value=_encoder.encode(kpi_update(key, state)))
+            metrics.deltas_applied.inc()
+            metrics.kpi_count.labels(key.kpi, key.channel, key.campaign).inc(delta.count)
+            gauges.observe(key, state.count)
+
+    return app.agent(deltas, name="apply_kpi_deltas")(apply_kpi_deltas)

@@ -1,0 +1,183 @@
+"""The ``mkpi`` command: worker, generator, local stack, and the whole job in one go."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+
+from streams.settings import ConfigError, Settings
+from streams.stack.kafka import KafkaBroker
+from streams.stack.process import StackError, terminate_pid
+from streams.stack.redis import LocalRedis
+
+log = logging.getLogger("mkpi")
+
+
+def _configure_logging(settings: Settings) -> None:
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    import faust
+
+    from agents.app import create_app
+    from streams.topics import ensure_topics
+
+    asyncio.run(ensure_topics(settings))
+    app = create_app(settings)
+    worker = faust.Worker(app, loglevel=settings.log_level, quiet=True)
+    worker.execute_from_commandline()
+    return 0
+
+
+def cmd_generate(settings: Settings, args: argparse.Namespace) -> int:
+    from streams.generator import ProgressBar, produce_events
+    from streams.topics import ensure_topics
+
+    async def run() -> None:
+        await ensure_topics(settings)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        summary = await produce_events(
+            settings,
+            seed=args.seed,
+            rate=args.rate or None,
+            count=args.count or None,
+            campaigns=args.campaigns,
+            progress=ProgressBar(args.count or None),
+            stop=stop,
+        )
+        print(summary.render())
+
+    asyncio.run(run())
+    return 0
+
+
+def cmd_stack(settings: Settings, args: argparse.Namespace) -> int:
+    broker = KafkaBroker.from_settings(settings)
+    redis_server = LocalRedis.from_settings(settings)
+    if args.action == "install":
+        broker.install()
+        print(f"Apache Kafka {broker.version} jars are in {broker.libs_dir}")
+    elif args.action == "up":
+        print(broker.start())
+        print(redis_server.start())
+    elif args.action == "down":
+        print(broker.stop())
+        print(redis_server.stop())
+    else:
+        print(f"kafka  {broker.bootstrap}: {'ready' if broker.is_ready() else 'not answering'}")
+        print(f"redis  {redis_server.url}: {'ready' if redis_server.is_ready() else 'not answering'}")
+    return 0
+
+
+def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
+    """Stack up, worker in a child process, generator in this one; Ctrl-C stops both."""
+    cmd_stack(settings, argparse.Namespace(action="up"))
+    worker = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker"], env=os.environ.copy())
+    try:
+        if not _wait_for_http(f"{settings.web_url}/healthz", worker, timeout=120):
+            print("the worker did not become healthy; see its log above", file=sys.stderr)
+            return 1
+        print(
+            "\nmkpi is running.\n"
+            f"  metrics:      {settings.web_url}/metrics   (look for mkpi_kpi_current)\n"
+            f"  KPI topic:    {settings.kpi_updates_topic} on {settings.kafka_bootstrap}\n"
+            f"  raw events:   {settings.raw_topic}   bad rows: {settings.bad_rows_topic}\n"
+            "  stop:         Ctrl-C (stops the generator and the worker); "
+            "'mkpi stack down' stops Kafka and Redis\n",
+            flush=True,
+        )
+        return cmd_generate(settings, args)
+    finally:
+        terminate_pid(worker.pid, grace_seconds=30)
+        worker.wait()
+
+
+def _wait_for_http(url: str, process: subprocess.Popen[bytes], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return True
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.5)
+    return False
+
+
+def cmd_config(settings: Settings, args: argparse.Namespace) -> int:
+    for field in dataclasses.fields(settings):
+        print(f"MKPI_{field.name.upper()}={getattr(settings, field.name)}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mkpi",
+        description="Live marketing KPIs from Kafka event streams. Settings come from MKPI_* "
+        "environment variables (see README).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("worker", help="run a stream worker (ingest, KPI tables, /metrics)")
+
+    def add_generator_options(p: argparse.ArgumentParser, rate: float, count: int) -> None:
+        p.add_argument("--seed", type=int, default=1, help="random seed (same seed, same events)")
+        p.add_argument("--rate", type=float, default=rate, help="events per second, 0 for flat out")
+        p.add_argument("--count", type=int, default=count, help="events to send, 0 for no limit")
+        p.add_argument("--campaigns", type=int, default=6, help="number of distinct campaigns")
+
+    add_generator_options(sub.add_parser("generate", help="send realistic raw events"), 1000.0, 10000)
+    stack = sub.add_parser("stack", help="the local Kafka broker and Redis server")
+    stack.add_argument("action", choices=["up", "down", "status", "install"])
+    add_generator_options(
+        sub.add_parser("run", help="stack + worker + generator, until Ctrl-C"), 200.0, 0
+    )
+    sub.add_parser("config", help="print the effective settings")
+    return parser
+
+
+COMMANDS = {
+    "worker": cmd_worker,
+    "generate": cmd_generate,
+    "stack": cmd_stack,
+    "run": cmd_run,
+    "config": cmd_config,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        print(f"mkpi: {exc}", file=sys.stderr)
+        return 2
+    _configure_logging(settings)
+    try:
+        return COMMANDS[args.command](settings, args)
+    except StackError as exc:
+        print(f"mkpi: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,208 @@
+"""Typed settings, read from environment variables and an optional TOML file.
+
+Every setting has one environment variable (``MKPI_`` + upper-case name). A TOML
+file named by ``MKPI_CONFIG_FILE`` may set the same names in lower case; the
+environment wins over the file. Validation happens once, at start-up, and each
+problem names the variable to fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+ENV_PREFIX = "MKPI_"
+CONFIG_FILE_VARIABLE = "MKPI_CONFIG_FILE"
+
+
+class ConfigError(ValueError):
+    """One or more settings are invalid; the message lists what to fix."""
+
+
+def _default_stack_dir() -> str:
+    return str(Path.home() / ".cache" / "mkpi")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything a worker, the generator and the local stack need."""
+
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    raw_topic: str = "marketing.events.raw"
+    topic_prefix: str = "mkpi"
+    partitions: int = 3
+    window_seconds: int = 60
+    blog_path_prefix: str = "/blog/"
+    flush_interval_seconds: float = 0.5
+    ingest_max_records: int = 5000
+    max_event_bytes: int = 65536
+    web_host: str = "127.0.0.1"
+    web_port: int = 6066
+    log_level: str = "info"
+    #: Names this worker's transactional producer; unique per worker, stable across restarts.
+    worker_name: str = ""
+    # Local stack (``mkpi stack``): where the broker and Redis live on this machine.
+    stack_dir: str = dataclasses.field(default_factory=_default_stack_dir)
+    kafka_version: str = "3.9.1"
+    kafka_controller_port: int = 9093
+    kafka_heap: str = "512m"
+
+    @property
+    def app_id(self) -> str:
+        """Faust application id: names the consumer group and changelog topics."""
+        return self.topic_prefix
+
+    @property
+    def deltas_topic(self) -> str:
+        return f"{self.topic_prefix}.kpi-deltas"
+
+    @property
+    def kpi_updates_topic(self) -> str:
+        return f"{self.topic_prefix}.kpi-updates"
+
+    @property
+    def bad_rows_topic(self) -> str:
+        return f"{self.topic_prefix}.bad-rows"
+
+    @property
+    def ingest_group_id(self) -> str:
+        return f"{self.topic_prefix}-ingest"
+
+    @property
+    def kafka_port(self) -> int:
+        return _split_host_port(self.kafka_bootstrap.split(",")[0])[1]
+
+    @property
+    def web_url(self) -> str:
+        return f"http://{self.web_host}:{self.web_port}"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from ``environ`` (default ``os.environ``) and the optional file."""
+        env = os.environ if environ is None else environ
+        raw: dict[str, Any] = {}
+        problems: list[str] = []
+        config_file = env.get(CONFIG_FILE_VARIABLE)
+        if config_file:
+            raw.update(_read_config_file(Path(config_file), problems))
+        for field in dataclasses.fields(cls):
+            variable = ENV_PREFIX + field.name.upper()
+            if variable in env:
+                raw[field.name] = env[variable]
+        unknown = sorted(
+            name
+            for name in env
+            if name.startswith(ENV_PREFIX)
+            and name != CONFIG_FILE_VARIABLE
+            and name[len(ENV_PREFIX) :].lower() not in _FIELD_NAMES
+        )
+        for name in unknown:
+            problems.append(f"{name} is not a known setting (typo?)")
+        values: dict[str, Any] = {}
+        for field in dataclasses.fields(cls):
+            if field.name not in raw:
+                continue
+            try:
+                values[field.name] = _coerce(raw[field.name], _FIELD_TYPES[field.name])
+            except ValueError as exc:
+                problems.append(f"{ENV_PREFIX}{field.name.upper()}: {exc}")
+        if problems:
+            raise ConfigError(_format_problems(problems))
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        """Raise ConfigError listing every invalid value."""
+        problems: list[str] = []
+
+        def bad(name: str, why: str) -> None:
+            problems.append(f"{ENV_PREFIX}{name.upper()}={getattr(self, name)!r}: {why}")
+
+        for address in self.kafka_bootstrap.split(","):
+            try:
+                _split_host_port(address)
+            except ValueError as exc:
+                bad("kafka_bootstrap", str(exc))
+        parsed = urlparse(self.redis_url)
+        if parsed.scheme not in ("redis", "rediss", "unix") or not (parsed.hostname or parsed.path):
+            bad("redis_url", "expected redis://host:port/db, rediss://... or unix:///path")
+        for name in ("raw_topic", "topic_prefix"):
+            value = getattr(self, name)
+            if not value or not all(c.isalnum() or c in "._-" for c in value) or len(value) > 200:
+                bad(name, "a Kafka topic name: letters, digits, '.', '_' and '-' only")
+        if not 1 <= self.partitions <= 1000:
+            bad("partitions", "must be between 1 and 1000")
+        if self.window_seconds <= 0 or 86400 % self.window_seconds:
+            bad("window_seconds", "must be a positive divisor of 86400 (a day)")
+        if not self.blog_path_prefix.startswith("/"):
+            bad("blog_path_prefix", "must start with '/'")
+        if not 0.01 <= self.flush_interval_seconds <= 60:
+            bad("flush_interval_seconds", "must be between 0.01 and 60 seconds")
+        if not 1 <= self.ingest_max_records <= 1_000_000:
+            bad("ingest_max_records", "must be between 1 and 1,000,000")
+        if not 64 <= self.max_event_bytes <= 10_000_000:
+            bad("max_event_bytes", "must be between 64 and 10,000,000")
+        for name in ("web_port", "kafka_controller_port"):
+            if not 1 <= getattr(self, name) <= 65535:
+                bad(name, "must be a TCP port (1-65535)")
+        if self.log_level.lower() not in ("debug", "info", "warning", "error"):
+            bad("log_level", "one of debug, info, warning, error")
+        parts = self.kafka_version.split(".")
+        if len(parts) != 3 or not all(p.isdigit() for p in parts) or int(parts[0]) not in (3, 4):
+            bad("kafka_version", "an Apache Kafka release such as 3.9.1 or 4.0.0")
+        if not self.kafka_heap[:-1].isdigit() or self.kafka_heap[-1].lower() not in "mg":
+            bad("kafka_heap", "a JVM heap size such as 512m or 1g")
+        if problems:
+            raise ConfigError(_format_problems(problems))
+
+
+_FIELD_NAMES = frozenset(f.name for f in dataclasses.fields(Settings))
+_FIELD_TYPES: dict[str, type] = {
+    f.name: {"str": str, "int": int, "float": float}[str(f.type)]
+    for f in dataclasses.fields(Settings)
+}
+
+
+def _coerce(value: Any, kind: type) -> Any:
+    if kind is str:
+        if not isinstance(value, str):
+            raise ValueError(f"expected text, got {value!r}")
+        return value
+    if isinstance(value, bool):
+        raise ValueError(f"expected a number, got {value!r}")
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"expected {'an integer' if kind is int else 'a number'}, got {value!r}") from None
+
+
+def _split_host_port(address: str) -> tuple[str, int]:
+    host, sep, port = address.strip().rpartition(":")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"{address!r} is not host:port")
+    return host, int(port)
+
+
+def _read_config_file(path: Path, problems: list[str]) -> dict[str, Any]:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        problems.append(f"{CONFIG_FILE_VARIABLE}={str(path)!r}: no such file")
+        return {}
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        problems.append(f"{CONFIG_FILE_VARIABLE}={str(path)!r}: cannot read it: {exc}")
+        return {}
+    for key in sorted(set(data) - _FIELD_NAMES):
+        problems.append(f"{path}: {key!r} is not a known setting")
+    return {k: v for k, v in data.items() if k in _FIELD_NAMES}
+
+
+def _format_problems(problems: list[str]) -> str:
+    return "invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems)

@@ -1,0 +1,121 @@
+"""Turn one raw Kafka message into either a typed event or a bad row with its reason."""
+
+from __future__ import annotations
+
+import base64
+import enum
+import re
+from datetime import UTC, datetime
+
+import msgspec
+
+from streams.events import EVENT_TYPES, SUPPORTED_SCHEMA_MODEL, RawEvent, raw_event_decoder
+
+BAD_ROW_SCHEMA_VERSION = "1-0-0"
+
+
+class BadReason(enum.StrEnum):
+    NOT_JSON = "not_json"
+    SCHEMA_VIOLATION = "schema_violation"
+    UNKNOWN_TYPE = "unknown_type"
+    UNSUPPORTED_SCHEMA_VERSION = "unsupported_schema_version"
+    TOO_LARGE = "too_large"
+    PROCESSING_ERROR = "processing_error"
+
+
+class BadRow(msgspec.Struct, frozen=True, kw_only=True):
+    """A raw message that could not be counted, kept whole with why (schemas/outputs/bad_row)."""
+
+    schema_version: str
+    reason: BadReason
+    message: str
+    field_path: str | None
+    source_topic: str
+    source_partition: int
+    source_offset: int
+    payload_encoding: str
+    payload: str
+    processor: str
+    failed_at: datetime
+
+
+class Rejection(msgspec.Struct, frozen=True):
+    """Why one payload was refused, before it is wrapped with its Kafka coordinates."""
+
+    reason: BadReason
+    message: str
+    field_path: str | None = None
+
+
+_PATH_IN_MESSAGE = re.compile(r" - at `(\$[^`]*)`$")
+_MISSING_FIELD = re.compile(r"Object missing required field `([^`]*)`")
+
+
+def decode_event(payload: bytes, max_bytes: int) -> RawEvent | Rejection:
+    """Decode and validate ``payload``; never raises on bad input."""
+    if len(payload) > max_bytes:
+        return Rejection(BadReason.TOO_LARGE, f"event is {len(payload)} bytes; the limit is {max_bytes}")
+    try:
+        event = raw_event_decoder.decode(payload)
+    except msgspec.ValidationError as exc:
+        return _classify_validation_error(payload, str(exc))
+    except msgspec.DecodeError as exc:
+        return Rejection(BadReason.NOT_JSON, f"not a JSON document: {exc}")
+    model = int(event.schema_version.split("-", 1)[0])
+    if model != SUPPORTED_SCHEMA_MODEL:
+        return Rejection(
+            BadReason.UNSUPPORTED_SCHEMA_VERSION,
+            f"schema_version {event.schema_version} has MODEL {model}; this worker reads MODEL "
+            f"{SUPPORTED_SCHEMA_MODEL}",
+            "$.schema_version",
+        )
+    return event
+
+
+def _classify_validation_error(payload: bytes, detail: str) -> Rejection:
+    match = _PATH_IN_MESSAGE.search(detail)
+    path = match.group(1) if match else "$"
+    if path == "$.type" or "missing required field `type`" in detail:
+        event_type = _peek_type(payload)
+        if event_type is not None and event_type not in EVENT_TYPES:
+            return Rejection(BadReason.UNKNOWN_TYPE, f"unknown event type {event_type!r}", "$.type")
+    missing = _MISSING_FIELD.match(detail)
+    if missing:
+        path = f"{path}.{missing.group(1)}"
+    return Rejection(BadReason.SCHEMA_VIOLATION, detail, path)
+
+
+class _TypeOnly(msgspec.Struct):
+    type: str | None = None
+
+
+_type_decoder = msgspec.json.Decoder(_TypeOnly)
+
+
+def _peek_type(payload: bytes) -> str | None:
+    try:
+        return _type_decoder.decode(payload).type
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+
+
+def make_bad_row(
+    rejection: Rejection, payload: bytes, topic: str, partition: int, offset: int, processor: str
+) -> BadRow:
+    try:
+        text, encoding = payload.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        text, encoding = base64.b64encode(payload).decode("ascii"), "base64"
+    return BadRow(
+        schema_version=BAD_ROW_SCHEMA_VERSION,
+        reason=rejection.reason,
+        message=rejection.message,
+        field_path=rejection.field_path,
+        source_topic=topic,
+        source_partition=partition,
+        source_offset=offset,
+        payload_encoding=encoding,
+        payload=text,
+        processor=processor,
+        failed_at=datetime.now(UTC),
+    )
