@@ -35,10 +35,15 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> faust.App:
         key_serializer="raw",
         value_serializer="raw",
     )
-    raw_bytes = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
-    deltas = app.topic(settings.deltas_topic, partitions=settings.partitions, **raw_bytes)
+    deltas = app.topic(
+        settings.deltas_topic, partitions=settings.partitions, key_type=bytes, value_type=bytes
+    )
     updates = app.topic(
-        settings.kpi_updates_topic, partitions=settings.partitions, compacting=True, **raw_bytes
+        settings.kpi_updates_topic,
+        partitions=settings.partitions,
+        compacting=True,
+        key_type=bytes,
+        value_type=bytes,
     )
     table = app.Table(KPI_TABLE_NAME, partitions=settings.partitions, key_type=bytes, value_type=bytes)
     register_kpi_agent(app, deltas, updates, table, metrics)

@@ -7,6 +7,7 @@ from typing import Any
 
 import faust
 import msgspec
+from faust.types import TableT
 
 from streams.kpis import Delta, KpiKey, KpiState, apply_delta, kpi_update
 from streams.metrics import Metrics
@@ -39,7 +40,7 @@ def register_kpi_agent(
     app: faust.App,
     deltas: faust.TopicT,
     updates: faust.TopicT,
-    table: faust.Table,  # type: ignore[type-arg]
+    table: TableT[bytes, bytes],
     metrics: Metrics,
 ) -> Any:
     gauges = CurrentWindowGauges(metrics)

@@ -19,7 +19,20 @@ SEARCH_ENGINES = frozenset(
     {"google", "bing", "yahoo", "duckduckgo", "baidu", "yandex", "ecosia", "naver", "ask", "startpage"}
 )
 SOCIAL_SITES = frozenset(
-    {"facebook", "instagram", "twitter", "x", "t.co", "linkedin", "lnkd.in", "pinterest", "reddit", "tiktok", "snapchat", "threads"}
+    {
+        "facebook",
+        "instagram",
+        "twitter",
+        "x",
+        "t.co",
+        "linkedin",
+        "lnkd.in",
+        "pinterest",
+        "reddit",
+        "tiktok",
+        "snapchat",
+        "threads",
+    }
 )
 VIDEO_SITES = frozenset({"youtube", "youtu.be", "vimeo", "twitch", "dailymotion"})
 EMAIL_WORDS = frozenset({"email", "e-mail", "e_mail", "e mail", "newsletter"})
@@ -68,21 +81,59 @@ def _source_in(touch: Touch, names: frozenset[str]) -> bool:
 Rule = tuple[str, str, Callable[[Touch], bool]]
 
 RULES: tuple[Rule, ...] = (
-    ("paid_search", "search source + paid medium", lambda t: _source_in(t, SEARCH_ENGINES) and bool(PAID_MEDIUM.match(t.medium))),
-    ("paid_social", "social source + paid medium", lambda t: _source_in(t, SOCIAL_SITES) and bool(PAID_MEDIUM.match(t.medium))),
-    ("paid_video", "video source + paid medium", lambda t: _source_in(t, VIDEO_SITES) and bool(PAID_MEDIUM.match(t.medium))),
+    (
+        "paid_search",
+        "search source + paid medium",
+        lambda t: _source_in(t, SEARCH_ENGINES) and bool(PAID_MEDIUM.match(t.medium)),
+    ),
+    (
+        "paid_social",
+        "social source + paid medium",
+        lambda t: _source_in(t, SOCIAL_SITES) and bool(PAID_MEDIUM.match(t.medium)),
+    ),
+    (
+        "paid_video",
+        "video source + paid medium",
+        lambda t: _source_in(t, VIDEO_SITES) and bool(PAID_MEDIUM.match(t.medium)),
+    ),
     ("display", "display medium", lambda t: t.medium in DISPLAY_MEDIUM),
     ("email", "email source or medium", lambda t: t.source in EMAIL_WORDS or t.medium in EMAIL_WORDS),
     ("organic_search", "organic medium", lambda t: t.medium == "organic"),
     ("organic_search", "search engine source", lambda t: _source_in(t, SEARCH_ENGINES) and not t.medium),
-    ("organic_social", "social source or medium", lambda t: _source_in(t, SOCIAL_SITES) or t.medium in ("social", "social-network", "social-media", "sm", "social network", "social media")),
+    (
+        "organic_social",
+        "social source or medium",
+        lambda t: (
+            _source_in(t, SOCIAL_SITES)
+            or t.medium
+            in ("social", "social-network", "social-media", "sm", "social network", "social media")
+        ),
+    ),
     ("organic_video", "video source or medium", lambda t: _source_in(t, VIDEO_SITES) or t.medium == "video"),
     ("referral", "referral medium", lambda t: t.medium in ("referral", "app", "link")),
-    ("organic_search", "search engine referrer", lambda t: not t.source and not t.medium and _site_matches(t.referrer_site, SEARCH_ENGINES)),
-    ("organic_social", "social referrer", lambda t: not t.source and not t.medium and _site_matches(t.referrer_site, SOCIAL_SITES)),
-    ("organic_video", "video referrer", lambda t: not t.source and not t.medium and _site_matches(t.referrer_site, VIDEO_SITES)),
+    (
+        "organic_search",
+        "search engine referrer",
+        lambda t: not t.source and not t.medium and _site_matches(t.referrer_site, SEARCH_ENGINES),
+    ),
+    (
+        "organic_social",
+        "social referrer",
+        lambda t: not t.source and not t.medium and _site_matches(t.referrer_site, SOCIAL_SITES),
+    ),
+    (
+        "organic_video",
+        "video referrer",
+        lambda t: not t.source and not t.medium and _site_matches(t.referrer_site, VIDEO_SITES),
+    ),
     ("referral", "other referrer", lambda t: not t.source and not t.medium and bool(t.referrer_site)),
-    ("direct", "no source, medium or referrer", lambda t: t.source in ("", "(direct)") and t.medium in ("", "(none)", "(not set)") and not t.referrer_site),
+    (
+        "direct",
+        "no source, medium or referrer",
+        lambda t: (
+            t.source in ("", "(direct)") and t.medium in ("", "(none)", "(not set)") and not t.referrer_site
+        ),
+    ),
 )
 UNASSIGNED = "unassigned"
 

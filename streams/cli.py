@@ -15,10 +15,13 @@ import urllib.error
 import urllib.request
 from collections.abc import Sequence
 
+from aiokafka.errors import KafkaConnectionError
+
 from streams.settings import ConfigError, Settings
 from streams.stack.kafka import KafkaBroker
 from streams.stack.process import StackError, terminate_pid
 from streams.stack.redis import LocalRedis
+from streams.topics import TopicSetupError, ensure_topics
 
 log = logging.getLogger("mkpi")
 
@@ -34,7 +37,6 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     import faust
 
     from agents.app import create_app
-    from streams.topics import ensure_topics
 
     asyncio.run(ensure_topics(settings))
     app = create_app(settings)
@@ -45,7 +47,6 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_generate(settings: Settings, args: argparse.Namespace) -> int:
     from streams.generator import ProgressBar, produce_events
-    from streams.topics import ensure_topics
 
     async def run() -> None:
         await ensure_topics(settings)
@@ -146,9 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_generator_options(sub.add_parser("generate", help="send realistic raw events"), 1000.0, 10000)
     stack = sub.add_parser("stack", help="the local Kafka broker and Redis server")
     stack.add_argument("action", choices=["up", "down", "status", "install"])
-    add_generator_options(
-        sub.add_parser("run", help="stack + worker + generator, until Ctrl-C"), 200.0, 0
-    )
+    add_generator_options(sub.add_parser("run", help="stack + worker + generator, until Ctrl-C"), 200.0, 0)
     sub.add_parser("config", help="print the effective settings")
     return parser
 
@@ -172,8 +171,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     _configure_logging(settings)
     try:
         return COMMANDS[args.command](settings, args)
-    except StackError as exc:
+    except (StackError, TopicSetupError) as exc:
         print(f"mkpi: {exc}", file=sys.stderr)
+        return 1
+    except KafkaConnectionError as exc:
+        print(
+            f"mkpi: cannot reach Kafka at {settings.kafka_bootstrap} ({exc}); start it with "
+            "'mkpi stack up' or fix MKPI_KAFKA_BOOTSTRAP",
+            file=sys.stderr,
+        )
         return 1
     except KeyboardInterrupt:
         return 130

@@ -22,10 +22,10 @@ from aiokafka.errors import KafkaError, ProducerFenced
 from mode import Service
 
 from streams.attribution import attribute, touch_of
+from streams.events import PageView
 from streams.kpis import Delta, DeltaAggregator
 from streams.metrics import Metrics
 from streams.settings import Settings
-from streams.events import PageView
 from streams.validation import BadReason, BadRow, Rejection, decode_event, make_bad_row
 
 log = logging.getLogger(__name__)
@@ -68,9 +68,7 @@ class BatchIngestor:
         try:
             if isinstance(decoded, PageView):
                 attribution = attribute(touch_of(decoded.utm, decoded.page.referrer))
-                self.aggregator.add_page_view(
-                    decoded.occurred_at.timestamp(), attribution, decoded.page.path
-                )
+                self.aggregator.add_page_view(decoded.occurred_at.timestamp(), attribution, decoded.page.path)
         except Exception as exc:  # a bug must cost one bad row, never the worker
             log.exception("processing failed at %s/%s@%s", record.topic, record.partition, record.offset)
             rejection = Rejection(BadReason.PROCESSING_ERROR, f"{type(exc).__name__}: {exc}")
@@ -193,7 +191,9 @@ class IngestService(Service):
                             value=self._encoder.encode(delta),
                         )
                     for bad_row in pending.bad_rows:
-                        await self.producer.send(self.settings.bad_rows_topic, value=self._encoder.encode(bad_row))
+                        await self.producer.send(
+                            self.settings.bad_rows_topic, value=self._encoder.encode(bad_row)
+                        )
                     await self.producer.send_offsets_to_transaction(
                         pending.next_offsets, self.settings.ingest_group_id
                     )

@@ -118,6 +118,13 @@ class Settings:
         settings.validate()
         return settings
 
+    def as_environment(self) -> dict[str, str]:
+        """The ``MKPI_*`` variables that reproduce these settings (for child processes)."""
+        return {
+            ENV_PREFIX + field.name.upper(): str(getattr(self, field.name))
+            for field in dataclasses.fields(self)
+        }
+
     def validate(self) -> None:
         """Raise ConfigError listing every invalid value."""
         problems: list[str] = []
@@ -165,8 +172,7 @@ class Settings:
 
 _FIELD_NAMES = frozenset(f.name for f in dataclasses.fields(Settings))
 _FIELD_TYPES: dict[str, type] = {
-    f.name: {"str": str, "int": int, "float": float}[str(f.type)]
-    for f in dataclasses.fields(Settings)
+    f.name: {"str": str, "int": int, "float": float}[str(f.type)] for f in dataclasses.fields(Settings)
 }
 
 

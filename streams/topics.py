@@ -6,11 +6,15 @@ import logging
 from dataclasses import dataclass
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import TopicAlreadyExistsError, for_code
 
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+class TopicSetupError(RuntimeError):
+    """The broker refused to create a topic the worker needs."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,15 +45,22 @@ async def ensure_topics(settings: Settings) -> None:
             if spec.name in existing and existing[spec.name] != spec.partitions:
                 log.warning(
                     "topic %s has %d partitions, MKPI_PARTITIONS is %d",
-                    spec.name, existing[spec.name], spec.partitions,
+                    spec.name,
+                    existing[spec.name],
+                    spec.partitions,
                 )
         if missing:
-            try:
-                await admin.create_topics(
-                    [NewTopic(s.name, s.partitions, 1, topic_configs=s.config) for s in missing]
-                )
-            except TopicAlreadyExistsError:
-                pass  # another worker created it meanwhile
+            response = await admin.create_topics(
+                [NewTopic(s.name, s.partitions, 1, topic_configs=s.config) for s in missing]
+            )
+            failures = [
+                f"{topic}: {for_code(code).__name__} {message or ''}".strip()
+                for topic, code, *rest in response.topic_errors
+                for message in [rest[0] if rest else None]
+                if code not in (0, TopicAlreadyExistsError.errno)
+            ]
+            if failures:
+                raise TopicSetupError("could not create topics: " + "; ".join(failures))
             log.info("created topics %s", ", ".join(s.name for s in missing))
     finally:
         await admin.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
 import os
 import shutil
@@ -306,13 +307,11 @@ async def metadata_round_trip(bootstrap: str, timeout: float) -> bool:
         await asyncio.wait_for(admin.start(), timeout)
         await asyncio.wait_for(admin.list_topics(), timeout)
         return True
-    except (KafkaError, OSError, asyncio.TimeoutError):
+    except (TimeoutError, KafkaError, OSError):
         return False
     finally:
-        try:
+        with contextlib.suppress(KafkaError, OSError):
             await admin.close()
-        except (KafkaError, OSError):
-            pass
 
 
 def _require_java() -> str:

@@ -74,13 +74,20 @@ class LocalRedis:
         process = subprocess.Popen(
             [
                 server,
-                "--bind", self.host,
-                "--port", str(self.port),
-                "--dir", str(self.home),
-                "--save", "",
-                "--appendonly", "no",
-                "--protected-mode", "yes",
-                "--logfile", str(self.home / "redis.log"),
+                "--bind",
+                self.host,
+                "--port",
+                str(self.port),
+                "--dir",
+                str(self.home),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--protected-mode",
+                "yes",
+                "--logfile",
+                str(self.home / "redis.log"),
             ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -91,7 +98,9 @@ class LocalRedis:
         deadline = time.monotonic() + wait_seconds
         while time.monotonic() < deadline:
             if process.poll() is not None:
-                raise StackError(f"redis-server exited with status {process.returncode}; see {self.home}/redis.log")
+                raise StackError(
+                    f"redis-server exited with status {process.returncode}; see {self.home}/redis.log"
+                )
             if self.is_ready():
                 return f"started redis-server (pid {process.pid}) at {self.url}"
             time.sleep(0.2)

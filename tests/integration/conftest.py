@@ -1,0 +1,29 @@
+"""Integration tests run against the real Apache Kafka broker and Redis that the project starts.
+
+``mkpi stack up`` is idempotent, so a test session reuses a healthy broker (CI starts it
+in scripts/test.sh) or starts one. There is no fallback: without a broker these tests fail.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from streams.settings import Settings
+from streams.stack.kafka import KafkaBroker
+from streams.stack.redis import LocalRedis
+
+
+@pytest.fixture(scope="session", autouse=True)
+def local_stack() -> Iterator[Settings]:
+    settings = Settings.from_env()
+    KafkaBroker.from_settings(settings).start()
+    LocalRedis.from_settings(settings).start()
+    yield settings
+
+
+@pytest.fixture
+def log_dir(tmp_path: Path) -> Path:
+    return tmp_path
