@@ -1,0 +1,13 @@
+# The worker and generator image used by docker-compose.yml (and deploy/k8s later).
+FROM python:3.11-slim
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY streams ./streams
+COPY agents ./agents
+COPY schemas ./schemas
+RUN pip install --no-cache-dir .
+RUN useradd --create-home mkpi
+USER mkpi
+ENV MKPI_STACK_DIR=/home/mkpi/.cache/mkpi
+ENTRYPOINT ["mkpi"]
+CMD ["worker"]

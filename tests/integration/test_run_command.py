@@ -1,0 +1,140 @@
+"""`mkpi run`, as a new user runs it: organic traffic per campaign on /metrics within 90 s,
+and the same numbers on the KPI topic."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.support import REPO, isolated_settings, read_topic_until
+
+pytestmark = pytest.mark.kafka
+
+
+def organic_by_campaign(metrics_url: str) -> dict[tuple[str, float], float]:
+    """{(campaign, window start): value} of mkpi_kpi_current for organic traffic per campaign."""
+    with urllib.request.urlopen(metrics_url, timeout=5) as response:
+        text = response.read().decode()
+    values: dict[tuple[str, str], float] = {}
+    starts: dict[tuple[str, str], float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = sample.labels
+            if sample.name not in ("mkpi_kpi_current", "mkpi_kpi_current_window_start_seconds"):
+                continue
+            if labels["kpi"] != "organic_traffic" or labels["channel"] != "*":
+                continue
+            series = (labels["campaign"], labels["window"])
+            if sample.name == "mkpi_kpi_current":
+                values[series] = sample.value
+            elif sample.name == "mkpi_kpi_current_window_start_seconds":
+                starts[series] = sample.value
+    return {
+        (campaign, starts[(campaign, w)]): v
+        for (campaign, w), v in values.items()
+        if campaign not in ("*", "(none)")
+    }
+
+
+def test_run_shows_organic_traffic_per_campaign_within_90_seconds(tmp_path: Path) -> None:
+    settings = isolated_settings()
+    env = {**os.environ, **settings.as_environment()}
+    log = open(tmp_path / "run.log", "wb")  # noqa: SIM115 - closed below
+    run = subprocess.Popen(
+        [sys.executable, "-m", "streams.cli", "run", "--rate", "100", "--seed", "5"],
+        env=env,
+        cwd=REPO,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    started = time.monotonic()
+    seen: dict[tuple[str, float], float] = {}
+    try:
+        while time.monotonic() - started < 90 and not any(v > 0 for v in seen.values()):
+            time.sleep(1)
+            try:
+                seen = organic_by_campaign(f"{settings.web_url}/metrics")
+            except OSError:
+                continue
+        assert any(v > 0 for v in seen.values()), (tmp_path / "run.log").read_text()[-3000:]
+        # Stop generating, let the last flush land, then compare both outputs.
+        run.send_signal(signal.SIGINT)
+        run.wait(60)
+    finally:
+        if run.poll() is None:
+            run.kill()
+        log.close()
+    output = (tmp_path / "run.log").read_text()
+    assert f"{settings.web_url}/metrics" in output and settings.kpi_updates_topic in output
+
+
+def test_metrics_and_kpi_topic_agree_while_running(tmp_path: Path) -> None:
+    settings = isolated_settings()
+    env = {**os.environ, **settings.as_environment()}
+    with open(tmp_path / "run.log", "wb") as log:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "streams.cli", "worker"],
+            env=env,
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            generate = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "streams.cli",
+                    "generate",
+                    "--count",
+                    "3000",
+                    "--rate",
+                    "0",
+                    "--seed",
+                    "9",
+                ],
+                env=env,
+                cwd=REPO,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            assert generate.returncode == 0, generate.stderr
+            assert "produced 3000 events" in generate.stdout
+            deadline = time.monotonic() + 90
+            metrics: dict[tuple[str, float], float] = {}
+            while time.monotonic() < deadline:
+                time.sleep(1)
+                try:
+                    metrics = organic_by_campaign(f"{settings.web_url}/metrics")
+                except OSError:
+                    continue
+                if metrics:
+                    break
+            assert metrics, "no organic traffic per campaign on /metrics"
+
+            def matches(records: list) -> bool:
+                latest = {}
+                for record in records:
+                    kpi, _, start, channel, campaign = json.loads(record.key)
+                    if kpi == "organic_traffic" and channel == "*":
+                        latest[(campaign, float(start))] = json.loads(record.value)["value"]
+                return all(
+                    latest.get(k) == v for k, v in organic_by_campaign(f"{settings.web_url}/metrics").items()
+                )
+
+            records = asyncio.run(read_topic_until(settings, settings.kpi_updates_topic, matches, timeout=60))
+            assert matches(records)
+        finally:
+            worker.send_signal(signal.SIGTERM)
+            worker.wait(60)

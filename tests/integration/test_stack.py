@@ -1,0 +1,65 @@
+"""The project's own launcher for the real broker and Redis."""
+
+import shutil
+import socket
+
+import pytest
+
+from streams.settings import Settings
+from streams.stack.kafka import KafkaBroker
+from streams.stack.process import StackError
+from streams.stack.redis import LocalRedis
+
+pytestmark = pytest.mark.kafka
+
+
+def test_up_reuses_a_healthy_broker_and_redis(local_stack: Settings) -> None:
+    broker = KafkaBroker.from_settings(local_stack)
+    assert broker.is_ready()
+    assert broker.start().startswith("reusing")
+    assert LocalRedis.from_settings(local_stack).start().startswith("reusing")
+
+
+def test_a_taken_port_is_reported_not_overrun(local_stack: Settings, tmp_path: object) -> None:
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        settings = Settings.from_env(
+            {
+                **local_stack.as_environment(),
+                "MKPI_KAFKA_BOOTSTRAP": f"127.0.0.1:{port}",
+                "MKPI_REDIS_URL": f"redis://127.0.0.1:{port}/0",
+            }
+        )
+        with pytest.raises(StackError, match="taken"):
+            KafkaBroker.from_settings(settings).start(wait_seconds=5)
+        with pytest.raises(StackError, match="does not answer Redis"):
+            LocalRedis.from_settings(settings).start()
+
+
+def test_a_second_broker_starts_restarts_after_kill_and_stops(
+    local_stack: Settings, tmp_path: object
+) -> None:
+    """A broker of its own on free ports: started, SIGKILLed, started again, stopped."""
+    from tests.support import free_port
+
+    settings = Settings.from_env(
+        {
+            **local_stack.as_environment(),
+            "MKPI_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}",
+            "MKPI_KAFKA_CONTROLLER_PORT": str(free_port()),
+        }
+    )
+    broker = KafkaBroker.from_settings(settings)
+    try:
+        assert broker.start().startswith("started")
+        broker.kill()
+        assert not broker.is_ready(timeout=2)
+        assert broker.start().startswith("started")
+        assert broker.is_ready()
+    finally:
+        assert broker.stop().startswith("stopped")
+    assert broker.running_pid() is None
+    assert not broker.is_ready(timeout=2)
+    shutil.rmtree(broker.data_dir)

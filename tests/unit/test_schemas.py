@@ -1,0 +1,126 @@
+"""The published JSON Schemas and the typed models accept and refuse the same things."""
+
+from __future__ import annotations
+
+import copy
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import msgspec
+import pytest
+
+from streams.attribution import Attribution
+from streams.kpis import ALL, Delta, DeltaAggregator, KpiKey, KpiState, kpi_update
+from streams.validation import BadReason, Rejection, decode_event, make_bad_row
+
+SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
+FORMATS = jsonschema.Draft202012Validator.FORMAT_CHECKER
+
+
+def validator(path: str) -> jsonschema.Draft202012Validator:
+    schema = json.loads((SCHEMAS / path).read_text())
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return jsonschema.Draft202012Validator(schema, format_checker=FORMATS)
+
+
+def example(name: str) -> dict[str, Any]:
+    return json.loads((SCHEMAS / "examples" / f"{name}.json").read_text())  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize(
+    ("schema", "name"),
+    [
+        ("events/page_view-1-0-0.json", "page_view"),
+        ("events/page_engagement-1-0-0.json", "page_engagement"),
+        ("outputs/kpi_update-1-0-0.json", "kpi_update"),
+        ("outputs/bad_row-1-0-0.json", "bad_row"),
+        ("internal/kpi_delta-1-0-0.json", "kpi_delta"),
+    ],
+)
+def test_examples_match_their_schema(schema: str, name: str) -> None:
+    validator(schema).validate(example(name))
+
+
+def mutations(event: dict[str, Any]) -> list[tuple[str, Any]]:
+    """Variants of a valid event, some valid, some not."""
+    out: list[tuple[str, Any]] = [("as is", event)]
+
+    def variant(label: str, path: list[str], value: Any) -> None:
+        changed = copy.deepcopy(event)
+        target = changed
+        for part in path[:-1]:
+            target = target.setdefault(part, {})
+        if value is _DELETE:
+            target.pop(path[-1], None)
+        else:
+            target[path[-1]] = value
+        out.append((label, changed))
+
+    for field in list(event):
+        variant(f"without {field}", [field], _DELETE)
+    for field in ("event_id", "session_id", "anonymous_id", "user_id"):
+        for value in ("", "x" * 128, "x" * 129, 5, None, ["a"]):
+            variant(f"{field}={value!r:.20}", [field], value)
+    for field in ("occurred_at", "sent_at"):
+        for value in (
+            "2026-11-27T10:00:00Z",
+            "2026-11-27T10:00:00.123456+03:30",
+            "2026-11-27T10:00:00-05:00",
+            "2026-11-27T10:00:00",
+            "2026-11-27",
+            "yesterday",
+            "2026-13-40T10:00:00Z",
+            1795761000,
+        ):
+            variant(f"{field}={value!r}", [field], value)
+    for value in ("1-0-0", "1-2-3", "10-0-0", "1-0", "v1", 1):
+        variant(f"schema_version={value!r}", ["schema_version"], value)
+    for field in ("source", "medium", "campaign"):
+        for value in ("google", "x" * 256, "x" * 257, 3, None):
+            variant(f"utm.{field}={value!r:.20}", ["utm", field], value)
+    for value in ("/", "", "x" * 4097, 7, None):
+        variant(f"page.path={value!r:.20}", ["page", "path"], value)
+    variant("utm not an object", ["utm"], "google")
+    variant("extra field", ["colour"], "blue")
+    return out
+
+
+_DELETE = object()
+_REFUSED_BY_SCHEMA = {BadReason.NOT_JSON, BadReason.SCHEMA_VIOLATION, BadReason.UNKNOWN_TYPE}
+
+
+@pytest.mark.parametrize(
+    ("schema", "name"),
+    [("events/page_view-1-0-0.json", "page_view"), ("events/page_engagement-1-0-0.json", "page_engagement")],
+)
+def test_model_and_schema_agree_on_a_corpus(schema: str, name: str) -> None:
+    check = validator(schema)
+    disagreements = []
+    for label, event in mutations(example(name)):
+        schema_ok = check.is_valid(event)
+        result = decode_event(json.dumps(event).encode(), 1_000_000)
+        model_ok = not (isinstance(result, Rejection) and result.reason in _REFUSED_BY_SCHEMA)
+        if schema_ok != model_ok:
+            disagreements.append(f"{label}: schema {'accepts' if schema_ok else 'refuses'}, model {result}")
+    assert not disagreements, "\n".join(disagreements)
+
+
+def test_outputs_written_by_the_code_match_their_schemas() -> None:
+    encoder = msgspec.json.Encoder()
+    update = kpi_update(KpiKey("organic_traffic", 60, 1_795_761_900, ALL, "spring_sale"), KpiState(3, 9))
+    validator("outputs/kpi_update-1-0-0.json").validate(json.loads(encoder.encode(update)))
+    aggregator = DeltaAggregator(60, "/blog/")
+    aggregator.add_page_view(1_795_761_930.0, Attribution("organic_search", "spring_sale", "r"), "/blog/a")
+    delta_check = validator("internal/kpi_delta-1-0-0.json")
+    deltas: list[Delta] = aggregator.drain()
+    for delta in deltas:
+        delta_check.validate(json.loads(encoder.encode(delta)))
+    bad_check = validator("outputs/bad_row-1-0-0.json")
+    for reason in BadReason:
+        for payload in (b"{", b"\xff"):
+            row = make_bad_row(Rejection(reason, "why", "$.x"), payload, "raw", 0, 1, "test")
+            bad_check.validate(json.loads(encoder.encode(row)))
+    assert datetime.now(UTC) > update.window_start
