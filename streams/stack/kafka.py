@@ -34,7 +34,12 @@ from streams.stack.process import (
 
 log = logging.getLogger(__name__)
 
-SLF4J_BINDING = "org.slf4j:slf4j-reload4j:1.7.36"
+# Kafka's pom carries slf4j-api but no logging backend: add the one its release ships with.
+LOGGING_BACKEND_3X = ("org.slf4j:slf4j-reload4j:1.7.36",)
+LOGGING_BACKEND_4X = (
+    "org.apache.logging.log4j:log4j-slf4j-impl:2.24.3",
+    "org.apache.logging.log4j:log4j-core:2.24.3",
+)
 
 _POM_TEMPLATE = """<project xmlns="http://maven.apache.org/POM/4.0.0">
   <modelVersion>4.0.0</modelVersion>
@@ -135,10 +140,9 @@ class KafkaBroker:
             raise StackError("Maven (mvn) is not on PATH; it is needed once to fetch Kafka's jars")
         _require_java()
         self.home.mkdir(parents=True, exist_ok=True)
+        backend = LOGGING_BACKEND_4X if self.is_log4j2 else LOGGING_BACKEND_3X
         deps = [("org.apache.kafka", "kafka_2.13", self.version)]
-        if not self.is_log4j2:
-            group, artifact, version = SLF4J_BINDING.split(":")
-            deps.append((group, artifact, version))
+        deps += [(g, a, v) for g, a, v in (coordinate.split(":") for coordinate in backend)]
         pom = _POM_TEMPLATE.format(
             dependencies="\n".join(
                 _DEPENDENCY_TEMPLATE.format(group=g, artifact=a, version=v) for g, a, v in deps
