@@ -14,6 +14,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
+from pathlib import Path
 
 from aiokafka.errors import KafkaConnectionError
 
@@ -90,14 +91,23 @@ def cmd_stack(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     """Stack up, worker in a child process, generator in this one; Ctrl-C stops both."""
     cmd_stack(settings, argparse.Namespace(action="up"))
-    worker = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker"], env=os.environ.copy())
+    log_path = Path(settings.stack_dir) / "logs" / f"worker-{settings.app_id}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log_file:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "streams.cli", "worker"],
+            env=os.environ.copy(),
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
     try:
         if not _wait_for_http(f"{settings.web_url}/healthz", worker, timeout=120):
-            print("the worker did not become healthy; see its log above", file=sys.stderr)
+            print(f"the worker did not become healthy; see {log_path}", file=sys.stderr)
             return 1
         print(
             "\nmkpi is running.\n"
             f"  metrics:      {settings.web_url}/metrics   (look for mkpi_kpi_current)\n"
+            f"  worker log:   {log_path}\n"
             f"  KPI topic:    {settings.kpi_updates_topic} on {settings.kafka_bootstrap}\n"
             f"  raw events:   {settings.raw_topic}   bad rows: {settings.bad_rows_topic}\n"
             "  stop:         Ctrl-C (stops the generator and the worker); "
