@@ -9,8 +9,10 @@ import faust
 
 from agents.kpi_table import register_kpi_agent
 from agents.transport import URL_SCHEME
+from streams.attribution import ChannelRules
 from streams.ingest import IngestService
 from streams.metrics import Metrics
+from streams.privacy import Pseudonymizer
 from streams.settings import Settings
 from streams.web import WebServer
 
@@ -47,6 +49,14 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> faust.App:
     )
     table = app.Table(KPI_TABLE_NAME, partitions=settings.partitions, key_type=bytes, value_type=bytes)
     register_kpi_agent(app, deltas, updates, table, metrics)
-    app.service(IngestService(settings, metrics, settings.worker_name or socket.gethostname()))  # type: ignore[arg-type]
+    rules = ChannelRules.load(Path(settings.channel_rules_file) if settings.channel_rules_file else None)
+    ingest = IngestService(
+        settings,
+        metrics,
+        worker_name=settings.worker_name or socket.gethostname(),
+        rules=rules,
+        pseudonymizer=Pseudonymizer.from_settings(settings),
+    )
+    app.service(ingest)  # type: ignore[arg-type]
     app.web_server(WebServer(settings.web_host, settings.web_port, metrics))
     return app

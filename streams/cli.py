@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import logging
 import os
 import signal
@@ -18,6 +17,7 @@ from pathlib import Path
 
 from aiokafka.errors import KafkaConnectionError
 
+from streams.attribution import RulesError
 from streams.settings import ConfigError, Settings
 from streams.stack.kafka import KafkaBroker
 from streams.stack.process import StackError, terminate_pid
@@ -35,6 +35,7 @@ def _configure_logging(settings: Settings) -> None:
 
 
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    settings.validate_for_worker()
     import faust
 
     from agents.app import create_app
@@ -90,6 +91,7 @@ def cmd_stack(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     """Stack up, worker in a child process, generator in this one; Ctrl-C stops both."""
+    settings.validate_for_worker()
     cmd_stack(settings, argparse.Namespace(action="up"))
     log_path = Path(settings.stack_dir) / "logs" / f"worker-{settings.app_id}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -133,9 +135,23 @@ def _wait_for_http(url: str, process: subprocess.Popen[bytes], timeout: float) -
     return False
 
 
+def cmd_schemas(settings: Settings, args: argparse.Namespace) -> int:
+    from streams.schema_export import stale_files, write_all
+
+    root = Path(args.dir)
+    if args.check:
+        stale = stale_files(root)
+        for path in stale:
+            print(f"stale: {root / path} (run 'mkpi schemas' to rewrite it)", file=sys.stderr)
+        return 1 if stale else 0
+    for path in write_all(root):
+        print(f"wrote {root / path}")
+    return 0
+
+
 def cmd_config(settings: Settings, args: argparse.Namespace) -> int:
-    for field in dataclasses.fields(settings):
-        print(f"MKPI_{field.name.upper()}={getattr(settings, field.name)}")
+    for name, value in settings.redacted().items():
+        print(f"MKPI_{name.upper()}={value}")
     return 0
 
 
@@ -158,7 +174,10 @@ def build_parser() -> argparse.ArgumentParser:
     stack = sub.add_parser("stack", help="the local Kafka broker and Redis server")
     stack.add_argument("action", choices=["up", "down", "status", "install"])
     add_generator_options(sub.add_parser("run", help="stack + worker + generator, until Ctrl-C"), 200.0, 0)
-    sub.add_parser("config", help="print the effective settings")
+    sub.add_parser("config", help="print the effective settings (secrets masked)")
+    schemas = sub.add_parser("schemas", help="write the JSON Schemas of events and outputs from the models")
+    schemas.add_argument("--dir", default="schemas", help="schemas folder (default: ./schemas)")
+    schemas.add_argument("--check", action="store_true", help="only report files that are out of date")
     return parser
 
 
@@ -168,6 +187,7 @@ COMMANDS = {
     "stack": cmd_stack,
     "run": cmd_run,
     "config": cmd_config,
+    "schemas": cmd_schemas,
 }
 
 
@@ -181,7 +201,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     _configure_logging(settings)
     try:
         return COMMANDS[args.command](settings, args)
-    except (StackError, TopicSetupError) as exc:
+    except ConfigError as exc:
+        print(f"mkpi: {exc}", file=sys.stderr)
+        return 2
+    except (StackError, TopicSetupError, RulesError) as exc:
         print(f"mkpi: {exc}", file=sys.stderr)
         return 1
     except KafkaConnectionError as exc:

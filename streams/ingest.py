@@ -13,20 +13,34 @@ import asyncio
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import msgspec
+import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import KafkaError, ProducerFenced
 from mode import Service
+from redis.exceptions import RedisError
 
-from streams.attribution import attribute, touch_of
-from streams.events import PageView
+from streams.attribution import ChannelRules
+from streams.dedup import RedisDeduplicator, Sighting
+from streams.events import TYPE_NAMES, PageView, RawEvent
 from streams.kpis import Delta, DeltaAggregator
 from streams.metrics import Metrics
+from streams.privacy import Pseudonymizer
 from streams.settings import Settings
-from streams.validation import BadReason, BadRow, Rejection, decode_event, make_bad_row
+from streams.validation import (
+    BadReason,
+    BadRow,
+    Rejection,
+    check_time_range,
+    decode_event,
+    event_time,
+    make_bad_row,
+)
 
 log = logging.getLogger(__name__)
 
@@ -42,52 +56,120 @@ class Flushable:
     next_offsets: dict[TopicPartition, int]
     outcomes: Counter[str] = field(default_factory=Counter)
     reasons: Counter[str] = field(default_factory=Counter)
+    event_types: Counter[str] = field(default_factory=Counter)
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """A valid event of a batch, waiting for the duplicate check."""
+
+    record: ConsumerRecord[bytes, bytes]
+    event: RawEvent
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Screened:
+    """A batch after decoding and validation, before the duplicate check; nothing applied yet."""
+
+    candidates: list[Candidate]
+    rejected: list[tuple[ConsumerRecord[bytes, bytes], Rejection]]
+    next_offsets: dict[TopicPartition, int]
 
 
 class BatchIngestor:
-    """Pure accumulation of raw messages between two flushes."""
+    """Pure accumulation of raw messages between two flushes.
 
-    def __init__(self, settings: Settings) -> None:
-        self.max_event_bytes = settings.max_event_bytes
+    A batch goes through ``screen`` (decode, validate, time range: no state touched), then
+    the duplicate check (I/O, outside this class), then ``apply``, which changes all state at
+    once, so a flush never sees half a batch.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        rules: ChannelRules,
+        pseudonymizer: Pseudonymizer,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.settings = settings
+        self.rules = rules
+        self.pseudonymize = pseudonymizer
+        self.clock = clock
+        self.own_sites = settings.site_domain_list
         self.aggregator = DeltaAggregator(settings.window_seconds, settings.blog_path_prefix)
         self.bad_rows: list[BadRow] = []
         self.next_offsets: dict[TopicPartition, int] = {}
         self.outcomes: Counter[str] = Counter()
         self.reasons: Counter[str] = Counter()
+        self.event_types: Counter[str] = Counter()
 
     @property
     def has_pending(self) -> bool:
         return bool(self.next_offsets)
 
-    def add(self, record: ConsumerRecord[bytes, bytes]) -> None:
-        payload = record.value if record.value is not None else b""
-        decoded = decode_event(payload, self.max_event_bytes)
-        if isinstance(decoded, Rejection):
-            self._reject(decoded, payload, record)
-            return
-        try:
-            if isinstance(decoded, PageView):
-                attribution = attribute(touch_of(decoded.utm, decoded.page.referrer))
-                self.aggregator.add_page_view(decoded.occurred_at.timestamp(), attribution, decoded.page.path)
-        except Exception as exc:  # a bug must cost one bad row, never the worker
-            log.exception("processing failed at %s/%s@%s", record.topic, record.partition, record.offset)
-            rejection = Rejection(BadReason.PROCESSING_ERROR, f"{type(exc).__name__}: {exc}")
-            self._reject(rejection, payload, record)
-            return
-        self.outcomes["valid"] += 1
-        self._advance(record)
+    def screen(self, records: list[ConsumerRecord[bytes, bytes]]) -> Screened:
+        now = self.clock()
+        candidates: list[Candidate] = []
+        rejected: list[tuple[ConsumerRecord[bytes, bytes], Rejection]] = []
+        next_offsets: dict[TopicPartition, int] = {}
+        for record in records:
+            next_offsets[TopicPartition(record.topic, record.partition)] = record.offset + 1
+            decoded = decode_event(record.value or b"", self.settings.max_event_bytes)
+            if isinstance(decoded, Rejection):
+                rejected.append((record, decoded))
+                continue
+            at = event_time(decoded)
+            out_of_range = check_time_range(
+                at, now, self.settings.max_event_age_seconds, self.settings.max_event_future_seconds
+            )
+            if out_of_range is not None:
+                rejected.append((record, out_of_range))
+                continue
+            candidates.append(Candidate(record, decoded, at))
+        return Screened(candidates, rejected, next_offsets)
 
-    def _reject(self, rejection: Rejection, payload: bytes, record: ConsumerRecord[bytes, bytes]) -> None:
+    def sightings(self, screened: Screened) -> list[Sighting]:
+        return [
+            Sighting(self.pseudonymize(c.event.event_id), c.record.partition, c.record.offset)
+            for c in screened.candidates
+        ]
+
+    def apply(self, screened: Screened, counts: list[bool]) -> None:
+        """Fold a screened batch in; ``counts[i]`` says whether candidate i is not a duplicate."""
+        for record, rejection in screened.rejected:
+            self._reject(rejection, record)
+        for candidate, counted in zip(screened.candidates, counts, strict=True):
+            if not counted:
+                self.outcomes["duplicate"] += 1
+                continue
+            try:
+                self._count(candidate)
+            except Exception as exc:  # a bug must cost one bad row, never the worker
+                log.exception(
+                    "processing failed at %s/%s", candidate.record.partition, candidate.record.offset
+                )
+                self._reject(
+                    Rejection(BadReason.PROCESSING_ERROR, f"{type(exc).__name__}: {exc}"), candidate.record
+                )
+                continue
+            self.outcomes["valid"] += 1
+            self.event_types[TYPE_NAMES[type(candidate.event)]] += 1
+        self.next_offsets.update(screened.next_offsets)
+
+    def _count(self, candidate: Candidate) -> None:
+        event = candidate.event
+        if isinstance(event, PageView):
+            attribution = self.rules.attribute(event, self.own_sites)
+            self.aggregator.add_page_view(candidate.at.timestamp(), attribution, event.page.path)
+
+    def _reject(self, rejection: Rejection, record: ConsumerRecord[bytes, bytes]) -> None:
+        payload = self.pseudonymize.scrub_payload(record.value or b"")
         self.bad_rows.append(
             make_bad_row(rejection, payload, record.topic, record.partition, record.offset, PROCESSOR)
         )
         self.outcomes["bad"] += 1
         self.reasons[rejection.reason.value] += 1
-        self._advance(record)
-
-    def _advance(self, record: ConsumerRecord[bytes, bytes]) -> None:
-        """Mark ``record`` done: its offset is committed with the next flush."""
-        self.next_offsets[TopicPartition(record.topic, record.partition)] = record.offset + 1
 
     def take(self) -> Flushable:
         taken = Flushable(
@@ -96,9 +178,10 @@ class BatchIngestor:
             next_offsets=self.next_offsets,
             outcomes=self.outcomes,
             reasons=self.reasons,
+            event_types=self.event_types,
         )
         self.bad_rows, self.next_offsets = [], {}
-        self.outcomes, self.reasons = Counter(), Counter()
+        self.outcomes, self.reasons, self.event_types = Counter(), Counter(), Counter()
         return taken
 
 
@@ -118,13 +201,23 @@ class IngestService(Service):
 
     consumer: AIOKafkaConsumer
     producer: AIOKafkaProducer
+    redis: aioredis.Redis
+    dedup: RedisDeduplicator
 
-    def __init__(self, settings: Settings, metrics: Metrics, worker_name: str, **kwargs: object) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: Metrics,
+        worker_name: str,
+        rules: ChannelRules,
+        pseudonymizer: Pseudonymizer,
+        **kwargs: object,
+    ) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self.settings = settings
         self.metrics = metrics
         self.transactional_id = f"{settings.app_id}-ingest-{worker_name}"
-        self.ingestor = BatchIngestor(settings)
+        self.ingestor = BatchIngestor(settings, rules, pseudonymizer)
         self._flush_lock = asyncio.Lock()
         self._encoder = msgspec.json.Encoder()
 
@@ -148,6 +241,8 @@ class IngestService(Service):
             linger_ms=5,
             max_batch_size=1024 * 1024,
         )
+        self.redis = aioredis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
+        self.dedup = RedisDeduplicator(self.redis, settings.app_id, settings.dedup_horizon_seconds)
         await self.producer.start()
         await self.consumer.start()
         self.consumer.subscribe([self.settings.raw_topic], listener=_FlushBeforeRevoke(self))
@@ -159,6 +254,7 @@ class IngestService(Service):
         finally:
             await self.consumer.stop()
             await self.producer.stop()
+            await self.redis.aclose()
 
     @Service.task
     async def _consume(self) -> None:
@@ -168,12 +264,35 @@ class IngestService(Service):
             batches = await self.consumer.getmany(
                 timeout_ms=int(interval * 1000), max_records=self.settings.ingest_max_records
             )
-            for records in batches.values():
-                for record in records:
-                    self.ingestor.add(record)
+            records = [record for batch in batches.values() for record in batch]
+            if records:
+                async with self._flush_lock:
+                    screened = self.ingestor.screen(records)
+                    counts = await self._check_duplicates(screened)
+                    self.ingestor.apply(screened, counts)
             if time.monotonic() - last_flush >= interval:
                 await self.flush()
                 last_flush = time.monotonic()
+
+    async def _check_duplicates(self, screened: Screened) -> list[bool]:
+        """Ask Redis which events are client retries; wait out a Redis outage, holding the batch."""
+        sightings = self.ingestor.sightings(screened)
+        delay = 0.5
+        while True:
+            try:
+                counts = await self.dedup.counts(sightings)
+            except (RedisError, OSError) as exc:
+                self.metrics.redis_up.set(0)
+                log.warning(
+                    "Redis unavailable for the duplicate check (%s); ingest paused, retrying in %.1fs",
+                    exc,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            self.metrics.redis_up.set(1)
+            return counts
 
     async def flush(self) -> None:
         """Publish pending deltas and bad rows and commit their offsets in one transaction."""
@@ -215,6 +334,8 @@ class IngestService(Service):
                 self.metrics.ingest_messages.labels(outcome).inc(count)
             for reason, count in pending.reasons.items():
                 self.metrics.bad_rows.labels(reason).inc(count)
+            for event_type, count in pending.event_types.items():
+                self.metrics.events.labels(event_type).inc(count)
 
     async def _rewind(self) -> None:
         """After an aborted transaction: read the lost batch again from the committed offsets."""

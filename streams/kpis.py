@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from collections import Counter
 from datetime import UTC, datetime
-from typing import NamedTuple
+from typing import Annotated, NamedTuple
 
 import msgspec
 
 from streams.attribution import Attribution
+from streams.events import AwareTime
 
 ALL = "*"
 KPI_SCHEMA_VERSION = "1-0-0"
@@ -49,12 +50,12 @@ class KpiKey(NamedTuple):
 
 
 class Delta(msgspec.Struct, frozen=True, kw_only=True):
-    """An increment of one KPI key, produced by ingest (internal topic, schemas/internal)."""
+    """An increment of one KPI key, produced by ingest."""
 
-    schema_version: str
+    schema_version: Annotated[str, msgspec.Meta(pattern="^1-[0-9]+-[0-9]+$")]
     kpi: str
-    window_seconds: int
-    window_start: int
+    window_seconds: Annotated[int, msgspec.Meta(gt=0)]
+    window_start: Annotated[int, msgspec.Meta(description="Unix seconds.")]
     channel: str
     campaign: str
     count: int
@@ -72,17 +73,19 @@ class KpiState(msgspec.Struct, frozen=True):
 
 
 class KpiUpdate(msgspec.Struct, frozen=True, kw_only=True):
-    """Published on the KPI update topic (schemas/outputs/kpi_update)."""
+    """The latest value of one KPI in one window."""
 
-    schema_version: str
-    kpi: str
-    window_seconds: int
-    window_start: datetime
-    window_end: datetime
-    channel: str
-    campaign: str
-    value: int
-    updated_at: datetime
+    schema_version: Annotated[str, msgspec.Meta(pattern="^1-[0-9]+-[0-9]+$")]
+    kpi: Annotated[str, msgspec.Meta(description="page_views, organic_traffic, blog_traffic, ...")]
+    window_seconds: Annotated[int, msgspec.Meta(gt=0)]
+    window_start: AwareTime
+    window_end: Annotated[datetime, msgspec.Meta(tz=True, description="Exclusive.")]
+    channel: Annotated[str, msgspec.Meta(description="A channel, or '*' for all channels.")]
+    campaign: Annotated[
+        str, msgspec.Meta(description="Lower-cased utm campaign, '(none)' when absent, '*' for all.")
+    ]
+    value: Annotated[int, msgspec.Meta(ge=0)]
+    updated_at: AwareTime
 
 
 def window_start(event_epoch_seconds: float, window_seconds: int) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
+from streams.events import EVENT_TYPES
 from streams.kpis import COUNT_KPIS
 from streams.validation import BadReason
 
@@ -41,6 +42,17 @@ class Metrics:
         self.ingest_aborts = Counter(
             "mkpi_ingest_aborted_flushes_total",
             "Flushes whose transaction was aborted; their input is read again.",
+            registry=self.registry,
+        )
+        self.events = Counter(
+            "mkpi_ingest_events_total",
+            "Valid, non-duplicate events counted, by event type.",
+            ["type"],
+            registry=self.registry,
+        )
+        self.redis_up = Gauge(
+            "mkpi_redis_up",
+            "1 when the last Redis call of ingest succeeded, 0 while Redis is unreachable.",
             registry=self.registry,
         )
         self.deltas_applied = Counter(
@@ -81,5 +93,7 @@ class Metrics:
             self.ingest_messages.labels(outcome)
         for reason in BadReason:
             self.bad_rows.labels(reason.value)
+        for event_type in EVENT_TYPES:
+            self.events.labels(event_type)
         for kpi in COUNT_KPIS:
             self.kpi_count.labels(kpi, "*", "*")

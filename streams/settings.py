@@ -42,6 +42,20 @@ class Settings:
     flush_interval_seconds: float = 0.5
     ingest_max_records: int = 5000
     max_event_bytes: int = 65536
+    #: Events older than this (by corrected event time, against the wall clock) are bad rows.
+    max_event_age_seconds: int = 7 * 86400
+    #: Events further in the future than this are bad rows.
+    max_event_future_seconds: int = 600
+    #: How long an event_id is remembered to drop client retries.
+    dedup_horizon_seconds: int = 86400
+    #: HMAC key for pseudonymizing user and anonymous ids and email addresses (secret).
+    pseudonymization_key: str = ""
+    #: Allows a built-in, public pseudonymization key. Never in production.
+    insecure_dev_mode: bool = False
+    #: A TOML file of channel rules replacing the built-in ones (streams/channel_rules.toml).
+    channel_rules_file: str = ""
+    #: Your own site's domains (comma-separated): referrers from them are internal navigation.
+    site_domains: str = ""
     web_host: str = "127.0.0.1"
     web_port: int = 6066
     log_level: str = "info"
@@ -77,6 +91,10 @@ class Settings:
     @property
     def kafka_port(self) -> int:
         return _split_host_port(self.kafka_bootstrap.split(",")[0])[1]
+
+    @property
+    def site_domain_list(self) -> tuple[str, ...]:
+        return tuple(d.strip().lower() for d in self.site_domains.split(",") if d.strip())
 
     @property
     def web_url(self) -> str:
@@ -117,6 +135,32 @@ class Settings:
         settings = cls(**values)
         settings.validate()
         return settings
+
+    SECRET_FIELDS = frozenset({"pseudonymization_key"})
+
+    def redacted(self) -> dict[str, str]:
+        """Every setting as text, secrets masked: safe to print or log."""
+        return {
+            field.name: "***"
+            if field.name in self.SECRET_FIELDS and getattr(self, field.name)
+            else str(getattr(self, field.name))
+            for field in dataclasses.fields(self)
+        }
+
+    def validate_for_worker(self) -> None:
+        """What only a worker needs: a pseudonymization key, or an explicit dev mode."""
+        problems: list[str] = []
+        if not self.pseudonymization_key and not self.insecure_dev_mode:
+            problems.append(
+                "MKPI_PSEUDONYMIZATION_KEY is not set: set it to a long random secret (for example "
+                "`openssl rand -hex 32`), or set MKPI_INSECURE_DEV_MODE=true on a development machine"
+            )
+        elif self.pseudonymization_key and len(self.pseudonymization_key) < 16:
+            problems.append(
+                "MKPI_PSEUDONYMIZATION_KEY: too short; use at least 16 characters (32 random bytes is best)"
+            )
+        if problems:
+            raise ConfigError(_format_problems(problems))
 
     def as_environment(self) -> dict[str, str]:
         """The ``MKPI_*`` variables that reproduce these settings (for child processes)."""
@@ -159,6 +203,11 @@ class Settings:
         for name in ("web_port", "kafka_controller_port"):
             if not 1 <= getattr(self, name) <= 65535:
                 bad(name, "must be a TCP port (1-65535)")
+        for name in ("max_event_age_seconds", "max_event_future_seconds", "dedup_horizon_seconds"):
+            if getattr(self, name) <= 0:
+                bad(name, "must be a positive number of seconds")
+        if self.channel_rules_file and not Path(self.channel_rules_file).is_file():
+            bad("channel_rules_file", "no such file")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             bad("log_level", "one of debug, info, warning, error")
         parts = self.kafka_version.split(".")
@@ -172,11 +221,23 @@ class Settings:
 
 _FIELD_NAMES = frozenset(f.name for f in dataclasses.fields(Settings))
 _FIELD_TYPES: dict[str, type] = {
-    f.name: {"str": str, "int": int, "float": float}[str(f.type)] for f in dataclasses.fields(Settings)
+    f.name: {"str": str, "int": int, "float": float, "bool": bool}[str(f.type)]
+    for f in dataclasses.fields(Settings)
 }
 
 
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off", "")
+
+
 def _coerce(value: Any, kind: type) -> Any:
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in _TRUE or text in _FALSE:
+            return text in _TRUE
+        raise ValueError(f"expected true or false, got {value!r}")
     if kind is str:
         if not isinstance(value, str):
             raise ValueError(f"expected text, got {value!r}")

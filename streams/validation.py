@@ -6,10 +6,18 @@ import base64
 import enum
 import re
 from datetime import UTC, datetime
+from typing import Annotated, Literal
 
 import msgspec
 
-from streams.events import EVENT_TYPES, SUPPORTED_SCHEMA_MODEL, RawEvent, raw_event_decoder
+from streams.events import (
+    EVENT_TYPES,
+    SUPPORTED_SCHEMA_MODEL,
+    AwareTime,
+    EventBase,
+    RawEvent,
+    raw_event_decoder,
+)
 
 BAD_ROW_SCHEMA_VERSION = "1-0-0"
 
@@ -20,23 +28,24 @@ class BadReason(enum.StrEnum):
     UNKNOWN_TYPE = "unknown_type"
     UNSUPPORTED_SCHEMA_VERSION = "unsupported_schema_version"
     TOO_LARGE = "too_large"
+    TIMESTAMP_OUT_OF_RANGE = "timestamp_out_of_range"
     PROCESSING_ERROR = "processing_error"
 
 
 class BadRow(msgspec.Struct, frozen=True, kw_only=True):
-    """A raw message that could not be counted, kept whole with why (schemas/outputs/bad_row)."""
+    """A raw message that was not counted, with why; identifiers in it are pseudonymized."""
 
-    schema_version: str
+    schema_version: Annotated[str, msgspec.Meta(pattern="^1-[0-9]+-[0-9]+$")]
     reason: BadReason
-    message: str
-    field_path: str | None
+    message: Annotated[str, msgspec.Meta(description="For people: what is wrong.")]
+    field_path: Annotated[str | None, msgspec.Meta(description="JSON path of the failing field.")]
     source_topic: str
-    source_partition: int
-    source_offset: int
-    payload_encoding: str
-    payload: str
+    source_partition: Annotated[int, msgspec.Meta(ge=0)]
+    source_offset: Annotated[int, msgspec.Meta(ge=0)]
+    payload_encoding: Literal["utf-8", "base64"]
+    payload: Annotated[str, msgspec.Meta(description="The raw message: text if UTF-8, else base64.")]
     processor: str
-    failed_at: datetime
+    failed_at: AwareTime
 
 
 class Rejection(msgspec.Struct, frozen=True):
@@ -72,6 +81,33 @@ def decode_event(payload: bytes, max_bytes: int) -> RawEvent | Rejection:
     return event
 
 
+def event_time(event: EventBase) -> datetime:
+    """Event time, corrected for the client's clock skew when both client and collector
+    timestamps are present: ``received_at - (sent_at - occurred_at)``."""
+    if event.sent_at is not None and event.received_at is not None:
+        return event.received_at - (event.sent_at - event.occurred_at)
+    return event.occurred_at
+
+
+def check_time_range(
+    at: datetime, now: datetime, max_age_seconds: int, max_future_seconds: int
+) -> Rejection | None:
+    age = (now - at).total_seconds()
+    if age > max_age_seconds:
+        return Rejection(
+            BadReason.TIMESTAMP_OUT_OF_RANGE,
+            f"event time {at.isoformat()} is {age:.0f}s old; the limit is {max_age_seconds}s",
+            "$.occurred_at",
+        )
+    if -age > max_future_seconds:
+        return Rejection(
+            BadReason.TIMESTAMP_OUT_OF_RANGE,
+            f"event time {at.isoformat()} is {-age:.0f}s in the future; the limit is {max_future_seconds}s",
+            "$.occurred_at",
+        )
+    return None
+
+
 def _classify_validation_error(payload: bytes, detail: str) -> Rejection:
     match = _PATH_IN_MESSAGE.search(detail)
     path = match.group(1) if match else "$"
@@ -102,6 +138,7 @@ def _peek_type(payload: bytes) -> str | None:
 def make_bad_row(
     rejection: Rejection, payload: bytes, topic: str, partition: int, offset: int, processor: str
 ) -> BadRow:
+    encoding: Literal["utf-8", "base64"]
     try:
         text, encoding = payload.decode("utf-8"), "utf-8"
     except UnicodeDecodeError:

@@ -29,10 +29,21 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+#: The pseudonymization key of every test worker, so tests can compute expected pseudonyms.
+TEST_KEY = "mkpi-test-pseudonymization-key-7f3a9c"
+
+
+def base_settings() -> Settings:
+    """The machine's MKPI_* settings, with the test key unless one is set."""
+    environ = {k: v for k, v in os.environ.items() if k.startswith("MKPI_")}
+    environ.setdefault("MKPI_PSEUDONYMIZATION_KEY", TEST_KEY)
+    return Settings.from_env(environ)
+
+
 def isolated_settings(**overrides: object) -> Settings:
     """Settings whose topics, groups and web port belong to one test only."""
     tag = f"t{uuid.uuid4().hex[:10]}"
-    base = Settings.from_env({k: v for k, v in os.environ.items() if k.startswith("MKPI_")})
+    base = base_settings()
     values: dict[str, object] = {
         "topic_prefix": tag,
         "raw_topic": f"{tag}.raw",

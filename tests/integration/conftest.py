@@ -14,11 +14,12 @@ import pytest
 from streams.settings import Settings
 from streams.stack.kafka import KafkaBroker
 from streams.stack.redis import LocalRedis
+from tests.support import base_settings
 
 
 @pytest.fixture(scope="session", autouse=True)
 def local_stack() -> Iterator[Settings]:
-    settings = Settings.from_env()
+    settings = base_settings()
     KafkaBroker.from_settings(settings).start()
     LocalRedis.from_settings(settings).start()
     yield settings

@@ -26,8 +26,14 @@ def container_ports(service: dict[str, Any]) -> dict[int, int]:
     return mapped
 
 
-def service_settings(service: dict[str, Any]) -> Settings:
-    return Settings.from_env({k: str(v) for k, v in service.get("environment", {}).items()})
+def interpolate(value: str, shell: dict[str, str]) -> str:
+    """Compose's ``${VAR:-default}`` substitution, for the forms this file uses."""
+    return re.sub(r"\$\{(\w+)(?::-([^}]*))?\}", lambda m: shell.get(m.group(1)) or (m.group(2) or ""), value)
+
+
+def service_settings(service: dict[str, Any], shell: dict[str, str] | None = None) -> Settings:
+    environment = service.get("environment", {})
+    return Settings.from_env({k: interpolate(str(v), shell or {}) for k, v in environment.items()})
 
 
 def test_every_mounted_file_and_build_input_exists() -> None:
@@ -58,12 +64,21 @@ def test_worker_settings_are_valid_and_ports_match_them() -> None:
     assert f"//kafka:{kafka_port}" in listeners
     external = re.search(r"EXTERNAL://localhost:(\d+)", listeners)
     assert external is not None
-    default = Settings.from_env({})
+    default = Settings.from_env({"MKPI_INSECURE_DEV_MODE": "true"})
     assert container_ports(services["kafka"])[int(external.group(1))] == default.kafka_port
     redis_port = int(worker.redis_url.rsplit(":", 1)[1].split("/")[0])
     assert container_ports(services["redis"])[redis_port] == int(
         default.redis_url.rsplit(":", 1)[1].split("/")[0]
     )
+
+
+def test_compose_runs_in_dev_mode_unless_given_a_key() -> None:
+    worker = compose()["services"]["worker"]
+    assert service_settings(worker).insecure_dev_mode is True
+    keyed = service_settings(
+        worker, {"MKPI_PSEUDONYMIZATION_KEY": "k" * 32, "MKPI_INSECURE_DEV_MODE": "false"}
+    )
+    assert keyed.insecure_dev_mode is False and keyed.pseudonymization_key == "k" * 32
 
 
 def test_prometheus_scrapes_the_worker_port_and_grafana_reads_prometheus() -> None:

@@ -1,12 +1,20 @@
 """BatchIngestor: the pure part of ingest, fed with consumer records built by hand."""
 
+from __future__ import annotations
+
 import json
+from datetime import UTC, datetime
+from typing import Any
 
 from aiokafka import ConsumerRecord, TopicPartition
 
+from streams.attribution import ChannelRules
 from streams.ingest import BatchIngestor
 from streams.kpis import ALL
+from streams.privacy import Pseudonymizer
 from streams.settings import Settings
+
+NOW = datetime(2026, 11, 27, 10, 0, 40, tzinfo=UTC)
 
 
 def record(partition: int, offset: int, value: bytes | None) -> ConsumerRecord[bytes, bytes]:
@@ -25,34 +33,97 @@ def record(partition: int, offset: int, value: bytes | None) -> ConsumerRecord[b
     )
 
 
-def page_view(event_id: str, medium: str) -> bytes:
-    return json.dumps(
-        {
-            "type": "page_view",
-            "schema_version": "1-0-0",
-            "event_id": event_id,
-            "occurred_at": "2026-11-27T10:00:30Z",
-            "utm": {"source": "google", "medium": medium, "campaign": "c1"},
-            "page": {"path": "/"},
-        }
-    ).encode()
+def page_view(event_id: str, medium: str, **extra: Any) -> bytes:
+    event = {
+        "type": "page_view",
+        "schema_version": "1-0-0",
+        "event_id": event_id,
+        "occurred_at": "2026-11-27T10:00:30Z",
+        "utm": {"source": "google", "medium": medium, "campaign": "c1"},
+        "page": {"path": "/"},
+        **extra,
+    }
+    return json.dumps(event).encode()
 
 
-def test_every_message_ends_valid_or_bad_and_offsets_advance_per_partition() -> None:
-    ingestor = BatchIngestor(Settings.from_env({}))
-    ingestor.add(record(0, 5, page_view("a", "organic")))
-    ingestor.add(record(0, 6, b"{broken"))
-    ingestor.add(record(1, 9, None))
-    ingestor.add(record(1, 10, page_view("b", "cpc")))
-    taken = ingestor.take()
-    assert taken.outcomes == {"valid": 2, "bad": 2}
+def ingestor(**settings: str) -> BatchIngestor:
+    config = Settings.from_env({"MKPI_PSEUDONYMIZATION_KEY": "k" * 32, **settings})
+    return BatchIngestor(config, ChannelRules.load(), Pseudonymizer("k" * 32), clock=lambda: NOW)
+
+
+def test_every_message_ends_valid_bad_or_duplicate_and_offsets_advance_per_partition() -> None:
+    ingest = ingestor()
+    screened = ingest.screen(
+        [
+            record(0, 5, page_view("a", "organic")),
+            record(0, 6, b"{broken"),
+            record(1, 9, None),
+            record(1, 10, page_view("b", "cpc")),
+            record(1, 11, page_view("a", "organic")),
+        ]
+    )
+    assert not ingest.has_pending, "screening must not change state"
+    assert [s.offset for s in ingest.sightings(screened)] == [5, 10, 11]
+    ingest.apply(screened, [True, True, False])
+    taken = ingest.take()
+    assert taken.outcomes == {"valid": 2, "bad": 2, "duplicate": 1}
     assert taken.reasons == {"not_json": 2}
-    assert taken.next_offsets == {TopicPartition("raw", 0): 7, TopicPartition("raw", 1): 11}
+    assert taken.event_types == {"page_view": 2}
+    assert taken.next_offsets == {TopicPartition("raw", 0): 7, TopicPartition("raw", 1): 12}
     assert [(row.source_partition, row.source_offset) for row in taken.bad_rows] == [(0, 6), (1, 9)]
     counts = {(d.kpi, d.channel, d.campaign): d.count for d in taken.deltas}
     assert counts[("organic_traffic", ALL, "c1")] == 1
     assert counts[("page_views", ALL, "c1")] == 2
     assert counts[("page_views", "paid_search", ALL)] == 1
-    assert not ingestor.has_pending
-    empty = ingestor.take()
+    assert not ingest.has_pending
+    empty = ingest.take()
     assert (empty.deltas, empty.bad_rows, empty.next_offsets) == ([], [], {})
+
+
+def test_event_ids_are_pseudonymized_in_sightings() -> None:
+    ingest = ingestor()
+    [sighting] = ingest.sightings(ingest.screen([record(0, 1, page_view("user@example.com", "organic"))]))
+    assert "user@example.com" not in sighting.event_key
+    assert sighting.event_key == Pseudonymizer("k" * 32)("user@example.com")
+
+
+def test_events_outside_the_time_range_are_bad_rows() -> None:
+    ingest = ingestor(MKPI_MAX_EVENT_AGE_SECONDS="3600", MKPI_MAX_EVENT_FUTURE_SECONDS="60")
+    screened = ingest.screen(
+        [
+            record(0, 1, page_view("old", "organic", occurred_at="2026-11-27T08:59:00Z")),
+            record(0, 2, page_view("future", "organic", occurred_at="2026-11-27T10:02:00Z")),
+            record(0, 3, page_view("fine", "organic", occurred_at="2026-11-27T09:01:00Z")),
+        ]
+    )
+    assert [c.event.event_id for c in screened.candidates] == ["fine"]
+    assert [(r.offset, j.reason.value) for r, j in screened.rejected] == [
+        (1, "timestamp_out_of_range"),
+        (2, "timestamp_out_of_range"),
+    ]
+
+
+def test_client_clock_skew_is_corrected_before_windowing() -> None:
+    ingest = ingestor()
+    skewed = page_view(
+        "skew",
+        "organic",
+        occurred_at="2026-11-27T12:00:10Z",  # the phone's clock is 2 hours ahead...
+        sent_at="2026-11-27T12:00:20Z",
+        received_at="2026-11-27T10:00:21Z",  # ...as the collector's clock shows
+    )
+    [candidate] = ingest.screen([record(0, 1, skewed)]).candidates
+    assert candidate.at == datetime(2026, 11, 27, 10, 0, 11, tzinfo=UTC)
+
+
+def test_bad_rows_keep_no_identifier_in_clear() -> None:
+    ingest = ingestor()
+    broken = (
+        b'{"type":"page_view","user_id":"u-12345","anonymous_id":"anon-999","note":"mail me: jo@example.org"'
+    )
+    ingest.apply(ingest.screen([record(0, 1, broken)]), [])
+    [row] = ingest.take().bad_rows
+    for secret in ("u-12345", "anon-999", "jo@example.org"):
+        assert secret not in row.payload
+    pseudonymize = Pseudonymizer("k" * 32)
+    assert pseudonymize("u-12345") in row.payload and pseudonymize("jo@example.org") in row.payload

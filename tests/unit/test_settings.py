@@ -4,9 +4,11 @@ import pytest
 
 from streams.settings import ConfigError, Settings
 
+DEV = {"MKPI_INSECURE_DEV_MODE": "true"}
+
 
 def test_defaults_are_valid_and_bind_to_loopback() -> None:
-    settings = Settings.from_env({})
+    settings = Settings.from_env(DEV)
     assert settings.web_host == "127.0.0.1"
     assert settings.kafka_port == 9092
     assert settings.deltas_topic == "mkpi.kpi-deltas"
@@ -14,7 +16,7 @@ def test_defaults_are_valid_and_bind_to_loopback() -> None:
 
 def test_environment_overrides_and_converts_types() -> None:
     settings = Settings.from_env(
-        {"MKPI_PARTITIONS": "6", "MKPI_FLUSH_INTERVAL_SECONDS": "0.25", "MKPI_TOPIC_PREFIX": "acme"}
+        {**DEV, "MKPI_PARTITIONS": "6", "MKPI_FLUSH_INTERVAL_SECONDS": "0.25", "MKPI_TOPIC_PREFIX": "acme"}
     )
     assert (settings.partitions, settings.flush_interval_seconds, settings.app_id) == (6, 0.25, "acme")
 
@@ -47,7 +49,7 @@ def test_value_errors_name_the_variable() -> None:
 def test_file_settings_apply_and_environment_wins(tmp_path: Path) -> None:
     config = tmp_path / "mkpi.toml"
     config.write_text('partitions = 12\ntopic_prefix = "fromfile"\n')
-    settings = Settings.from_env({"MKPI_CONFIG_FILE": str(config), "MKPI_TOPIC_PREFIX": "fromenv"})
+    settings = Settings.from_env({**DEV, "MKPI_CONFIG_FILE": str(config), "MKPI_TOPIC_PREFIX": "fromenv"})
     assert (settings.partitions, settings.topic_prefix) == (12, "fromenv")
 
 
@@ -63,5 +65,31 @@ def test_file_problems_are_reported(tmp_path: Path) -> None:
 
 
 def test_as_environment_round_trips() -> None:
-    settings = Settings.from_env({"MKPI_PARTITIONS": "4", "MKPI_WORKER_NAME": "w7"})
+    settings = Settings.from_env({**DEV, "MKPI_PARTITIONS": "4", "MKPI_WORKER_NAME": "w7"})
     assert Settings.from_env(settings.as_environment()) == settings
+
+
+def test_a_missing_pseudonymization_key_is_refused_outside_dev_mode() -> None:
+    with pytest.raises(ConfigError, match="MKPI_PSEUDONYMIZATION_KEY is not set"):
+        Settings.from_env({}).validate_for_worker()
+    with pytest.raises(ConfigError, match="too short"):
+        Settings.from_env({"MKPI_PSEUDONYMIZATION_KEY": "short"}).validate_for_worker()
+    Settings.from_env({"MKPI_PSEUDONYMIZATION_KEY": "k" * 32}).validate_for_worker()
+    Settings.from_env(DEV).validate_for_worker()
+
+
+def test_booleans_accept_the_usual_spellings() -> None:
+    for text, value in (("true", True), ("YES", True), ("1", True), ("off", False), ("0", False)):
+        settings = Settings.from_env(
+            {**DEV, "MKPI_INSECURE_DEV_MODE": text, "MKPI_PSEUDONYMIZATION_KEY": "k" * 20}
+        )
+        assert settings.insecure_dev_mode is value
+    with pytest.raises(ConfigError, match="expected true or false"):
+        Settings.from_env({"MKPI_INSECURE_DEV_MODE": "maybe"})
+
+
+def test_redacted_masks_the_secret() -> None:
+    settings = Settings.from_env({"MKPI_PSEUDONYMIZATION_KEY": "super-secret-value-123"})
+    shown = settings.redacted()
+    assert shown["pseudonymization_key"] == "***"
+    assert "super-secret-value-123" not in repr(shown)

@@ -1,0 +1,88 @@
+"""Write the JSON Schemas in schemas/ from the typed models, so the two cannot drift apart.
+
+The models are the single source of truth; ``mkpi schemas`` rewrites the files and
+``mkpi schemas --check`` (run by the tests) fails when a committed file is stale.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from streams.events import RawEvent
+from streams.kpis import Delta, KpiUpdate
+from streams.validation import BadRow
+
+JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
+
+
+@dataclass(frozen=True, slots=True)
+class SchemaFile:
+    path: str
+    model: Any
+    title: str
+    description: str
+
+
+SCHEMA_FILES: tuple[SchemaFile, ...] = (
+    SchemaFile(
+        "events/raw_event-1-0-0.json",
+        RawEvent,
+        "raw_event",
+        "One raw marketing event per Kafka message on the raw topic; `type` selects the shape. "
+        "Optional fields may be absent or null; unknown fields are ignored.",
+    ),
+    SchemaFile(
+        "outputs/kpi_update-1-0-0.json",
+        KpiUpdate,
+        "kpi_update",
+        "Latest value of one KPI in one window, on <prefix>.kpi-updates (compacted). Key: the "
+        "JSON array [kpi, window_seconds, window_start_unix_seconds, channel, campaign].",
+    ),
+    SchemaFile(
+        "outputs/bad_row-1-0-0.json",
+        BadRow,
+        "bad_row",
+        "A raw message that was not counted, with why, on <prefix>.bad-rows.",
+    ),
+    SchemaFile(
+        "internal/kpi_delta-1-0-0.json",
+        Delta,
+        "kpi_delta",
+        "Internal: an increment of one KPI key from one ingest flush, on <prefix>.kpi-deltas.",
+    ),
+)
+
+
+def render(schema_file: SchemaFile) -> str:
+    generated: dict[str, Any] = msgspec.json.schema(schema_file.model)
+    document = {
+        "$schema": JSON_SCHEMA_DIALECT,
+        "$id": f"mkpi/{schema_file.path.removesuffix('.json')}",
+        "title": schema_file.title,
+        "description": schema_file.description,
+        **{k: v for k, v in generated.items() if k not in ("title", "description")},
+    }
+    return json.dumps(document, indent=2, ensure_ascii=False) + "\n"
+
+
+def stale_files(root: Path) -> list[str]:
+    return [
+        f.path
+        for f in SCHEMA_FILES
+        if not (root / f.path).exists() or (root / f.path).read_text(encoding="utf-8") != render(f)
+    ]
+
+
+def write_all(root: Path) -> list[str]:
+    written = []
+    for schema_file in SCHEMA_FILES:
+        target = root / schema_file.path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(render(schema_file), encoding="utf-8")
+        written.append(schema_file.path)
+    return written
