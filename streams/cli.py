@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import signal
@@ -48,26 +49,36 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_generate(settings: Settings, args: argparse.Namespace) -> int:
-    from streams.generator import ProgressBar, produce_events
+    from streams.generator import Fractions, GroundTruth, ProgressBar, Scenario, produce_messages
 
-    async def run() -> None:
+    fractions = Fractions(args.duplicates, args.late, args.malformed, args.shuffle)
+    try:
+        scenario = Scenario(args.seed, campaigns=args.campaigns, fractions=fractions)
+    except ValueError as exc:
+        print(f"mkpi generate: {exc}", file=sys.stderr)
+        return 2
+
+    async def run() -> GroundTruth:
         await ensure_topics(settings)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        summary = await produce_events(
+        truth, seconds = await produce_messages(
             settings,
-            seed=args.seed,
+            scenario,
             rate=args.rate or None,
             count=args.count or None,
-            campaigns=args.campaigns,
             progress=ProgressBar(args.count or None),
             stop=stop,
         )
-        print(summary.render())
+        print(truth.render() + f"\n  in {seconds:.1f}s ({truth.raw / max(seconds, 1e-9):.0f}/s)")
+        return truth
 
-    asyncio.run(run())
+    truth = asyncio.run(run())
+    if args.truth:
+        Path(args.truth).write_text(json.dumps(truth.as_json(), indent=2) + "\n", encoding="utf-8")
+        print(f"ground truth written to {args.truth}")
     return 0
 
 
@@ -164,16 +175,23 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("worker", help="run a stream worker (ingest, KPI tables, /metrics)")
 
-    def add_generator_options(p: argparse.ArgumentParser, rate: float, count: int) -> None:
-        p.add_argument("--seed", type=int, default=1, help="random seed (same seed, same events)")
-        p.add_argument("--rate", type=float, default=rate, help="events per second, 0 for flat out")
-        p.add_argument("--count", type=int, default=count, help="events to send, 0 for no limit")
+    def add_generator_options(p: argparse.ArgumentParser, rate: float, count: int, dirt: float) -> None:
+        p.add_argument("--seed", type=int, default=1, help="random seed (same seed, same messages)")
+        p.add_argument("--rate", type=float, default=rate, help="messages per second, 0 for flat out")
+        p.add_argument("--count", type=int, default=count, help="messages to send, 0 for no limit")
         p.add_argument("--campaigns", type=int, default=6, help="number of distinct campaigns")
+        p.add_argument("--duplicates", type=float, default=dirt, help="share of events resent (retries)")
+        p.add_argument("--late", type=float, default=dirt, help="share of journeys arriving 2-90 min late")
+        p.add_argument("--malformed", type=float, default=dirt / 4, help="share of malformed messages")
+        p.add_argument("--shuffle", type=int, default=50, help="shuffle messages within windows of N")
+        p.add_argument("--truth", help="write the expected accounting (JSON) to this file")
 
-    add_generator_options(sub.add_parser("generate", help="send realistic raw events"), 1000.0, 10000)
+    add_generator_options(sub.add_parser("generate", help="send realistic raw events"), 1000.0, 10000, 0.0)
     stack = sub.add_parser("stack", help="the local Kafka broker and Redis server")
     stack.add_argument("action", choices=["up", "down", "status", "install"])
-    add_generator_options(sub.add_parser("run", help="stack + worker + generator, until Ctrl-C"), 200.0, 0)
+    add_generator_options(
+        sub.add_parser("run", help="stack + worker + generator, until Ctrl-C"), 200.0, 0, 0.02
+    )
     sub.add_parser("config", help="print the effective settings (secrets masked)")
     schemas = sub.add_parser("schemas", help="write the JSON Schemas of events and outputs from the models")
     schemas.add_argument("--dir", default="schemas", help="schemas folder (default: ./schemas)")

@@ -1,13 +1,20 @@
-"""Realistic raw marketing events, deterministic for a seed, and a rate-limited producer.
+"""Realistic raw marketing events, deterministic for a seed, with the answers they must give.
 
-``EventFactory`` is pure: given a seed and an event-time clock it yields the same
-events every time. ``produce_events`` sends them to the raw topic at a target rate,
-draws a progress bar on stderr and returns a summary.
+``Scenario`` is pure: for a seed and a clock it yields the same messages every time, each
+labelled with what the pipeline must make of it (valid, duplicate, or a bad row with its
+reason), and keeps that ground truth. ``produce_messages`` sends them to the raw topic at a
+target rate, draws a progress bar and returns the truth.
+
+Journeys follow marketing funnels: ad impression -> click -> landing page view -> lead;
+email sent -> delivered -> open (some machine opens, some repeated) -> click -> page view;
+organic and social visits with engagement; social impressions, shares, follows, video
+channel subscriptions.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import sys
 import time
@@ -15,7 +22,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
 
 import msgspec
@@ -23,23 +30,29 @@ from aiokafka import AIOKafkaProducer
 
 from streams.settings import Settings
 
-#: (utm source, utm medium, referrer, weight): where visitors come from.
-TRAFFIC_SOURCES: tuple[tuple[str | None, str | None, str | None, int], ...] = (
+VALID = "valid"
+DUPLICATE = "duplicate"
+
+#: (utm source, utm medium, referrer, weight) of website visits.
+VISIT_SOURCES: tuple[tuple[str | None, str | None, str | None, int], ...] = (
     ("google", "organic", "https://www.google.com/", 22),
     (None, None, "https://www.google.com/search?q=crm", 10),
     (None, None, "https://www.bing.com/", 4),
     ("duckduckgo", "organic", "https://duckduckgo.com/", 2),
-    ("google", "cpc", "https://www.google.com/", 10),
-    ("bing", "ppc", "https://www.bing.com/", 3),
     ("facebook", "social", "https://m.facebook.com/", 6),
-    ("linkedin", "paid_social", "https://www.linkedin.com/", 4),
-    ("newsletter", "email", None, 8),
     ("youtube", "video", "https://www.youtube.com/", 3),
     ("partner-blog", "referral", "https://partner.example.org/post", 4),
     (None, None, "https://news.example.net/article", 4),
-    ("adnetwork", "display", "https://ads.example.com/", 4),
     (None, None, None, 14),
     ("mystery", "carrier-pigeon", None, 2),
+)
+#: (utm source, utm medium, ad placement, weight) of paid campaigns.
+AD_SOURCES: tuple[tuple[str, str, str, int], ...] = (
+    ("google", "cpc", "search", 10),
+    ("bing", "ppc", "search", 3),
+    ("linkedin", "paid_social", "social", 4),
+    ("adnetwork", "display", "display", 4),
+    ("youtube", "cpv", "video", 2),
 )
 CAMPAIGNS = ("spring_sale", "black_friday", "webinar_q4", "brand", "retargeting_cart", "launch_v2")
 PAGES = (
@@ -53,70 +66,391 @@ PAGES = (
     ("/docs/getting-started", "Getting started", 5),
     ("/contact", "Contact", 3),
 )
+NETWORKS = ("linkedin", "instagram", "facebook", "x")
+MACHINE_OPEN_AGENT = (
+    "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko)"
+)
+HUMAN_OPEN_AGENT = "Mozilla/5.0 (iPhone; CPU iPhone OS 18_1 like Mac OS X) AppleWebKit/605.1.15 Mobile/15E148"
+JOURNEY_WEIGHTS = {"visit": 45, "ad": 20, "email": 20, "social": 15}
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One raw Kafka message and what the pipeline must make of it."""
+
+    payload: bytes
+    expect: str  # VALID, DUPLICATE, or a bad-row reason
+    event_type: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Fractions:
+    """Shares of messages that are resent (client retries), late, or malformed."""
+
+    duplicates: float = 0.0
+    late: float = 0.0
+    malformed: float = 0.0
+    shuffle_window: int = 1
+
+    def validate(self) -> None:
+        for name in ("duplicates", "late", "malformed"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be a fraction between 0 and 1")
+        if self.shuffle_window < 1:
+            raise ValueError("--shuffle must be at least 1")
 
 
 @dataclass
-class GeneratorSummary:
-    produced: int = 0
-    seconds: float = 0.0
-    by_type: Counter[str] = field(default_factory=Counter)
-    by_source: Counter[str] = field(default_factory=Counter)
+class GroundTruth:
+    """What the pipeline must report for the messages produced so far."""
+
+    raw: int = 0
+    outcomes: Counter[str] = field(default_factory=Counter)
+    bad_reasons: Counter[str] = field(default_factory=Counter)
+    valid_by_type: Counter[str] = field(default_factory=Counter)
+
+    def add(self, message: Message) -> None:
+        self.raw += 1
+        if message.expect == VALID:
+            self.outcomes["valid"] += 1
+            self.valid_by_type[message.event_type or "?"] += 1
+        elif message.expect == DUPLICATE:
+            self.outcomes["duplicate"] += 1
+        else:
+            self.outcomes["bad"] += 1
+            self.bad_reasons[message.expect] += 1
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "raw": self.raw,
+            "outcomes": dict(self.outcomes),
+            "bad_reasons": dict(self.bad_reasons),
+            "valid_by_type": dict(self.valid_by_type),
+        }
 
     def render(self) -> str:
-        rate = self.produced / self.seconds if self.seconds else 0.0
-        lines = [f"produced {self.produced} events in {self.seconds:.1f}s ({rate:.0f}/s)"]
-        lines += [f"  {name:<16} {count}" for name, count in sorted(self.by_type.items())]
-        lines.append("  by utm source / medium:")
-        lines += [f"    {name:<28} {count}" for name, count in self.by_source.most_common()]
+        lines = [
+            f"produced {self.raw} messages: "
+            + ", ".join(f"{k} {v}" for k, v in sorted(self.outcomes.items()))
+        ]
+        lines += [f"  {name:<18} {count}" for name, count in sorted(self.valid_by_type.items())]
+        if self.bad_reasons:
+            lines.append(
+                "  bad rows expected: " + ", ".join(f"{k} {v}" for k, v in sorted(self.bad_reasons.items()))
+            )
         return "\n".join(lines)
 
 
-class EventFactory:
-    """Page views from a fixed visitor population, deterministic for ``seed``."""
+class Scenario:
+    """Journeys of a fixed population, plus retries, late arrivals and malformed messages."""
 
-    def __init__(self, seed: int, campaigns: int = len(CAMPAIGNS), visitors: int = 5000) -> None:
+    def __init__(
+        self,
+        seed: int,
+        campaigns: int = len(CAMPAIGNS),
+        fractions: Fractions | None = None,
+        visitors: int = 5000,
+    ) -> None:
         self.random = random.Random(seed)
-        self.campaigns = [*CAMPAIGNS, *(f"campaign_{i:03d}" for i in range(len(CAMPAIGNS), campaigns))][
-            :campaigns
-        ]
-        self.visitors = [uuid.UUID(int=self.random.getrandbits(128)).hex for _ in range(visitors)]
-        self._source_weights = [w for *_, w in TRAFFIC_SOURCES]
-        self._page_weights = [w for *_, w in PAGES]
+        self.fractions = fractions or Fractions()
+        self.fractions.validate()
+        extra = (f"campaign_{i:03d}" for i in range(len(CAMPAIGNS), campaigns))
+        self.campaigns = [*CAMPAIGNS, *extra][:campaigns]
+        self.visitors = [uuid.UUID(int=self.random.getrandbits(128)).hex[:16] for _ in range(visitors)]
+        self.recipients = [f"reader{i}@example.com" for i in range(visitors)]
 
-    def _event_id(self) -> str:
+    # -- building blocks -------------------------------------------------------------------
+    def _id(self) -> str:
         return str(uuid.UUID(int=self.random.getrandbits(128), version=4))
 
-    def page_view(self, occurred_at: datetime) -> dict[str, Any]:
-        source, medium, referrer, _ = self.random.choices(TRAFFIC_SOURCES, self._source_weights)[0]
-        path, title, _ = self.random.choices(PAGES, self._page_weights)[0]
-        visitor = self.random.choice(self.visitors)
-        event: dict[str, Any] = {
-            "type": "page_view",
+    def _base(self, kind: str, at: datetime, **fields: Any) -> dict[str, Any]:
+        event = {
+            "type": kind,
             "schema_version": "1-0-0",
-            "event_id": self._event_id(),
-            "occurred_at": occurred_at.isoformat(timespec="milliseconds"),
-            "anonymous_id": visitor,
-            "session_id": f"{visitor[:12]}-{occurred_at:%Y%m%d%H}",
-            "page": {"path": path, "title": title, "url": f"https://shop.example.com{path}"},
+            "event_id": self._id(),
+            "occurred_at": at.isoformat(timespec="milliseconds"),
         }
-        if referrer:
-            event["page"]["referrer"] = referrer
-        if source or medium:
-            utm: dict[str, str] = {}
-            if source:
-                utm["source"] = source
-            if medium:
-                utm["medium"] = medium
-            if medium not in (None, "organic") or self.random.random() < 0.3:
-                utm["campaign"] = self.random.choice(self.campaigns)
-            event["utm"] = utm
+        event.update({k: v for k, v in fields.items() if v is not None})
         return event
 
-    def events(self, count: int | None, clock: Callable[[], datetime]) -> Iterator[dict[str, Any]]:
+    def _weighted(self, options: tuple[tuple[Any, ...], ...]) -> tuple[Any, ...]:
+        return self.random.choices(options, [option[-1] for option in options])[0]
+
+    def _page(self, referrer: str | None = None, path: str | None = None) -> dict[str, Any]:
+        chosen_path, title, _ = self._weighted(PAGES) if path is None else (path, None, 0)
+        page: dict[str, Any] = {"path": chosen_path, "url": f"https://shop.example.com{chosen_path}"}
+        if title:
+            page["title"] = title
+        if referrer:
+            page["referrer"] = referrer
+        return page
+
+    def _visit(
+        self, at: datetime, visitor: str, utm: dict[str, str] | None, referrer: str | None
+    ) -> list[dict[str, Any]]:
+        """A session of page views (with engagement), sometimes ending in a lead."""
+        session = f"{visitor}-{at:%Y%m%d%H%M}"
+        ids = {"anonymous_id": visitor, "session_id": session, "utm": utm}
+        events = []
+        for step in range(self.random.choice((1, 1, 1, 2, 3))):
+            page = self._page(referrer if step == 0 else None)
+            view_at = at + timedelta(seconds=20 * step)
+            events.append(self._base("page_view", view_at, page=page, **ids))
+            if self.random.random() < 0.6:
+                engaged = self.random.randint(2_000, 180_000)
+                events.append(
+                    self._base(
+                        "page_engagement",
+                        view_at + timedelta(seconds=5),
+                        page=page,
+                        engaged_ms=engaged,
+                        **ids,
+                    )
+                )
+        if self.random.random() < 0.08:
+            lead: dict[str, Any] = {"form_id": "contact-sales", "email": self.random.choice(self.recipients)}
+            if self.random.random() < 0.5:
+                lead |= {"value": float(self.random.choice((500, 1200, 5000))), "currency": "EUR"}
+            events.append(
+                self._base(
+                    "lead", at + timedelta(seconds=70), page=self._page(path="/contact"), lead=lead, **ids
+                )
+            )
+        return events
+
+    def _journey_visit(self, at: datetime) -> list[dict[str, Any]]:
+        source, medium, referrer, _ = self._weighted(VISIT_SOURCES)
+        utm = {k: v for k, v in (("source", source), ("medium", medium)) if v}
+        if utm and (medium not in ("organic", None) or self.random.random() < 0.3):
+            utm["campaign"] = self.random.choice(self.campaigns)
+        return self._visit(at, self.random.choice(self.visitors), utm or None, referrer)
+
+    def _journey_ad(self, at: datetime) -> list[dict[str, Any]]:
+        source, medium, placement, _ = self._weighted(AD_SOURCES)
+        utm = {"source": source, "medium": medium, "campaign": self.random.choice(self.campaigns)}
+        visitor = self.random.choice(self.visitors)
+        ad = {"placement": placement, "ad_id": f"ad-{self.random.randrange(40)}", "network": source}
+        events = [self._base("ad_impression", at, anonymous_id=visitor, utm=utm, ad=ad)]
+        if self.random.random() < 0.2:
+            events.append(
+                self._base("click", at + timedelta(seconds=3), anonymous_id=visitor, utm=utm, ad=ad)
+            )
+            events += self._visit(at + timedelta(seconds=5), visitor, utm, f"https://{source}.com/")
+        return events
+
+    def _journey_email(self, at: datetime) -> list[dict[str, Any]]:
+        utm = {"source": "newsletter", "medium": "email", "campaign": self.random.choice(self.campaigns)}
+        email = {
+            "message_id": f"msg-{self._id()[:13]}",
+            "recipient": self.random.choice(self.recipients),
+            "list_id": "weekly",
+        }
+        events = [self._base("email_sent", at, utm=utm, email=email)]
+        if self.random.random() < 0.03:
+            return events  # bounced
+        events.append(self._base("email_delivered", at + timedelta(seconds=2), utm=utm, email=email))
+        if self.random.random() < 0.12:
+            events.append(
+                self._base(
+                    "email_open",
+                    at + timedelta(seconds=4),
+                    utm=utm,
+                    email=email,
+                    machine_open=True,
+                    user_agent=MACHINE_OPEN_AGENT,
+                )
+            )
+        if self.random.random() < 0.3:
+            for repeat in range(self.random.choice((1, 1, 2))):
+                open_at = at + timedelta(seconds=60 + 30 * repeat)
+                events.append(
+                    self._base(
+                        "email_open",
+                        open_at,
+                        utm=utm,
+                        email=email,
+                        machine_open=False,
+                        user_agent=HUMAN_OPEN_AGENT,
+                    )
+                )
+            if self.random.random() < 0.15:
+                events.append(
+                    self._base(
+                        "click",
+                        at + timedelta(seconds=120),
+                        utm=utm,
+                        email=email,
+                        target_url="https://shop.example.com/deals",
+                    )
+                )
+                events += self._visit(
+                    at + timedelta(seconds=125), self.random.choice(self.visitors), utm, None
+                )
+        return events
+
+    def _journey_social(self, at: datetime) -> list[dict[str, Any]]:
+        network = self.random.choice(NETWORKS)
+        paid = self.random.random() < 0.25
+        utm = {"campaign": self.random.choice(self.campaigns)} if paid or self.random.random() < 0.3 else None
+        social = {"network": network, "post_id": f"post-{self.random.randrange(30)}", "paid": paid}
+        events = [
+            self._base("post_impression", at, social=social, utm=utm)
+            for _ in range(self.random.randint(1, 4))
+        ]
+        roll = self.random.random()
+        account = {"network": network, "account_id": "acme"}
+        if roll < 0.08:
+            events.append(self._base("share", at + timedelta(seconds=2), social=social, utm=utm))
+        elif roll < 0.14:
+            events.append(self._base("follow", at + timedelta(seconds=3), social=account))
+        elif roll < 0.16:
+            events.append(self._base("unfollow", at + timedelta(seconds=3), social=account))
+        elif roll < 0.21:
+            events.append(
+                self._base(
+                    "subscribe",
+                    at + timedelta(seconds=3),
+                    social={"network": "youtube", "account_id": "acme-channel"},
+                )
+            )
+        elif roll < 0.22:
+            events.append(
+                self._base(
+                    "unsubscribe",
+                    at + timedelta(seconds=3),
+                    social={"network": "youtube", "account_id": "acme-channel"},
+                )
+            )
+        elif roll < 0.3:
+            events.append(self._base("click", at + timedelta(seconds=2), social=social, utm=utm))
+            events += self._visit(
+                at + timedelta(seconds=4), self.random.choice(self.visitors), utm, f"https://{network}.com/"
+            )
+        return events
+
+    def _malformed(self, now: datetime) -> Message:
+        """One broken message, and the reason the pipeline must give for it."""
+        good = self._base("page_view", now, page=self._page(), anonymous_id=self.random.choice(self.visitors))
+        kind = self.random.randrange(12)
+        if kind == 0:  # binary noise; the leading byte can start no JSON value
+            noise = bytes(self.random.getrandbits(8) for _ in range(self.random.randint(1, 300)))
+            return Message(b"\xfe" + noise, "not_json")
+        if kind == 1:
+            text = json.dumps(good).encode()
+            return Message(text[: self.random.randint(0, len(text) - 1)], "not_json")
+        if kind == 2:
+            return Message(b"", "not_json")
+        if kind == 3:
+            return Message(
+                json.dumps(good).encode().replace(b'"page_view"', b'"page_view\xc3\x28"'), "not_json"
+            )
+        if kind == 4:
+            return Message(
+                json.dumps(good | {"event_id": self.random.randint(1, 10**9)}).encode(), "schema_violation"
+            )
+        if kind == 5:
+            return Message(
+                json.dumps({k: v for k, v in good.items() if k != "occurred_at"}).encode(), "schema_violation"
+            )
+        if kind == 6:
+            return Message(
+                json.dumps(good | {"occurred_at": "2026-11-27 10:00"}).encode(), "schema_violation"
+            )
+        if kind == 7:
+            return Message(
+                json.dumps(good | {"type": self.random.choice(("purchase", "page_vue", "signup"))}).encode(),
+                "unknown_type",
+            )
+        if kind == 8:
+            return Message(
+                json.dumps(good | {"schema_version": "2-0-0"}).encode(), "unsupported_schema_version"
+            )
+        if kind == 9:
+            return Message(
+                json.dumps(good | {"page": {"path": "/", "title": "x" * 70_000}}).encode(), "too_large"
+            )
+        if kind == 10:
+            depth = self.random.randint(1_100, 3_000)
+            return Message(
+                b'{"type":"page_view","extra":' + b"[" * depth + b"]" * depth + b"}", "too_deeply_nested"
+            )
+        when = now + timedelta(days=self.random.choice((-30, 2)))
+        return Message(
+            json.dumps(good | {"occurred_at": when.isoformat()}).encode(), "timestamp_out_of_range"
+        )
+
+    # -- the stream ------------------------------------------------------------------------
+    def _journey(self, now: datetime) -> list[dict[str, Any]]:
+        kind = self.random.choices(list(JOURNEY_WEIGHTS), list(JOURNEY_WEIGHTS.values()))[0]
+        span = 240  # journeys end now: every step happened in the last few minutes
+        start = now - timedelta(seconds=span)
+        journeys: dict[str, Callable[[datetime], list[dict[str, Any]]]] = {
+            "visit": self._journey_visit,
+            "ad": self._journey_ad,
+            "email": self._journey_email,
+            "social": self._journey_social,
+        }
+        events = journeys[kind](start)
+        if self.random.random() < self.fractions.late:
+            delay = timedelta(minutes=self.random.randint(2, 90))
+            for event in events:
+                shifted = datetime.fromisoformat(event["occurred_at"]) - delay
+                event["occurred_at"] = shifted.isoformat(timespec="milliseconds")
+        return events
+
+    def _groups(self, clock: Callable[[], datetime]) -> Iterator[list[Message]]:
+        """One journey with its client retries, or one malformed message, at a time."""
+        while True:
+            now = clock()
+            if self.random.random() < self.fractions.malformed:
+                yield [self._malformed(now)]
+                continue
+            group = []
+            for event in self._journey(now):
+                payload = json.dumps(event, separators=(",", ":")).encode()
+                group.append(Message(payload, VALID, event["type"]))
+                if self.random.random() < self.fractions.duplicates:
+                    if self.random.random() < 0.5:
+                        retry = payload  # the same bytes resent
+                    else:
+                        retry = json.dumps(event | {"sent_at": now.isoformat()}).encode()
+                    group.append(Message(retry, DUPLICATE, event["type"]))
+            yield group
+
+    def messages(self, count: int | None, clock: Callable[[], datetime]) -> Iterator[Message]:
+        """``count`` messages (None: endless), shuffled within windows of whole journeys, so an
+        event and its retries are always shuffled together."""
         produced = 0
+        groups = self._groups(clock)
         while count is None or produced < count:
-            yield self.page_view(clock())
-            produced += 1
+            buffer: list[Message] = []
+            while len(buffer) < self.fractions.shuffle_window:
+                buffer.extend(next(groups))
+            self.random.shuffle(buffer)
+            for message in _first_copy_counts(buffer):
+                if count is not None and produced >= count:
+                    return
+                yield message
+                produced += 1
+
+
+class _EventId(msgspec.Struct):
+    event_id: str
+
+
+def _first_copy_counts(batch: list[Message]) -> list[Message]:
+    """After shuffling, a retry may come before the original; then the retry is the one that
+    counts. Relabel so that the first copy of an event id in the batch is the valid one."""
+    seen: set[str] = set()
+    relabelled = []
+    for message in batch:
+        if message.expect in (VALID, DUPLICATE):
+            event_id = msgspec.json.decode(message.payload, type=_EventId).event_id
+            label = DUPLICATE if event_id in seen else VALID
+            seen.add(event_id)
+            message = Message(message.payload, label, message.event_type)
+        relabelled.append(message)
+    return relabelled
 
 
 def _now() -> datetime:
@@ -138,10 +472,9 @@ class ProgressBar:
         rate = done / elapsed if elapsed > 0 else 0.0
         if self.total:
             filled = int(30 * done / self.total)
-            bar = "#" * filled + "-" * (30 - filled)
-            text = f"[{bar}] {done}/{self.total} ({rate:.0f}/s)"
+            text = f"[{'#' * filled}{'-' * (30 - filled)}] {done}/{self.total} ({rate:.0f}/s)"
         else:
-            text = f"{done} events ({rate:.0f}/s)"
+            text = f"{done} messages ({rate:.0f}/s)"
         self.out.write(("\r" if self.interactive else "") + text + ("" if self.interactive else "\n"))
         self.out.flush()
 
@@ -150,47 +483,41 @@ class ProgressBar:
             self.out.write("\n")
 
 
-async def produce_events(
+async def produce_messages(
     settings: Settings,
+    scenario: Scenario,
     *,
-    seed: int,
     rate: float | None,
     count: int | None,
-    campaigns: int = len(CAMPAIGNS),
     progress: ProgressBar | None = None,
     stop: asyncio.Event | None = None,
-) -> GeneratorSummary:
-    """Send generated events to the raw topic; ``rate`` is events per second (None: flat out)."""
-    factory = EventFactory(seed, campaigns=campaigns)
-    summary = GeneratorSummary()
-    encoder = msgspec.json.Encoder()
+) -> tuple[GroundTruth, float]:
+    """Send the scenario's messages to the raw topic; ``rate`` is messages per second (None: flat
+    out). Returns the ground truth of what was sent and the seconds it took."""
+    truth = GroundTruth()
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, linger_ms=10, acks="all")
     await producer.start()
     started = time.monotonic()
     try:
         pending: list[asyncio.Future[Any]] = []
-        for index, event in enumerate(factory.events(count, _now)):
+        for index, message in enumerate(scenario.messages(count, _now)):
             if stop is not None and stop.is_set():
                 break
             if rate:
                 ahead = (index / rate) - (time.monotonic() - started)
                 if ahead > 0:
                     await asyncio.sleep(ahead)
-            pending.append(await producer.send(settings.raw_topic, encoder.encode(event)))
-            summary.produced += 1
-            summary.by_type[event["type"]] += 1
-            utm = event.get("utm", {})
-            summary.by_source[f"{utm.get('source', '(none)')} / {utm.get('medium', '(none)')}"] += 1
+            pending.append(await producer.send(settings.raw_topic, message.payload))
+            truth.add(message)
             if len(pending) >= 1000:
                 await asyncio.gather(*pending)
                 pending.clear()
             if progress:
-                progress.update(summary.produced, time.monotonic() - started)
+                progress.update(index + 1, time.monotonic() - started)
         await asyncio.gather(*pending)
     finally:
         await producer.stop()
-        summary.seconds = time.monotonic() - started
         if progress:
-            progress.update(summary.produced, summary.seconds, force=True)
+            progress.update(truth.raw, time.monotonic() - started, force=True)
             progress.close()
-    return summary
+    return truth, time.monotonic() - started

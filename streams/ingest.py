@@ -16,6 +16,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Annotated
 
 import msgspec
 import redis.asyncio as aioredis
@@ -27,7 +28,7 @@ from redis.exceptions import RedisError
 
 from streams.attribution import ChannelRules
 from streams.dedup import RedisDeduplicator, Sighting
-from streams.events import TYPE_NAMES, PageView, RawEvent
+from streams.events import TYPE_NAMES, AwareTime, PageView, RawEvent
 from streams.kpis import Delta, DeltaAggregator
 from streams.metrics import Metrics
 from streams.privacy import Pseudonymizer
@@ -57,6 +58,21 @@ class Flushable:
     outcomes: Counter[str] = field(default_factory=Counter)
     reasons: Counter[str] = field(default_factory=Counter)
     event_types: Counter[str] = field(default_factory=Counter)
+
+
+class IngestReport(msgspec.Struct, frozen=True, kw_only=True):
+    """What one flush did with its raw messages; published in the flush's transaction, so the
+    sum over the accounting topic is exact even across crashes."""
+
+    schema_version: Annotated[str, msgspec.Meta(pattern="^1-[0-9]+-[0-9]+$")]
+    worker: str
+    flushed_at: AwareTime
+    next_offsets: Annotated[
+        dict[str, int], msgspec.Meta(description="Raw partition -> next offset to read after this flush.")
+    ]
+    outcomes: Annotated[dict[str, int], msgspec.Meta(description="valid, bad and duplicate counts.")]
+    bad_reasons: dict[str, int]
+    events_by_type: Annotated[dict[str, int], msgspec.Meta(description="Valid events counted, by type.")]
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,19 +131,26 @@ class BatchIngestor:
         next_offsets: dict[TopicPartition, int] = {}
         for record in records:
             next_offsets[TopicPartition(record.topic, record.partition)] = record.offset + 1
-            decoded = decode_event(record.value or b"", self.settings.max_event_bytes)
-            if isinstance(decoded, Rejection):
-                rejected.append((record, decoded))
-                continue
-            at = event_time(decoded)
-            out_of_range = check_time_range(
-                at, now, self.settings.max_event_age_seconds, self.settings.max_event_future_seconds
-            )
-            if out_of_range is not None:
-                rejected.append((record, out_of_range))
-                continue
-            candidates.append(Candidate(record, decoded, at))
+            try:
+                outcome = self._screen_one(record, now)
+            except Exception as exc:  # a bug must cost one bad row, never the worker
+                log.exception("screening failed at %s/%s", record.partition, record.offset)
+                outcome = Rejection(BadReason.PROCESSING_ERROR, f"{type(exc).__name__}: {exc}")
+            if isinstance(outcome, Rejection):
+                rejected.append((record, outcome))
+            else:
+                candidates.append(outcome)
         return Screened(candidates, rejected, next_offsets)
+
+    def _screen_one(self, record: ConsumerRecord[bytes, bytes], now: datetime) -> Candidate | Rejection:
+        decoded = decode_event(record.value or b"", self.settings.max_event_bytes)
+        if isinstance(decoded, Rejection):
+            return decoded
+        at = event_time(decoded)
+        out_of_range = check_time_range(
+            at, now, self.settings.max_event_age_seconds, self.settings.max_event_future_seconds
+        )
+        return out_of_range or Candidate(record, decoded, at)
 
     def sightings(self, screened: Screened) -> list[Sighting]:
         return [
@@ -164,9 +187,17 @@ class BatchIngestor:
             self.aggregator.add_page_view(candidate.at.timestamp(), attribution, event.page.path)
 
     def _reject(self, rejection: Rejection, record: ConsumerRecord[bytes, bytes]) -> None:
-        payload = self.pseudonymize.scrub_payload(record.value or b"")
+        payload = record.value or b""
         self.bad_rows.append(
-            make_bad_row(rejection, payload, record.topic, record.partition, record.offset, PROCESSOR)
+            make_bad_row(
+                rejection,
+                payload,
+                record.topic,
+                record.partition,
+                record.offset,
+                PROCESSOR,
+                scrub=self.pseudonymize.scrub_payload,
+            )
         )
         self.outcomes["bad"] += 1
         self.reasons[rejection.reason.value] += 1
@@ -313,6 +344,10 @@ class IngestService(Service):
                         await self.producer.send(
                             self.settings.bad_rows_topic, value=self._encoder.encode(bad_row)
                         )
+                    report = self._report(pending)
+                    await self.producer.send(
+                        self.settings.accounting_topic, value=self._encoder.encode(report)
+                    )
                     await self.producer.send_offsets_to_transaction(
                         pending.next_offsets, self.settings.ingest_group_id
                     )
@@ -336,6 +371,17 @@ class IngestService(Service):
                 self.metrics.bad_rows.labels(reason).inc(count)
             for event_type, count in pending.event_types.items():
                 self.metrics.events.labels(event_type).inc(count)
+
+    def _report(self, pending: Flushable) -> IngestReport:
+        return IngestReport(
+            schema_version="1-0-0",
+            worker=self.transactional_id,
+            flushed_at=datetime.now(UTC),
+            next_offsets={str(tp.partition): offset for tp, offset in sorted(pending.next_offsets.items())},
+            outcomes=dict(pending.outcomes),
+            bad_reasons=dict(pending.reasons),
+            events_by_type=dict(pending.event_types),
+        )
 
     async def _rewind(self) -> None:
         """After an aborted transaction: read the lost batch again from the committed offsets."""

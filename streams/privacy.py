@@ -25,7 +25,8 @@ IDENTIFIER_FIELDS = ("anonymous_id", "user_id", "session_id", "recipient", "emai
 _FIELD_VALUE = re.compile(
     rb'("(?:' + b"|".join(f.encode() for f in IDENTIFIER_FIELDS) + rb')"\s*:\s*")((?:[^"\\]|\\.)*)(")'
 )
-_EMAIL_ADDRESS = re.compile(rb"[A-Za-z0-9._%+\-]+@[A-Za-z0-9.\-]+\.[A-Za-z]{2,}")
+# Bounded repeats keep the scan linear on long inputs (an unbounded local part is quadratic).
+_EMAIL_ADDRESS = re.compile(rb"[A-Za-z0-9._%+\-]{1,64}@[A-Za-z0-9.\-]{1,253}\.[A-Za-z]{2,24}")
 
 
 class Pseudonymizer:
@@ -59,4 +60,5 @@ class Pseudonymizer:
         def address(match: re.Match[bytes]) -> bytes:
             return self(match.group(0).decode("ascii", errors="replace")).encode()
 
-        return _EMAIL_ADDRESS.sub(address, _FIELD_VALUE.sub(field, payload))
+        scrubbed = _FIELD_VALUE.sub(field, payload)
+        return _EMAIL_ADDRESS.sub(address, scrubbed) if b"@" in scrubbed else scrubbed

@@ -14,6 +14,7 @@ from typing import Any
 import msgspec
 
 from streams.events import RawEvent
+from streams.ingest import IngestReport
 from streams.kpis import Delta, KpiUpdate
 from streams.validation import BadRow
 
@@ -48,6 +49,13 @@ SCHEMA_FILES: tuple[SchemaFile, ...] = (
         BadRow,
         "bad_row",
         "A raw message that was not counted, with why, on <prefix>.bad-rows.",
+    ),
+    SchemaFile(
+        "outputs/ingest_report-1-0-0.json",
+        IngestReport,
+        "ingest_report",
+        "What one ingest flush did with its raw messages, on <prefix>.ingest-accounting. Summed "
+        "over the topic (read_committed), it accounts for every raw message exactly once.",
     ),
     SchemaFile(
         "internal/kpi_delta-1-0-0.json",

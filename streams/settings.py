@@ -85,6 +85,10 @@ class Settings:
         return f"{self.topic_prefix}.bad-rows"
 
     @property
+    def accounting_topic(self) -> str:
+        return f"{self.topic_prefix}.ingest-accounting"
+
+    @property
     def ingest_group_id(self) -> str:
         return f"{self.topic_prefix}-ingest"
 

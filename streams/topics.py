@@ -30,6 +30,7 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         TopicSpec(settings.raw_topic, n, {}),
         TopicSpec(settings.deltas_topic, n, {}),
         TopicSpec(settings.bad_rows_topic, n, {}),
+        TopicSpec(settings.accounting_topic, 1, {}),
         TopicSpec(settings.kpi_updates_topic, n, {"cleanup.policy": "compact"}),
     ]
 

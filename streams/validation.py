@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import enum
 import re
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
@@ -20,6 +21,8 @@ from streams.events import (
 )
 
 BAD_ROW_SCHEMA_VERSION = "1-0-0"
+#: How much of a too_large message a bad row keeps.
+TOO_LARGE_KEEP_BYTES = 4096
 
 
 class BadReason(enum.StrEnum):
@@ -28,6 +31,7 @@ class BadReason(enum.StrEnum):
     UNKNOWN_TYPE = "unknown_type"
     UNSUPPORTED_SCHEMA_VERSION = "unsupported_schema_version"
     TOO_LARGE = "too_large"
+    TOO_DEEPLY_NESTED = "too_deeply_nested"
     TIMESTAMP_OUT_OF_RANGE = "timestamp_out_of_range"
     PROCESSING_ERROR = "processing_error"
 
@@ -44,6 +48,13 @@ class BadRow(msgspec.Struct, frozen=True, kw_only=True):
     source_offset: Annotated[int, msgspec.Meta(ge=0)]
     payload_encoding: Literal["utf-8", "base64"]
     payload: Annotated[str, msgspec.Meta(description="The raw message: text if UTF-8, else base64.")]
+    payload_bytes: Annotated[int, msgspec.Meta(ge=0, description="Size of the raw message.")]
+    payload_truncated: Annotated[
+        bool,
+        msgspec.Meta(
+            description=f"True when only the first {TOO_LARGE_KEEP_BYTES} bytes are kept (too_large)."
+        ),
+    ]
     processor: str
     failed_at: AwareTime
 
@@ -70,6 +81,10 @@ def decode_event(payload: bytes, max_bytes: int) -> RawEvent | Rejection:
         return _classify_validation_error(payload, str(exc))
     except msgspec.DecodeError as exc:
         return Rejection(BadReason.NOT_JSON, f"not a JSON document: {exc}")
+    except RecursionError:
+        return Rejection(BadReason.TOO_DEEPLY_NESTED, "JSON nested deeper than the decoder allows")
+    except UnicodeDecodeError as exc:
+        return Rejection(BadReason.NOT_JSON, f"not UTF-8 text: {exc.reason} at byte {exc.start}")
     model = int(event.schema_version.split("-", 1)[0])
     if model != SUPPORTED_SCHEMA_MODEL:
         return Rejection(
@@ -136,8 +151,21 @@ def _peek_type(payload: bytes) -> str | None:
 
 
 def make_bad_row(
-    rejection: Rejection, payload: bytes, topic: str, partition: int, offset: int, processor: str
+    rejection: Rejection,
+    payload: bytes,
+    topic: str,
+    partition: int,
+    offset: int,
+    processor: str,
+    scrub: Callable[[bytes], bytes] = bytes,
 ) -> BadRow:
+    """Wrap a refused payload: ``scrub`` removes personal data before anything is kept, then a
+    too_large payload is cut to its first TOO_LARGE_KEEP_BYTES."""
+    size = len(payload)
+    payload = scrub(payload)
+    truncated = rejection.reason is BadReason.TOO_LARGE and size > TOO_LARGE_KEEP_BYTES
+    if truncated:
+        payload = payload[:TOO_LARGE_KEEP_BYTES]
     encoding: Literal["utf-8", "base64"]
     try:
         text, encoding = payload.decode("utf-8"), "utf-8"
@@ -153,6 +181,8 @@ def make_bad_row(
         source_offset=offset,
         payload_encoding=encoding,
         payload=text,
+        payload_bytes=size,
+        payload_truncated=truncated,
         processor=processor,
         failed_at=datetime.now(UTC),
     )

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -12,10 +14,12 @@ import sys
 import time
 import urllib.request
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from streams.settings import Settings
@@ -24,9 +28,15 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A free port below Linux's ephemeral range, so no client connection takes it meanwhile."""
+    while True:
+        port = random.randrange(20_000, 32_000)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
 
 
 #: The pseudonymization key of every test worker, so tests can compute expected pseudonyms.
@@ -108,10 +118,13 @@ class WorkerProcess:
             self.process.kill()
             self.process.wait()
 
+    def metrics_text(self) -> str:
+        with urllib.request.urlopen(f"{self.settings.web_url}/metrics", timeout=5) as response:
+            return str(response.read().decode())
+
     def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         """Every sample on /metrics, keyed by (name, sorted labels)."""
-        with urllib.request.urlopen(f"{self.settings.web_url}/metrics", timeout=5) as response:
-            text = response.read().decode()
+        text = self.metrics_text()
         samples: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
@@ -119,11 +132,17 @@ class WorkerProcess:
         return samples
 
 
-async def produce(settings: Settings, topic: str, payloads: list[bytes]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", linger_ms=5)
+async def produce(settings: Settings, topic: str, payloads: list[bytes | None]) -> None:
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap, acks="all", linger_ms=5, max_request_size=4 * 1024 * 1024
+    )
     await producer.start()
     try:
-        futures = [await producer.send(topic, payload) for payload in payloads]
+        # A message without a value needs a key (Kafka allows no message with neither).
+        futures = [
+            await producer.send(topic, payload, key=None if payload is not None else b"k")
+            for payload in payloads
+        ]
         await asyncio.gather(*futures)
     finally:
         await producer.stop()
@@ -156,3 +175,62 @@ async def read_topic_until(
     finally:
         await consumer.stop()
     return records
+
+
+async def read_everything(
+    settings: Settings, topics: list[str], isolation: str = "read_uncommitted"
+) -> list[ConsumerRecord[bytes, bytes]]:
+    """Every record currently in ``topics``, up to their end offsets."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        isolation_level=isolation,
+    )
+    await consumer.start()
+    records: list[ConsumerRecord[bytes, bytes]] = []
+    try:
+        admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+        await admin.start()
+        try:
+            described = await admin.describe_topics(topics)
+        finally:
+            await admin.close()
+        partitions = [TopicPartition(d["topic"], p["partition"]) for d in described for p in d["partitions"]]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        ends = await consumer.end_offsets(partitions)
+        remaining = {tp for tp in partitions if ends[tp] > 0}
+        deadline = time.monotonic() + 60
+        while remaining and time.monotonic() < deadline:
+            batches = await consumer.getmany(timeout_ms=500)
+            for batch in batches.values():
+                records.extend(batch)
+            remaining = {tp for tp in remaining if await consumer.position(tp) < ends[tp]}
+    finally:
+        await consumer.stop()
+    return records
+
+
+async def accounting_totals(settings: Settings) -> dict[str, Counter[str]]:
+    """Sums over the ingest accounting topic (committed flushes only)."""
+    totals: dict[str, Counter[str]] = {
+        "outcomes": Counter(),
+        "bad_reasons": Counter(),
+        "events_by_type": Counter(),
+    }
+    for record in await read_everything(settings, [settings.accounting_topic], isolation="read_committed"):
+        report = json.loads(record.value)
+        for part in totals:
+            totals[part].update(report[part])
+    return totals
+
+
+async def wait_for_accounting(settings: Settings, raw_count: int, timeout: float) -> dict[str, Counter[str]]:
+    """Poll the accounting topic until it accounts for ``raw_count`` messages (or time runs out)."""
+    deadline = time.monotonic() + timeout
+    totals = await accounting_totals(settings)
+    while sum(totals["outcomes"].values()) < raw_count and time.monotonic() < deadline:
+        await asyncio.sleep(1)
+        totals = await accounting_totals(settings)
+    return totals

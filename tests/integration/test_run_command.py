@@ -56,6 +56,7 @@ def test_run_shows_organic_traffic_per_campaign_within_90_seconds(tmp_path: Path
         cwd=REPO,
         stdout=log,
         stderr=subprocess.STDOUT,
+        start_new_session=True,  # its worker child is in the same group, for cleanup
     )
     started = time.monotonic()
     seen: dict[tuple[str, float], float] = {}
@@ -72,7 +73,8 @@ def test_run_shows_organic_traffic_per_campaign_within_90_seconds(tmp_path: Path
         run.wait(60)
     finally:
         if run.poll() is None:
-            run.kill()
+            os.killpg(run.pid, signal.SIGKILL)
+            run.wait()
         log.close()
     output = (tmp_path / "run.log").read_text()
     assert f"{settings.web_url}/metrics" in output and settings.kpi_updates_topic in output
@@ -110,7 +112,7 @@ def test_metrics_and_kpi_topic_agree_while_running(tmp_path: Path) -> None:
                 timeout=120,
             )
             assert generate.returncode == 0, generate.stderr
-            assert "produced 3000 events" in generate.stdout
+            assert "produced 3000 messages" in generate.stdout
             deadline = time.monotonic() + 90
             metrics: dict[tuple[str, float], float] = {}
             while time.monotonic() < deadline:

@@ -1,38 +1,90 @@
-import json
-from datetime import UTC, datetime, timedelta
+"""The generator's messages and their labels: the labels are what integration tests trust."""
 
-from streams.generator import EventFactory
-from streams.validation import decode_event
+from __future__ import annotations
+
+import json
+from collections import Counter
+from datetime import UTC, datetime
+
+from streams.events import EVENT_TYPES
+from streams.generator import DUPLICATE, VALID, Fractions, GroundTruth, Scenario
+from streams.validation import Rejection, check_time_range, decode_event, event_time
+
+NOW = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
 
 
 def clock() -> datetime:
-    return datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
+    return NOW
 
 
-def test_same_seed_same_events_and_different_seed_different_events() -> None:
-    first = list(EventFactory(seed=3).events(200, clock))
-    assert first == list(EventFactory(seed=3).events(200, clock))
-    assert first != list(EventFactory(seed=4).events(200, clock))
+def test_same_seed_same_messages_and_different_seed_different_messages() -> None:
+    fractions = Fractions(duplicates=0.1, late=0.1, malformed=0.1, shuffle_window=20)
+    first = list(Scenario(3, fractions=fractions).messages(500, clock))
+    assert first == list(Scenario(3, fractions=fractions).messages(500, clock))
+    assert first != list(Scenario(4, fractions=fractions).messages(500, clock))
+    assert len(first) == 500
 
 
-def test_generated_events_are_valid_and_varied() -> None:
-    events = list(EventFactory(seed=1, campaigns=4).events(3000, clock))
-    assert all(not hasattr(decode_event(json.dumps(e).encode(), 65536), "reason") for e in events)
-    assert len({e["event_id"] for e in events}) == len(events)
-    mediums = {e.get("utm", {}).get("medium") for e in events}
-    assert {"organic", "cpc", "email", None} <= mediums
-    campaigns = {e["utm"]["campaign"] for e in events if "campaign" in e.get("utm", {})}
-    assert len(campaigns) == 4
-    blog = sum(e["page"]["path"].startswith("/blog/") for e in events)
-    assert 0.1 < blog / len(events) < 0.6
-    assert any("referrer" in e["page"] and "utm" not in e for e in events)
+def test_every_label_is_what_validation_and_dedup_must_conclude() -> None:
+    fractions = Fractions(duplicates=0.1, late=0.1, malformed=0.2, shuffle_window=50)
+    seen: set[str] = set()
+    labels: Counter[str] = Counter()
+    for message in Scenario(11, fractions=fractions).messages(6000, clock):
+        decoded = decode_event(message.payload, 65536)
+        if isinstance(decoded, Rejection):
+            verdict = decoded.reason.value
+        else:
+            out_of_range = check_time_range(event_time(decoded), NOW, 7 * 86400, 600)
+            if out_of_range is not None:
+                verdict = out_of_range.reason.value
+            else:
+                verdict = DUPLICATE if decoded.event_id in seen else VALID
+                seen.add(decoded.event_id)
+        assert verdict == message.expect, message.payload[:200]
+        labels[message.expect] += 1
+    expected_labels = {
+        VALID,
+        DUPLICATE,
+        "not_json",
+        "schema_violation",
+        "unknown_type",
+        "unsupported_schema_version",
+        "too_large",
+        "too_deeply_nested",
+        "timestamp_out_of_range",
+    }
+    assert set(labels) == expected_labels
+    assert 0.05 < labels[DUPLICATE] / labels[VALID] < 0.15
 
 
-def test_events_take_their_time_from_the_clock() -> None:
-    times = iter(clock() + timedelta(seconds=i) for i in range(3))
-    events = list(EventFactory(seed=1).events(3, lambda: next(times)))
-    assert [e["occurred_at"] for e in events] == [
-        "2026-11-27T10:00:00.000+00:00",
-        "2026-11-27T10:00:01.000+00:00",
-        "2026-11-27T10:00:02.000+00:00",
+def test_every_event_type_appears_with_realistic_funnels() -> None:
+    messages = [m for m in Scenario(5).messages(20000, clock) if m.expect == VALID]
+    events = [json.loads(m.payload) for m in messages]
+    kinds = Counter(e["type"] for e in events)
+    assert set(kinds) == set(EVENT_TYPES)
+    assert kinds["email_sent"] >= kinds["email_delivered"] > kinds["email_open"] > 0
+    assert kinds["ad_impression"] > kinds["lead"] > 0
+    assert kinds["page_view"] > kinds["page_engagement"]
+    opens = [e for e in events if e["type"] == "email_open"]
+    assert any(e["machine_open"] for e in opens) and any(not e["machine_open"] for e in opens)
+    per_message = Counter(e["email"]["message_id"] for e in opens if not e["machine_open"])
+    assert max(per_message.values()) > 1, "some recipients open twice"
+    assert all(datetime.fromisoformat(e["occurred_at"]) <= NOW for e in events)
+
+
+def test_late_journeys_arrive_with_old_event_times() -> None:
+    messages = Scenario(2, fractions=Fractions(late=0.5)).messages(3000, clock)
+    ages = [
+        (NOW - datetime.fromisoformat(json.loads(m.payload)["occurred_at"])).total_seconds() for m in messages
     ]
+    assert max(ages) > 20 * 60
+    assert min(ages) >= 0
+
+
+def test_ground_truth_adds_up() -> None:
+    truth = GroundTruth()
+    for message in Scenario(9, fractions=Fractions(duplicates=0.1, malformed=0.1)).messages(2000, clock):
+        truth.add(message)
+    assert truth.raw == 2000 == sum(truth.outcomes.values())
+    assert truth.outcomes["bad"] == sum(truth.bad_reasons.values())
+    assert truth.outcomes["valid"] == sum(truth.valid_by_type.values())

@@ -1,0 +1,111 @@
+"""Nothing lost: every raw message is counted once as valid, a bad row, or a duplicate.
+
+The expected accounting comes from the generator's labels (tests/unit/test_generator.py
+checks those labels against the decoder); the actual one is read back from the real broker:
+the ingest accounting topic, the bad-row topic and /metrics.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from streams.generator import Fractions, GroundTruth, Message, Scenario
+from streams.topics import ensure_topics
+from tests.support import (
+    WorkerProcess,
+    accounting_totals,
+    isolated_settings,
+    produce,
+    read_everything,
+    wait_for_accounting,
+)
+
+pytestmark = pytest.mark.kafka
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def truth_of(messages: list[Message]) -> GroundTruth:
+    truth = GroundTruth()
+    for message in messages:
+        truth.add(message)
+    return truth
+
+
+async def test_ten_thousand_malformed_payloads_mixed_with_valid_ones(tmp_path: Path) -> None:
+    settings = isolated_settings()
+    scenario = Scenario(
+        21, fractions=Fractions(duplicates=0.05, late=0.05, malformed=0.75, shuffle_window=100)
+    )
+    messages: list[Message] = []
+    for message in scenario.messages(None, now):
+        messages.append(message)
+        if sum(m.expect not in ("valid", "duplicate") for m in messages) >= 10_000:
+            break
+    truth = truth_of(messages)
+    payloads: list[bytes | None] = [m.payload for m in messages]
+    payloads += [None] * 5  # tombstone-style messages without a value
+    truth.raw += 5
+    truth.outcomes["bad"] += 5
+    truth.bad_reasons["not_json"] += 5
+    assert truth.outcomes["bad"] >= 10_000 and len(truth.bad_reasons) == 7
+
+    worker = WorkerProcess(settings, tmp_path)
+    worker.start()
+    try:
+        await produce(settings, settings.raw_topic, payloads)
+        totals = await wait_for_accounting(settings, truth.raw, timeout=180)
+        assert totals["outcomes"] == truth.outcomes, worker.log_tail()
+        assert totals["bad_reasons"] == truth.bad_reasons
+        assert totals["events_by_type"] == truth.valid_by_type
+
+        rows = [
+            json.loads(r.value)
+            for r in await read_everything(settings, [settings.bad_rows_topic], "read_committed")
+        ]
+        assert Counter(row["reason"] for row in rows) == truth.bad_reasons
+        assert len({(row["source_partition"], row["source_offset"]) for row in rows}) == len(rows)
+
+        samples = worker.metrics()
+        for outcome, count in truth.outcomes.items():
+            assert samples[("mkpi_ingest_messages_total", (("outcome", outcome),))] == count
+        for reason, count in truth.bad_reasons.items():
+            assert samples[("mkpi_ingest_bad_rows_total", (("reason", reason),))] == count
+        assert worker.process is not None and worker.process.poll() is None, (
+            "the worker must survive every input"
+        )
+    finally:
+        worker.stop()
+
+
+async def test_exact_accounting_across_sigkill_and_restart(tmp_path: Path) -> None:
+    """Messages re-read after a crash count once: not zero times (as 'duplicates'), not twice."""
+    settings = isolated_settings(ingest_max_records=500)
+    scenario = Scenario(33, fractions=Fractions(duplicates=0.1, late=0.05, malformed=0.05, shuffle_window=50))
+    messages = list(scenario.messages(30_000, now))
+    truth = truth_of(messages)
+    await ensure_topics(settings)
+    await produce(settings, settings.raw_topic, [m.payload for m in messages])
+
+    for attempt in range(2):
+        worker = WorkerProcess(settings, tmp_path, name=f"worker-{attempt}")
+        worker.start()
+        if attempt == 0:
+            await wait_for_accounting(settings, 5_000, timeout=120)
+            worker.kill()
+            done = sum((await accounting_totals(settings))["outcomes"].values())
+            assert 0 < done < truth.raw, "the kill must land mid-stream"
+    try:
+        totals = await wait_for_accounting(settings, truth.raw, timeout=180)
+        assert totals["outcomes"] == truth.outcomes, worker.log_tail()
+        assert totals["bad_reasons"] == truth.bad_reasons
+        assert totals["events_by_type"] == truth.valid_by_type
+    finally:
+        worker.stop()
