@@ -222,9 +222,11 @@ class _FlushBeforeRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         await self.service.flush()
+        self.service.metrics.ingest_partitions.set(0)
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         log.info("ingest assigned %s", sorted(tp.partition for tp in assigned))
+        self.service.metrics.ingest_partitions.set(len(assigned))
 
 
 class IngestService(Service):

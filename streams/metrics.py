@@ -50,6 +50,11 @@ class Metrics:
             ["type"],
             registry=self.registry,
         )
+        self.ingest_partitions = Gauge(
+            "mkpi_ingest_assigned_partitions",
+            "Raw topic partitions this worker's ingest currently reads.",
+            registry=self.registry,
+        )
         self.redis_up = Gauge(
             "mkpi_redis_up",
             "1 when the last Redis call of ingest succeeded, 0 while Redis is unreachable.",

@@ -212,6 +212,14 @@ async def read_everything(
     return records
 
 
+async def wait_until(condition: Callable[[], bool], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await asyncio.sleep(0.3)
+
+
 async def accounting_totals(settings: Settings) -> dict[str, Counter[str]]:
     """Sums over the ingest accounting topic (committed flushes only)."""
     totals: dict[str, Counter[str]] = {

@@ -300,6 +300,9 @@ class KafkaBroker:
         pid = self.running_pid()
         if pid is not None:
             os.kill(pid, signal.SIGKILL)
+            deadline = time.monotonic() + 10
+            while pid_alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
 
 
 async def metadata_round_trip(bootstrap: str, timeout: float) -> bool:

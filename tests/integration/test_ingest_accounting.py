@@ -7,6 +7,7 @@ the ingest accounting topic, the bad-row topic and /metrics.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections import Counter
 from datetime import UTC, datetime
@@ -19,10 +20,12 @@ from streams.topics import ensure_topics
 from tests.support import (
     WorkerProcess,
     accounting_totals,
+    free_port,
     isolated_settings,
     produce,
     read_everything,
     wait_for_accounting,
+    wait_until,
 )
 
 pytestmark = pytest.mark.kafka
@@ -109,3 +112,39 @@ async def test_exact_accounting_across_sigkill_and_restart(tmp_path: Path) -> No
         assert totals["events_by_type"] == truth.valid_by_type
     finally:
         worker.stop()
+
+
+async def test_two_workers_split_the_raw_topic_and_share_the_duplicate_memory(tmp_path: Path) -> None:
+    """Retries land on other partitions than their originals, so each worker meets duplicates
+    of events the other one counted."""
+    settings = isolated_settings(partitions=4)
+    scenario = Scenario(44, fractions=Fractions(duplicates=0.2, malformed=0.02, shuffle_window=20))
+    messages = list(scenario.messages(12_000, now))
+    truth = truth_of(messages)
+    await ensure_topics(settings)
+    workers = [
+        WorkerProcess(
+            dataclasses.replace(settings, worker_name=f"w{i}", web_port=free_port()), tmp_path, f"w{i}"
+        )
+        for i in range(2)
+    ]
+    for worker in workers:
+        worker.start()
+    try:
+        for worker in workers:  # both ingest consumers have joined and split the partitions
+            await wait_until(lambda w=worker: w.metrics()[("mkpi_ingest_assigned_partitions", ())] == 2, 60)
+        await produce(settings, settings.raw_topic, [m.payload for m in messages])
+        totals = await wait_for_accounting(settings, truth.raw, timeout=180)
+        assert totals["outcomes"] == truth.outcomes, workers[0].log_tail()
+        assert totals["events_by_type"] == truth.valid_by_type
+        reports = [
+            json.loads(r.value)
+            for r in await read_everything(settings, [settings.accounting_topic], "read_committed")
+        ]
+        assert {report["worker"] for report in reports} == {
+            f"{settings.app_id}-ingest-w0",
+            f"{settings.app_id}-ingest-w1",
+        }
+    finally:
+        for worker in workers:
+            worker.stop()
