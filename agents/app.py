@@ -48,7 +48,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> faust.App:
         value_type=bytes,
     )
     table = app.Table(KPI_TABLE_NAME, partitions=settings.partitions, key_type=bytes, value_type=bytes)
-    register_kpi_agent(app, deltas, updates, table, metrics)
+    register_kpi_agent(app, deltas, updates, table, metrics, settings.windowing)
     rules = ChannelRules.load(Path(settings.channel_rules_file) if settings.channel_rules_file else None)
     ingest = IngestService(
         settings,

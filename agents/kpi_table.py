@@ -1,4 +1,4 @@
-"""The agent that folds deltas into the KPI table and publishes each changed value."""
+"""The agent that folds cell deltas into the KPI table and publishes the KPIs they change."""
 
 from __future__ import annotations
 
@@ -9,13 +9,14 @@ import faust
 import msgspec
 from faust.types import TableT
 
-from streams.kpis import Delta, KpiKey, KpiState, apply_delta, kpi_update
+from streams.kpis import CellState, Delta, KpiKey, apply_delta, kpi_updates
 from streams.metrics import Metrics
+from streams.windows import Windowing
 
 log = logging.getLogger(__name__)
 
 _delta_decoder = msgspec.json.Decoder(Delta)
-_state_decoder = msgspec.json.Decoder(KpiState)
+_state_decoder = msgspec.json.Decoder(CellState)
 _encoder = msgspec.json.Encoder()
 
 
@@ -26,13 +27,13 @@ class CurrentWindowGauges:
         self.metrics = metrics
         self._newest_start: dict[tuple[str, int, str, str], int] = {}
 
-    def observe(self, key: KpiKey, value: int) -> None:
+    def observe(self, key: KpiKey, value: float | None) -> None:
         series = (key.kpi, key.window_seconds, key.channel, key.campaign)
         if key.window_start < self._newest_start.get(series, key.window_start):
             return
         self._newest_start[series] = key.window_start
         labels = (key.kpi, f"{key.window_seconds}s", key.channel, key.campaign)
-        self.metrics.kpi_current.labels(*labels).set(value)
+        self.metrics.kpi_current.labels(*labels).set(float("nan") if value is None else value)
         self.metrics.kpi_current_window_start.labels(*labels).set(key.window_start)
 
 
@@ -42,8 +43,10 @@ def register_kpi_agent(
     updates: faust.TopicT,
     table: TableT[bytes, bytes],
     metrics: Metrics,
+    windowing: Windowing,
 ) -> Any:
     gauges = CurrentWindowGauges(metrics)
+    smallest_window = min(windowing.sizes)
 
     async def apply_kpi_deltas(stream: faust.StreamT[bytes]) -> None:
         async for event in stream.events():
@@ -63,9 +66,13 @@ def register_kpi_agent(
                 metrics.deltas_replayed.inc()
                 continue
             table[table_key] = _encoder.encode(state)
-            await updates.send(key=table_key, value=_encoder.encode(kpi_update(key, state)))
+            window_end = windowing.end(key.window_seconds, key.window_start)
+            for kpi_key, update in kpi_updates(key, state, set(delta.measures), window_end):
+                await updates.send(key=kpi_key.encode(), value=_encoder.encode(update))
+                gauges.observe(kpi_key, update.value)
             metrics.deltas_applied.inc()
-            metrics.kpi_count.labels(key.kpi, key.channel, key.campaign).inc(delta.count)
-            gauges.observe(key, state.count)
+            if key.window_seconds == smallest_window:  # count each event once, not once per size
+                for measure, amount in delta.measures.items():
+                    metrics.measures.labels(measure, key.channel, key.campaign).inc(amount)
 
     return app.agent(deltas, name="apply_kpi_deltas")(apply_kpi_deltas)

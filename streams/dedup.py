@@ -1,10 +1,11 @@
-"""Dropping client retries: an event_id seen before (within the horizon) is a duplicate.
+"""First sightings in Redis: client retries to drop, and keys to count once.
 
-The first sighting of each event id is remembered in Redis as "partition:offset" of the
-raw message. Seeing the same id again at the same coordinates is the same Kafka message
-delivered again (after a crash, before its batch was committed), and it counts; at other
-coordinates it is a client retry, and it is dropped. One script call classifies a whole
-batch, atomically, so several workers can share the store.
+Each sighting names a key (an event id, a session, an email opened) and where the raw
+message that carries it sits (partition:offset). The first sighting of a key is
+remembered for its horizon. Seeing the key again at the same coordinates is the same Kafka
+message delivered again (after a crash, before its batch was committed) and it counts
+again; at other coordinates it does not count (a client retry, or a session already
+counted). One script call classifies a whole batch, atomically, so workers can share it.
 """
 
 from __future__ import annotations
@@ -13,16 +14,14 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
-#: For each key: remember the sighting if the id is new (1), recognise the same message (2),
-#: or report a duplicate (0).
+#: For each key: remember the sighting if new (1), recognise the same message (2), or not (0).
 _CLASSIFY = """
-local horizon = tonumber(ARGV[1])
 local verdicts = {}
 for i, key in ipairs(KEYS) do
-  local sighting = ARGV[i + 1]
+  local sighting = ARGV[2 * i - 1]
   local stored = redis.call('GET', key)
   if not stored then
-    redis.call('SET', key, sighting, 'EX', horizon)
+    redis.call('SET', key, sighting, 'EX', tonumber(ARGV[2 * i]))
     verdicts[i] = 1
   elseif stored == sighting then
     verdicts[i] = 2
@@ -33,32 +32,33 @@ end
 return verdicts
 """
 
-FIRST_SIGHTING = 1
-SAME_MESSAGE_AGAIN = 2
-DUPLICATE = 0
+NOT_FIRST = 0
 
 
 @dataclass(frozen=True, slots=True)
 class Sighting:
-    """One valid event of a batch: its (pseudonymized) id and where the raw message sits."""
+    """A (pseudonymized) key seen in the raw message at ``partition``:``offset``."""
 
-    event_key: str
+    namespace: str
+    key: str
     partition: int
     offset: int
+    horizon_seconds: int
 
 
-class RedisDeduplicator:
-    def __init__(self, client: aioredis.Redis, namespace: str, horizon_seconds: int) -> None:
+class RedisSightings:
+    def __init__(self, client: aioredis.Redis, prefix: str) -> None:
         self.client = client
-        self.namespace = namespace
-        self.horizon_seconds = horizon_seconds
+        self.prefix = prefix
         self._script = client.register_script(_CLASSIFY)
 
     async def counts(self, sightings: list[Sighting]) -> list[bool]:
-        """For each sighting, whether it counts (True) or is a client duplicate (False)."""
+        """For each sighting, whether it counts: first sighting, or the same message again."""
         if not sightings:
             return []
-        keys = [f"{self.namespace}:dedup:{s.event_key}" for s in sightings]
-        args: list[str | int] = [self.horizon_seconds, *(f"{s.partition}:{s.offset}" for s in sightings)]
+        keys = [f"{self.prefix}:{s.namespace}:{s.key}" for s in sightings]
+        args: list[str | int] = []
+        for s in sightings:
+            args += [f"{s.partition}:{s.offset}", s.horizon_seconds]
         verdicts = await self._script(keys=keys, args=args)
-        return [int(v) != DUPLICATE for v in verdicts]
+        return [int(v) != NOT_FIRST for v in verdicts]

@@ -26,8 +26,9 @@ from aiokafka.errors import KafkaError, ProducerFenced
 from mode import Service
 from redis.exceptions import RedisError
 
-from streams.attribution import ChannelRules
-from streams.dedup import RedisDeduplicator, Sighting
+from streams.attribution import Attribution, ChannelRules
+from streams.catalog import Contribution, contribution
+from streams.dedup import RedisSightings, Sighting
 from streams.events import TYPE_NAMES, AwareTime, PageView, RawEvent
 from streams.kpis import Delta, DeltaAggregator
 from streams.metrics import Metrics
@@ -77,11 +78,13 @@ class IngestReport(msgspec.Struct, frozen=True, kw_only=True):
 
 @dataclass(frozen=True, slots=True)
 class Candidate:
-    """A valid event of a batch, waiting for the duplicate check."""
+    """A valid event of a batch with what it would add, waiting for the duplicate check."""
 
     record: ConsumerRecord[bytes, bytes]
     event: RawEvent
     at: datetime
+    attribution: Attribution
+    contribution: Contribution
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +116,7 @@ class BatchIngestor:
         self.pseudonymize = pseudonymizer
         self.clock = clock
         self.own_sites = settings.site_domain_list
-        self.aggregator = DeltaAggregator(settings.window_seconds, settings.blog_path_prefix)
+        self.aggregator = DeltaAggregator(settings.windowing)
         self.bad_rows: list[BadRow] = []
         self.next_offsets: dict[TopicPartition, int] = {}
         self.outcomes: Counter[str] = Counter()
@@ -150,24 +153,46 @@ class BatchIngestor:
         out_of_range = check_time_range(
             at, now, self.settings.max_event_age_seconds, self.settings.max_event_future_seconds
         )
-        return out_of_range or Candidate(record, decoded, at)
+        if out_of_range is not None:
+            return out_of_range
+        attribution = self.rules.attribute(decoded, self.own_sites)
+        person = _unique_subject(decoded)
+        added = contribution(
+            decoded,
+            attribution,
+            self.settings.blog_path_prefix,
+            None if person is None else self.pseudonymize(person),
+        )
+        return Candidate(record, decoded, at, attribution, added)
 
     def sightings(self, screened: Screened) -> list[Sighting]:
-        return [
-            Sighting(self.pseudonymize(c.event.event_id), c.record.partition, c.record.offset)
+        """What to check in Redis: every candidate's event id, then every candidate's uniques."""
+        dedup = self.settings.dedup_horizon_seconds
+        unique = self.settings.unique_horizon_seconds
+        ids = [
+            Sighting("event", self.pseudonymize(c.event.event_id), c.record.partition, c.record.offset, dedup)
             for c in screened.candidates
         ]
+        uniques = [
+            Sighting(u.namespace, u.key, c.record.partition, c.record.offset, unique)
+            for c in screened.candidates
+            for u in c.contribution.uniques
+        ]
+        return ids + uniques
 
-    def apply(self, screened: Screened, counts: list[bool]) -> None:
-        """Fold a screened batch in; ``counts[i]`` says whether candidate i is not a duplicate."""
+    def apply(self, screened: Screened, verdicts: list[bool]) -> None:
+        """Fold a screened batch in; ``verdicts`` answer ``sightings(screened)`` in order."""
         for record, rejection in screened.rejected:
             self._reject(rejection, record)
-        for candidate, counted in zip(screened.candidates, counts, strict=True):
+        first_unique = len(screened.candidates)
+        unique_verdicts = iter(verdicts[first_unique:])
+        for candidate, counted in zip(screened.candidates, verdicts[:first_unique], strict=True):
+            firsts = [next(unique_verdicts) for _ in candidate.contribution.uniques]
             if not counted:
                 self.outcomes["duplicate"] += 1
                 continue
             try:
-                self._count(candidate)
+                self._count(candidate, firsts)
             except Exception as exc:  # a bug must cost one bad row, never the worker
                 log.exception(
                     "processing failed at %s/%s", candidate.record.partition, candidate.record.offset
@@ -180,11 +205,13 @@ class BatchIngestor:
             self.event_types[TYPE_NAMES[type(candidate.event)]] += 1
         self.next_offsets.update(screened.next_offsets)
 
-    def _count(self, candidate: Candidate) -> None:
-        event = candidate.event
-        if isinstance(event, PageView):
-            attribution = self.rules.attribute(event, self.own_sites)
-            self.aggregator.add_page_view(candidate.at.timestamp(), attribution, event.page.path)
+    def _count(self, candidate: Candidate, firsts: list[bool]) -> None:
+        added = candidate.contribution
+        measures = list(added.measures)
+        measures += [
+            (unique.measure, 1) for unique, first in zip(added.uniques, firsts, strict=True) if first
+        ]
+        self.aggregator.add(candidate.at.timestamp(), candidate.attribution, measures)
 
     def _reject(self, rejection: Rejection, record: ConsumerRecord[bytes, bytes]) -> None:
         payload = record.value or b""
@@ -216,6 +243,15 @@ class BatchIngestor:
         return taken
 
 
+def _unique_subject(event: RawEvent) -> str | None:
+    """Whose uniqueness a unique measure counts: the session of a page view, the recipient of
+    an email event (pseudonymized before use)."""
+    if isinstance(event, PageView):
+        return event.session_id
+    email = getattr(event, "email", None)
+    return email.recipient if email is not None else None
+
+
 class _FlushBeforeRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, service: IngestService) -> None:
         self.service = service
@@ -235,7 +271,7 @@ class IngestService(Service):
     consumer: AIOKafkaConsumer
     producer: AIOKafkaProducer
     redis: aioredis.Redis
-    dedup: RedisDeduplicator
+    first_sightings: RedisSightings
 
     def __init__(
         self,
@@ -275,7 +311,7 @@ class IngestService(Service):
             max_batch_size=1024 * 1024,
         )
         self.redis = aioredis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
-        self.dedup = RedisDeduplicator(self.redis, settings.app_id, settings.dedup_horizon_seconds)
+        self.first_sightings = RedisSightings(self.redis, settings.app_id)
         await self.producer.start()
         await self.consumer.start()
         self.consumer.subscribe([self.settings.raw_topic], listener=_FlushBeforeRevoke(self))
@@ -308,12 +344,13 @@ class IngestService(Service):
                 last_flush = time.monotonic()
 
     async def _check_duplicates(self, screened: Screened) -> list[bool]:
-        """Ask Redis which events are client retries; wait out a Redis outage, holding the batch."""
+        """Ask Redis which events are client retries and which uniques are new; wait out a Redis
+        outage, holding the batch."""
         sightings = self.ingestor.sightings(screened)
         delay = 0.5
         while True:
             try:
-                counts = await self.dedup.counts(sightings)
+                counts = await self.first_sightings.counts(sightings)
             except (RedisError, OSError) as exc:
                 self.metrics.redis_up.set(0)
                 log.warning(

@@ -1,35 +1,46 @@
-"""KPI keys, pre-aggregation of events into deltas, and idempotent merging of deltas.
+"""Cells of measures, pre-aggregation into deltas, idempotent merging, and KPI updates.
 
-A count KPI is accumulated per finest cell (kpi, window, channel, campaign) while a
-batch is ingested, then rolled up once per flush into the three published grains:
-per channel (campaign ``*``), per campaign (channel ``*``) and overall (both ``*``).
+A cell is (window size, window start, channel, campaign). Ingest adds each event's measures
+to its finest cell (its own channel and campaign) in every window size, then once per flush
+rolls the cells up into the three published grains: per channel (campaign ``*``), per
+campaign (channel ``*``) and overall (both ``*``), and sends one delta per cell. All KPIs of
+a cell are derived from that one cell, so ratios never need data from another partition.
 """
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, defaultdict
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Annotated, NamedTuple
 
 import msgspec
 
 from streams.attribution import Attribution
+from streams.catalog import affected, evaluate
 from streams.events import AwareTime
+from streams.windows import Windowing
 
 ALL = "*"
 KPI_SCHEMA_VERSION = "1-0-0"
 DELTA_SCHEMA_VERSION = "1-0-0"
 
-PAGE_VIEWS = "page_views"
-ORGANIC_TRAFFIC = "organic_traffic"
-BLOG_TRAFFIC = "blog_traffic"
-ORGANIC_SEARCH = "organic_search"
 
-COUNT_KPIS: tuple[str, ...] = (PAGE_VIEWS, ORGANIC_TRAFFIC, BLOG_TRAFFIC)
+class CellKey(NamedTuple):
+    """Identity of one cell; the key of deltas and of the KPI table."""
+
+    window_seconds: int
+    window_start: int
+    channel: str
+    campaign: str
+
+    def encode(self) -> bytes:
+        """A JSON array: unambiguous whatever a campaign name holds."""
+        return msgspec.json.encode(tuple(self))
 
 
 class KpiKey(NamedTuple):
-    """Identity of one KPI value: stable across partitions, workers and restarts."""
+    """Identity of one KPI value; the key of the KPI topics."""
 
     kpi: str
     window_seconds: int
@@ -38,7 +49,6 @@ class KpiKey(NamedTuple):
     campaign: str
 
     def encode(self) -> bytes:
-        """The Kafka message key: a JSON array, unambiguous whatever the campaign name holds."""
         return msgspec.json.encode(tuple(self))
 
     @classmethod
@@ -50,25 +60,24 @@ class KpiKey(NamedTuple):
 
 
 class Delta(msgspec.Struct, frozen=True, kw_only=True):
-    """An increment of one KPI key, produced by ingest."""
+    """Increments of the measures of one cell, produced by one ingest flush."""
 
     schema_version: Annotated[str, msgspec.Meta(pattern="^1-[0-9]+-[0-9]+$")]
-    kpi: str
     window_seconds: Annotated[int, msgspec.Meta(gt=0)]
     window_start: Annotated[int, msgspec.Meta(description="Unix seconds.")]
     channel: str
     campaign: str
-    count: int
+    measures: dict[str, int]
 
     @property
-    def key(self) -> KpiKey:
-        return KpiKey(self.kpi, self.window_seconds, self.window_start, self.channel, self.campaign)
+    def key(self) -> CellKey:
+        return CellKey(self.window_seconds, self.window_start, self.channel, self.campaign)
 
 
-class KpiState(msgspec.Struct, frozen=True):
-    """What the Faust table stores per key; ``applied_offset`` makes replays no-ops."""
+class CellState(msgspec.Struct, frozen=True):
+    """What the Faust table stores per cell; ``applied_offset`` makes replays no-ops."""
 
-    count: int
+    measures: dict[str, int]
     applied_offset: int
 
 
@@ -76,7 +85,7 @@ class KpiUpdate(msgspec.Struct, frozen=True, kw_only=True):
     """The latest value of one KPI in one window."""
 
     schema_version: Annotated[str, msgspec.Meta(pattern="^1-[0-9]+-[0-9]+$")]
-    kpi: Annotated[str, msgspec.Meta(description="page_views, organic_traffic, blog_traffic, ...")]
+    kpi: Annotated[str, msgspec.Meta(description="A KPI of the catalog (README).")]
     window_seconds: Annotated[int, msgspec.Meta(gt=0)]
     window_start: AwareTime
     window_end: Annotated[datetime, msgspec.Meta(tz=True, description="Exclusive.")]
@@ -84,84 +93,97 @@ class KpiUpdate(msgspec.Struct, frozen=True, kw_only=True):
     campaign: Annotated[
         str, msgspec.Meta(description="Lower-cased utm campaign, '(none)' when absent, '*' for all.")
     ]
-    value: Annotated[int, msgspec.Meta(ge=0)]
+    value: Annotated[float | None, msgspec.Meta(description="null for a ratio whose denominator is 0.")]
+    numerator: int
+    denominator: Annotated[int | None, msgspec.Meta(description="null unless the KPI is a ratio.")]
     updated_at: AwareTime
 
 
-def window_start(event_epoch_seconds: float, window_seconds: int) -> int:
-    """Start (epoch seconds) of the tumbling window holding the instant."""
-    return int(event_epoch_seconds // window_seconds) * window_seconds
-
-
-def page_view_kpis(channel: str, path: str, blog_path_prefix: str) -> tuple[str, ...]:
-    """The count KPIs one page view adds to."""
-    kpis = [PAGE_VIEWS]
-    if channel == ORGANIC_SEARCH:
-        kpis.append(ORGANIC_TRAFFIC)
-    if path.startswith(blog_path_prefix):
-        kpis.append(BLOG_TRAFFIC)
-    return tuple(kpis)
-
-
 class DeltaAggregator:
-    """Pre-aggregates events of a batch; ``drain`` yields one delta per KPI key."""
+    """Pre-aggregates the events of a batch; ``drain`` gives one delta per cell."""
 
-    def __init__(self, window_seconds: int, blog_path_prefix: str) -> None:
-        self.window_seconds = window_seconds
-        self.blog_path_prefix = blog_path_prefix
-        self._cells: Counter[tuple[str, int, str, str]] = Counter()
+    def __init__(self, windowing: Windowing) -> None:
+        self.windowing = windowing
+        self._cells: defaultdict[tuple[int, int, str, str], Counter[str]] = defaultdict(Counter)
 
     def __len__(self) -> int:
         return len(self._cells)
 
-    def add_page_view(self, event_epoch_seconds: float, attribution: Attribution, path: str) -> None:
-        start = window_start(event_epoch_seconds, self.window_seconds)
-        for kpi in page_view_kpis(attribution.channel, path, self.blog_path_prefix):
-            self._cells[(kpi, start, attribution.channel, attribution.campaign)] += 1
+    def add(
+        self, event_epoch_seconds: float, attribution: Attribution, measures: Iterable[tuple[str, int]]
+    ) -> None:
+        amounts = list(measures)
+        if not amounts:
+            return
+        for size, start in self.windowing.starts(event_epoch_seconds):
+            cell = self._cells[(size, start, attribution.channel, attribution.campaign)]
+            for measure, amount in amounts:
+                cell[measure] += amount
 
     def drain(self) -> list[Delta]:
-        rolled: Counter[KpiKey] = Counter()
-        for (kpi, start, channel, campaign), count in self._cells.items():
-            rolled[KpiKey(kpi, self.window_seconds, start, channel, ALL)] += count
-            rolled[KpiKey(kpi, self.window_seconds, start, ALL, campaign)] += count
-            rolled[KpiKey(kpi, self.window_seconds, start, ALL, ALL)] += count
+        rolled: defaultdict[CellKey, Counter[str]] = defaultdict(Counter)
+        for (size, start, channel, campaign), measures in self._cells.items():
+            for key in (
+                CellKey(size, start, channel, ALL),
+                CellKey(size, start, ALL, campaign),
+                CellKey(size, start, ALL, ALL),
+            ):
+                rolled[key].update(measures)
         self._cells.clear()
         return [
             Delta(
                 schema_version=DELTA_SCHEMA_VERSION,
-                kpi=key.kpi,
                 window_seconds=key.window_seconds,
                 window_start=key.window_start,
                 channel=key.channel,
                 campaign=key.campaign,
-                count=count,
+                measures=dict(measures),
             )
-            for key, count in rolled.items()
+            for key, measures in rolled.items()
         ]
 
 
-def apply_delta(state: KpiState | None, delta: Delta, offset: int) -> KpiState | None:
+def apply_delta(state: CellState | None, delta: Delta, offset: int) -> CellState | None:
     """Merge ``delta`` (read at ``offset`` of its partition); None when it was applied before.
 
-    Every delta of a key arrives through one partition, in offset order, so an offset at
-    or below the last one applied is a replay after a restart.
+    Every delta of a cell arrives through one partition, in offset order, so an offset at or
+    below the last one applied is a replay after a restart.
     """
     if state is None:
-        return KpiState(count=delta.count, applied_offset=offset)
+        return CellState(measures=dict(delta.measures), applied_offset=offset)
     if offset <= state.applied_offset:
         return None
-    return KpiState(count=state.count + delta.count, applied_offset=offset)
+    merged = Counter(state.measures)
+    merged.update(delta.measures)
+    return CellState(measures=dict(merged), applied_offset=offset)
 
 
-def kpi_update(key: KpiKey, state: KpiState, now: datetime | None = None) -> KpiUpdate:
-    return KpiUpdate(
-        schema_version=KPI_SCHEMA_VERSION,
-        kpi=key.kpi,
-        window_seconds=key.window_seconds,
-        window_start=datetime.fromtimestamp(key.window_start, UTC),
-        window_end=datetime.fromtimestamp(key.window_start + key.window_seconds, UTC),
-        channel=key.channel,
-        campaign=key.campaign,
-        value=state.count,
-        updated_at=now or datetime.now(UTC),
-    )
+def kpi_updates(
+    key: CellKey, state: CellState, changed: set[str], window_end: int, now: datetime | None = None
+) -> list[tuple[KpiKey, KpiUpdate]]:
+    """The KPI values of a cell that depend on the ``changed`` measures."""
+    updated_at = now or datetime.now(UTC)
+    start = datetime.fromtimestamp(key.window_start, UTC)
+    end = datetime.fromtimestamp(window_end, UTC)
+    updates = []
+    for kpi in affected(changed):
+        value = evaluate(kpi, state.measures)
+        updates.append(
+            (
+                KpiKey(kpi.name, key.window_seconds, key.window_start, key.channel, key.campaign),
+                KpiUpdate(
+                    schema_version=KPI_SCHEMA_VERSION,
+                    kpi=kpi.name,
+                    window_seconds=key.window_seconds,
+                    window_start=start,
+                    window_end=end,
+                    channel=key.channel,
+                    campaign=key.campaign,
+                    value=value.value,
+                    numerator=value.numerator,
+                    denominator=value.denominator,
+                    updated_at=updated_at,
+                ),
+            )
+        )
+    return updates

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
+from streams.catalog import MEASURES
 from streams.events import EVENT_TYPES
-from streams.kpis import COUNT_KPIS
 from streams.validation import BadReason
 
 OUTCOMES = ("valid", "bad", "duplicate")
@@ -75,16 +75,16 @@ class Metrics:
             "Messages on the delta topic that could not be decoded (skipped and logged).",
             registry=self.registry,
         )
-        self.kpi_count = Counter(
-            "mkpi_kpi_count_total",
-            "Events counted into a count KPI, all windows together. channel or campaign '*' is the "
-            "roll-up over all of them.",
-            ["kpi", "channel", "campaign"],
+        self.measures = Counter(
+            "mkpi_measure_total",
+            "Additive measures behind the KPIs (counts; engaged_ms and lead_value_cents are sums), "
+            "all windows together. channel or campaign '*' is the roll-up over all of them.",
+            ["measure", "channel", "campaign"],
             registry=self.registry,
         )
         self.kpi_current = Gauge(
             "mkpi_kpi_current",
-            "Value of a count KPI in the newest window seen for the series.",
+            "Value of a KPI in the newest window seen for the series (NaN: ratio with denominator 0).",
             ["kpi", "window", "channel", "campaign"],
             registry=self.registry,
         )
@@ -100,5 +100,5 @@ class Metrics:
             self.bad_rows.labels(reason.value)
         for event_type in EVENT_TYPES:
             self.events.labels(event_type)
-        for kpi in COUNT_KPIS:
-            self.kpi_count.labels(kpi, "*", "*")
+        for measure in MEASURES:
+            self.measures.labels(measure, "*", "*")

@@ -15,6 +15,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from streams.windows import Windowing, parse_sizes
 
 ENV_PREFIX = "MKPI_"
 CONFIG_FILE_VARIABLE = "MKPI_CONFIG_FILE"
@@ -37,7 +40,10 @@ class Settings:
     raw_topic: str = "marketing.events.raw"
     topic_prefix: str = "mkpi"
     partitions: int = 3
-    window_seconds: int = 60
+    #: Tumbling window sizes in seconds, comma-separated; each a divisor of a day.
+    window_sizes: str = "60,3600,86400"
+    #: Time zone day windows are aligned to (IANA name).
+    day_time_zone: str = "UTC"
     blog_path_prefix: str = "/blog/"
     flush_interval_seconds: float = 0.5
     ingest_max_records: int = 5000
@@ -48,6 +54,8 @@ class Settings:
     max_event_future_seconds: int = 600
     #: How long an event_id is remembered to drop client retries.
     dedup_horizon_seconds: int = 86400
+    #: How long sessions, unique opens and unique clicks are remembered to count them once.
+    unique_horizon_seconds: int = 30 * 86400
     #: HMAC key for pseudonymizing user and anonymous ids and email addresses (secret).
     pseudonymization_key: str = ""
     #: Allows a built-in, public pseudonymization key. Never in production.
@@ -95,6 +103,10 @@ class Settings:
     @property
     def kafka_port(self) -> int:
         return _split_host_port(self.kafka_bootstrap.split(",")[0])[1]
+
+    @property
+    def windowing(self) -> Windowing:
+        return Windowing(parse_sizes(self.window_sizes), ZoneInfo(self.day_time_zone))
 
     @property
     def site_domain_list(self) -> tuple[str, ...]:
@@ -194,8 +206,14 @@ class Settings:
                 bad(name, "a Kafka topic name: letters, digits, '.', '_' and '-' only")
         if not 1 <= self.partitions <= 1000:
             bad("partitions", "must be between 1 and 1000")
-        if self.window_seconds <= 0 or 86400 % self.window_seconds:
-            bad("window_seconds", "must be a positive divisor of 86400 (a day)")
+        try:
+            parse_sizes(self.window_sizes)
+        except ValueError as exc:
+            bad("window_sizes", str(exc))
+        try:
+            ZoneInfo(self.day_time_zone)
+        except (ZoneInfoNotFoundError, ValueError):
+            bad("day_time_zone", "an IANA time zone name such as UTC, Europe/Berlin or Asia/Tehran")
         if not self.blog_path_prefix.startswith("/"):
             bad("blog_path_prefix", "must start with '/'")
         if not 0.01 <= self.flush_interval_seconds <= 60:
@@ -207,7 +225,12 @@ class Settings:
         for name in ("web_port", "kafka_controller_port"):
             if not 1 <= getattr(self, name) <= 65535:
                 bad(name, "must be a TCP port (1-65535)")
-        for name in ("max_event_age_seconds", "max_event_future_seconds", "dedup_horizon_seconds"):
+        for name in (
+            "max_event_age_seconds",
+            "max_event_future_seconds",
+            "dedup_horizon_seconds",
+            "unique_horizon_seconds",
+        ):
             if getattr(self, name) <= 0:
                 bad(name, "must be a positive number of seconds")
         if self.channel_rules_file and not Path(self.channel_rules_file).is_file():

@@ -23,6 +23,12 @@ from tests.support import WorkerProcess, isolated_settings, produce, read_topic_
 pytestmark = pytest.mark.kafka
 
 WINDOW = 60
+SIZES = (60, 3600, 86400)
+MEASURE_OF = {
+    "page_views": "page_views",
+    "organic_traffic": "organic_page_views",
+    "blog_traffic": "blog_page_views",
+}
 # (utm, referrer, the channel the event must land in, the campaign it must count under)
 TEMPLATES: list[tuple[dict[str, str] | None, str | None, str, str]] = [
     (
@@ -98,8 +104,10 @@ def build_events(count: int, seed: int) -> tuple[list[bytes], dict[Key, int]]:
         if blog:
             kpis.append("blog_traffic")
         for kpi in kpis:
-            for dims in ((channel, "*"), ("*", campaign), ("*", "*")):
-                expected[(kpi, WINDOW, window, *dims)] += 1
+            for size in SIZES:  # default windows; day windows in UTC
+                start = int(instant.timestamp()) // size * size
+                for dims in ((channel, "*"), ("*", campaign), ("*", "*")):
+                    expected[(kpi, size, start, *dims)] += 1
     return payloads, dict(expected)
 
 
@@ -141,15 +149,17 @@ async def test_page_views_become_exact_kpis_on_topic_and_metrics(worker: WorkerP
     samples = worker.metrics()
     totals: Counter[tuple[str, str, str]] = Counter()
     newest: dict[tuple[str, str, str], tuple[int, int]] = {}
-    for (kpi, _, window, channel, campaign), value in expected.items():
+    for (kpi, size, window, channel, campaign), value in expected.items():
+        if size != WINDOW:
+            continue
         totals[(kpi, channel, campaign)] += value
         if window >= newest.get((kpi, channel, campaign), (0, 0))[0]:
             newest[(kpi, channel, campaign)] = (window, value)
     for (kpi, channel, campaign), total in totals.items():
-        labels = (("campaign", campaign), ("channel", channel), ("kpi", kpi))
-        assert samples[("mkpi_kpi_count_total", labels)] == total, (kpi, channel, campaign)
-        window_labels = tuple(sorted((*labels, ("window", "60s"))))
-        assert samples[("mkpi_kpi_current", window_labels)] == newest[(kpi, channel, campaign)][1]
+        measure_labels = (("campaign", campaign), ("channel", channel), ("measure", MEASURE_OF[kpi]))
+        assert samples[("mkpi_measure_total", measure_labels)] == total, (kpi, channel, campaign)
+        labels = (("campaign", campaign), ("channel", channel), ("kpi", kpi), ("window", "60s"))
+        assert samples[("mkpi_kpi_current", labels)] == newest[(kpi, channel, campaign)][1]
     assert any(
         value > 0
         for (name, labels), value in samples.items()
@@ -175,18 +185,18 @@ async def test_page_views_become_exact_kpis_on_topic_and_metrics(worker: WorkerP
 async def test_deltas_of_an_aborted_transaction_are_not_counted(worker: WorkerProcess) -> None:
     """The agent reads the delta topic read_committed: an aborted ingest batch counts zero times."""
     settings: Settings = worker.settings
-    key = json.dumps(["probe_kpi", 60, 0, "*", "*"], separators=(",", ":")).encode()
+    cell = json.dumps([60, 0, "*", "probe"], separators=(",", ":")).encode()
+    key = json.dumps(["leads", 60, 0, "*", "probe"], separators=(",", ":")).encode()
 
     def delta(count: int) -> bytes:
         return json.dumps(
             {
                 "schema_version": "1-0-0",
-                "kpi": "probe_kpi",
                 "window_seconds": 60,
                 "window_start": 0,
                 "channel": "*",
-                "campaign": "*",
-                "count": count,
+                "campaign": "probe",
+                "measures": {"leads": count},
             }
         ).encode()
 
@@ -196,10 +206,10 @@ async def test_deltas_of_an_aborted_transaction_are_not_counted(worker: WorkerPr
     await producer.start()
     try:
         await producer.begin_transaction()
-        await producer.send_and_wait(settings.deltas_topic, delta(1000), key=key)
+        await producer.send_and_wait(settings.deltas_topic, delta(1000), key=cell)
         await producer.abort_transaction()
         async with producer.transaction():
-            await producer.send(settings.deltas_topic, delta(5), key=key)
+            await producer.send(settings.deltas_topic, delta(5), key=cell)
     finally:
         await producer.stop()
 

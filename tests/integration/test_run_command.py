@@ -21,8 +21,8 @@ from tests.support import REPO, isolated_settings, read_topic_until
 pytestmark = pytest.mark.kafka
 
 
-def organic_by_campaign(metrics_url: str) -> dict[tuple[str, float], float]:
-    """{(campaign, window start): value} of mkpi_kpi_current for organic traffic per campaign."""
+def organic_by_campaign(metrics_url: str) -> dict[tuple[str, str, float], float]:
+    """{(campaign, window, window start): value} of mkpi_kpi_current for organic traffic per campaign."""
     with urllib.request.urlopen(metrics_url, timeout=5) as response:
         text = response.read().decode()
     values: dict[tuple[str, str], float] = {}
@@ -40,7 +40,7 @@ def organic_by_campaign(metrics_url: str) -> dict[tuple[str, float], float]:
             elif sample.name == "mkpi_kpi_current_window_start_seconds":
                 starts[series] = sample.value
     return {
-        (campaign, starts[(campaign, w)]): v
+        (campaign, w, starts[(campaign, w)]): v
         for (campaign, w), v in values.items()
         if campaign not in ("*", "(none)")
     }
@@ -59,7 +59,7 @@ def test_run_shows_organic_traffic_per_campaign_within_90_seconds(tmp_path: Path
         start_new_session=True,  # its worker child is in the same group, for cleanup
     )
     started = time.monotonic()
-    seen: dict[tuple[str, float], float] = {}
+    seen: dict[tuple[str, str, float], float] = {}
     try:
         while time.monotonic() - started < 90 and not any(v > 0 for v in seen.values()):
             time.sleep(1)
@@ -114,7 +114,7 @@ def test_metrics_and_kpi_topic_agree_while_running(tmp_path: Path) -> None:
             assert generate.returncode == 0, generate.stderr
             assert "produced 3000 messages" in generate.stdout
             deadline = time.monotonic() + 90
-            metrics: dict[tuple[str, float], float] = {}
+            metrics: dict[tuple[str, str, float], float] = {}
             while time.monotonic() < deadline:
                 time.sleep(1)
                 try:
@@ -128,9 +128,9 @@ def test_metrics_and_kpi_topic_agree_while_running(tmp_path: Path) -> None:
             def matches(records: list) -> bool:
                 latest = {}
                 for record in records:
-                    kpi, _, start, channel, campaign = json.loads(record.key)
+                    kpi, size, start, channel, campaign = json.loads(record.key)
                     if kpi == "organic_traffic" and channel == "*":
-                        latest[(campaign, float(start))] = json.loads(record.value)["value"]
+                        latest[(campaign, f"{size}s", float(start))] = json.loads(record.value)["value"]
                 return all(
                     latest.get(k) == v for k, v in organic_by_campaign(f"{settings.web_url}/metrics").items()
                 )

@@ -71,10 +71,10 @@ def test_every_message_ends_valid_bad_or_duplicate_and_offsets_advance_per_parti
     assert taken.event_types == {"page_view": 2}
     assert taken.next_offsets == {TopicPartition("raw", 0): 7, TopicPartition("raw", 1): 12}
     assert [(row.source_partition, row.source_offset) for row in taken.bad_rows] == [(0, 6), (1, 9)]
-    counts = {(d.kpi, d.channel, d.campaign): d.count for d in taken.deltas}
-    assert counts[("organic_traffic", ALL, "c1")] == 1
-    assert counts[("page_views", ALL, "c1")] == 2
-    assert counts[("page_views", "paid_search", ALL)] == 1
+    minute = {(d.channel, d.campaign): d.measures for d in taken.deltas if d.window_seconds == 60}
+    assert minute[(ALL, "c1")] == {"page_views": 2, "organic_page_views": 1}
+    assert minute[("paid_search", ALL)] == {"page_views": 1}
+    assert {d.window_seconds for d in taken.deltas} == {60, 3600, 86400}
     assert not ingest.has_pending
     empty = ingest.take()
     assert (empty.deltas, empty.bad_rows, empty.next_offsets) == ([], [], {})
@@ -83,8 +83,8 @@ def test_every_message_ends_valid_bad_or_duplicate_and_offsets_advance_per_parti
 def test_event_ids_are_pseudonymized_in_sightings() -> None:
     ingest = ingestor()
     [sighting] = ingest.sightings(ingest.screen([record(0, 1, page_view("user@example.com", "organic"))]))
-    assert "user@example.com" not in sighting.event_key
-    assert sighting.event_key == Pseudonymizer("k" * 32)("user@example.com")
+    assert "user@example.com" not in sighting.key
+    assert sighting.key == Pseudonymizer("k" * 32)("user@example.com")
 
 
 def test_events_outside_the_time_range_are_bad_rows() -> None:
@@ -127,3 +127,37 @@ def test_bad_rows_keep_no_identifier_in_clear() -> None:
         assert secret not in row.payload
     pseudonymize = Pseudonymizer("k" * 32)
     assert pseudonymize("u-12345") in row.payload and pseudonymize("jo@example.org") in row.payload
+
+
+def test_sessions_and_unique_opens_count_only_on_a_first_sighting() -> None:
+    ingest = ingestor()
+    view = page_view("v1", "organic", session_id="s-1")
+    opens = [
+        json.dumps(
+            {
+                "type": "email_open",
+                "schema_version": "1-0-0",
+                "event_id": f"o{i}",
+                "occurred_at": "2026-11-27T10:00:30Z",
+                "email": {"message_id": "m1", "recipient": "reader@example.com"},
+                "machine_open": machine,
+            }
+        ).encode()
+        for i, machine in ((1, False), (2, False), (3, True))
+    ]
+    screened = ingest.screen([record(0, 1, view), *(record(0, 2 + i, o) for i, o in enumerate(opens))])
+    sightings = ingest.sightings(screened)
+    assert [s.namespace for s in sightings] == ["event"] * 4 + ["session", "organic-session", "open", "open"]
+    assert "reader@example.com" not in repr(sightings) and "s-1" not in {s.key for s in sightings}
+    # Redis would answer: all events new; the session is new; the first open is, the second is not.
+    ingest.apply(screened, [True] * 4 + [True, True, True, False])
+    minute = {(d.channel, d.campaign): d.measures for d in ingest.take().deltas if d.window_seconds == 60}
+    assert minute[(ALL, ALL)] == {
+        "page_views": 1,
+        "organic_page_views": 1,
+        "sessions": 1,
+        "organic_sessions": 1,
+        "email_opens": 2,
+        "email_unique_opens": 1,
+        "email_machine_opens": 1,
+    }

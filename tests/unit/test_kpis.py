@@ -1,50 +1,49 @@
 from collections import Counter
+from zoneinfo import ZoneInfo
 
 from streams.attribution import Attribution
-from streams.kpis import ALL, Delta, DeltaAggregator, KpiKey, KpiState, apply_delta, kpi_update, window_start
+from streams.catalog import CATALOG, MEASURES, evaluate
+from streams.kpis import ALL, CellKey, CellState, Delta, DeltaAggregator, KpiKey, apply_delta, kpi_updates
+from streams.windows import Windowing, parse_sizes
+
+UTC_WINDOWS = Windowing((60, 3600, 86400), ZoneInfo("UTC"))
 
 
-def test_window_start_is_floor_of_event_time() -> None:
-    assert window_start(119.999, 60) == 60
-    assert window_start(120.0, 60) == 120
-    assert window_start(-0.5, 60) == -60
-
-
-def test_aggregator_rolls_cells_up_to_channel_campaign_and_overall() -> None:
-    aggregator = DeltaAggregator(60, "/blog/")
-    views = [
-        (10.0, "organic_search", "a", "/blog/x"),
-        (20.0, "organic_search", "b", "/"),
-        (70.0, "organic_search", "a", "/"),
-        (30.0, "email", "a", "/blog/"),
+def test_aggregator_rolls_cells_up_to_channel_campaign_and_overall_in_every_window_size() -> None:
+    aggregator = DeltaAggregator(UTC_WINDOWS)
+    events = [
+        (10.0, "organic_search", "a", [("page_views", 1), ("organic_page_views", 1)]),
+        (20.0, "organic_search", "b", [("page_views", 1)]),
+        (70.0, "organic_search", "a", [("page_views", 1)]),
+        (30.0, "email", "a", [("engagements", 1), ("engaged_ms", 4000)]),
     ]
-    for t, channel, campaign, path in views:
-        aggregator.add_page_view(t, Attribution(channel, campaign, "rule"), path)
-    deltas = {d.key: d.count for d in aggregator.drain()}
-    expected: Counter[KpiKey] = Counter()
-    for t, channel, campaign, path in views:
-        start = int(t // 60) * 60
-        kpis = (
-            ["page_views"]
-            + (["organic_traffic"] if channel == "organic_search" else [])
-            + (["blog_traffic"] if path.startswith("/blog/") else [])
-        )
-        for kpi in kpis:
+    for t, channel, campaign, measures in events:
+        aggregator.add(t, Attribution(channel, campaign, "rule"), measures)
+    deltas = {d.key: d.measures for d in aggregator.drain()}
+    expected: dict[CellKey, Counter[str]] = {}
+    for t, channel, campaign, measures in events:
+        for size in (60, 3600, 86400):
+            start = int(t // size) * size
             for dims in ((channel, ALL), (ALL, campaign), (ALL, ALL)):
-                expected[KpiKey(kpi, 60, start, *dims)] += 1
-    assert deltas == dict(expected)
+                expected.setdefault(CellKey(size, start, *dims), Counter()).update(dict(measures))
+    assert deltas == {k: dict(v) for k, v in expected.items()}
     assert len(aggregator) == 0 and aggregator.drain() == []
 
 
 def test_apply_delta_skips_replays_at_or_below_the_applied_offset() -> None:
     delta = Delta(
-        schema_version="1-0-0", kpi="k", window_seconds=60, window_start=0, channel=ALL, campaign=ALL, count=3
+        schema_version="1-0-0",
+        window_seconds=60,
+        window_start=0,
+        channel=ALL,
+        campaign=ALL,
+        measures={"leads": 3},
     )
     first = apply_delta(None, delta, offset=10)
-    assert first == KpiState(count=3, applied_offset=10)
+    assert first == CellState(measures={"leads": 3}, applied_offset=10)
     assert apply_delta(first, delta, offset=10) is None
     assert apply_delta(first, delta, offset=9) is None
-    assert apply_delta(first, delta, offset=11) == KpiState(count=6, applied_offset=11)
+    assert apply_delta(first, delta, offset=11) == CellState(measures={"leads": 6}, applied_offset=11)
 
 
 def test_key_round_trips_whatever_the_campaign_holds() -> None:
@@ -52,7 +51,53 @@ def test_key_round_trips_whatever_the_campaign_holds() -> None:
     assert KpiKey.decode(key.encode()) == key
 
 
-def test_update_carries_window_bounds() -> None:
-    update = kpi_update(KpiKey("page_views", 60, 120, "email", ALL), KpiState(4, 1))
-    assert (update.window_end - update.window_start).total_seconds() == 60
-    assert update.value == 4
+def test_ratios_travel_with_numerator_and_denominator() -> None:
+    state = CellState(
+        {"email_unique_opens": 30, "emails_delivered": 120, "engaged_ms": 9000, "engagements": 3}, 1
+    )
+    updates = {
+        k.kpi: u
+        for k, u in kpi_updates(
+            CellKey(3600, 0, "email", ALL), state, {"email_unique_opens", "engaged_ms"}, 3600
+        )
+    }
+    assert set(updates) == {"email_open_rate", "time_on_page_seconds"}
+    assert (
+        updates["email_open_rate"].value,
+        updates["email_open_rate"].numerator,
+        updates["email_open_rate"].denominator,
+    ) == (0.25, 30, 120)
+    assert updates["time_on_page_seconds"].value == 3.0
+    assert (
+        updates["email_open_rate"].window_end - updates["email_open_rate"].window_start
+    ).total_seconds() == 3600
+
+
+def test_a_ratio_without_denominator_has_no_value_and_net_kpis_subtract() -> None:
+    kpis = {kpi.name: kpi for kpi in CATALOG}
+    assert evaluate(kpis["email_open_rate"], {"email_unique_opens": 2}).value is None
+    assert evaluate(kpis["net_follows"], {"follows": 5, "unfollows": 7}).value == -2
+
+
+def test_every_kpi_input_is_a_known_measure() -> None:
+    assert all(kpi.inputs <= set(MEASURES) for kpi in CATALOG)
+
+
+def test_day_windows_follow_the_time_zone_including_daylight_saving_days() -> None:
+    berlin = Windowing((86400,), ZoneInfo("Europe/Berlin"))
+    instant = 1_774_740_000  # 2026-03-28 23:20 UTC = 2026-03-29 00:20 CET, the spring-forward day
+    start = berlin.start(86400, instant)
+    assert start == 1_774_738_800  # 2026-03-28 23:00 UTC = local midnight
+    assert berlin.end(86400, start) - start == 23 * 3600
+    tehran = Windowing((86400,), ZoneInfo("Asia/Tehran"))
+    assert tehran.start(86400, 1_795_737_600) == 1_795_725_000  # 2026-11-27 00:00+03:30
+
+
+def test_window_sizes_must_divide_a_day() -> None:
+    assert parse_sizes("3600, 60,86400") == (60, 3600, 86400)
+    for bad in ("", "7", "0", "90000"):
+        try:
+            parse_sizes(bad)
+        except ValueError:
+            continue
+        raise AssertionError(f"{bad!r} accepted")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import copy
 import json
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import jsonschema
 import msgspec
@@ -14,9 +14,10 @@ import pytest
 
 from streams.attribution import Attribution
 from streams.events import EVENT_TYPES, TYPE_NAMES
-from streams.kpis import ALL, Delta, DeltaAggregator, KpiKey, KpiState, kpi_update
+from streams.kpis import ALL, CellKey, CellState, Delta, DeltaAggregator, kpi_updates
 from streams.schema_export import stale_files
 from streams.validation import BadReason, Rejection, decode_event, make_bad_row
+from streams.windows import Windowing
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
 FORMATS = jsonschema.Draft202012Validator.FORMAT_CHECKER
@@ -131,10 +132,18 @@ def test_model_and_schema_agree_on_a_corpus(name: str) -> None:
 
 def test_outputs_written_by_the_code_match_their_schemas() -> None:
     encoder = msgspec.json.Encoder()
-    update = kpi_update(KpiKey("organic_traffic", 60, 1_795_761_900, ALL, "spring_sale"), KpiState(3, 9))
-    validator("outputs/kpi_update-1-0-0.json").validate(json.loads(encoder.encode(update)))
-    aggregator = DeltaAggregator(60, "/blog/")
-    aggregator.add_page_view(1_795_761_930.0, Attribution("organic_search", "spring_sale", "r"), "/blog/a")
+    state = CellState({"email_unique_opens": 3, "emails_delivered": 9, "leads": 1}, 9)
+    updates = kpi_updates(
+        CellKey(60, 1_795_761_900, ALL, "spring_sale"), state, {"email_unique_opens", "leads"}, 1_795_761_960
+    )
+    update_check = validator("outputs/kpi_update-1-0-0.json")
+    for _, update in updates:
+        update_check.validate(json.loads(encoder.encode(update)))
+    assert any(update.denominator is None for _, update in updates) and any(
+        update.denominator for _, update in updates
+    )
+    aggregator = DeltaAggregator(Windowing((60, 86400), ZoneInfo("Asia/Tehran")))
+    aggregator.add(1_795_761_930.0, Attribution("organic_search", "spring_sale", "r"), [("page_views", 1)])
     delta_check = validator("internal/kpi_delta-1-0-0.json")
     deltas: list[Delta] = aggregator.drain()
     for delta in deltas:
@@ -144,4 +153,3 @@ def test_outputs_written_by_the_code_match_their_schemas() -> None:
         for payload in (b"{", b"\xff"):
             row = make_bad_row(Rejection(reason, "why", "$.x"), payload, "raw", 0, 1, "test")
             bad_check.validate(json.loads(encoder.encode(row)))
-    assert datetime.now(UTC) > update.window_start

@@ -26,7 +26,7 @@ def test_every_problem_is_reported_with_the_variable_to_fix() -> None:
         Settings.from_env(
             {
                 "MKPI_PARTITIONS": "many",
-                "MKPI_WINDOW_SECONDS": "7",
+                "MKPI_WINDOW_SIZES": "7",
                 "MKPI_KAFKA_BOOTSTRAP": "nohost",
                 "MKPI_PARTITONS": "3",
             }
@@ -39,10 +39,10 @@ def test_every_problem_is_reported_with_the_variable_to_fix() -> None:
 def test_value_errors_name_the_variable() -> None:
     with pytest.raises(ConfigError) as caught:
         Settings.from_env(
-            {"MKPI_WINDOW_SECONDS": "7", "MKPI_KAFKA_BOOTSTRAP": "nohost", "MKPI_REDIS_URL": "http://x"}
+            {"MKPI_WINDOW_SIZES": "7", "MKPI_KAFKA_BOOTSTRAP": "nohost", "MKPI_REDIS_URL": "http://x"}
         )
     message = str(caught.value)
-    for variable in ("MKPI_WINDOW_SECONDS", "MKPI_KAFKA_BOOTSTRAP", "MKPI_REDIS_URL"):
+    for variable in ("MKPI_WINDOW_SIZES", "MKPI_KAFKA_BOOTSTRAP", "MKPI_REDIS_URL"):
         assert variable in message
 
 
@@ -93,3 +93,12 @@ def test_redacted_masks_the_secret() -> None:
     shown = settings.redacted()
     assert shown["pseudonymization_key"] == "***"
     assert "super-secret-value-123" not in repr(shown)
+
+
+def test_day_time_zone_must_be_a_real_zone() -> None:
+    assert (
+        Settings.from_env({**DEV, "MKPI_DAY_TIME_ZONE": "Asia/Tehran"}).windowing.day_zone.key
+        == "Asia/Tehran"
+    )
+    with pytest.raises(ConfigError, match="MKPI_DAY_TIME_ZONE"):
+        Settings.from_env({**DEV, "MKPI_DAY_TIME_ZONE": "Mars/Olympus"})
