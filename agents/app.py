@@ -48,7 +48,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> faust.App:
         value_type=bytes,
     )
     table = app.Table(KPI_TABLE_NAME, partitions=settings.partitions, key_type=bytes, value_type=bytes)
-    register_kpi_agent(app, deltas, updates, table, metrics, settings.windowing)
+    register_kpi_agent(app, deltas, updates, table, metrics, settings)
     rules = ChannelRules.load(Path(settings.channel_rules_file) if settings.channel_rules_file else None)
     ingest = IngestService(
         settings,
@@ -58,5 +58,5 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> faust.App:
         pseudonymizer=Pseudonymizer.from_settings(settings),
     )
     app.service(ingest)  # type: ignore[arg-type]
-    app.web_server(WebServer(settings.web_host, settings.web_port, metrics))
+    app.web_server(WebServer(settings, metrics))
     return app

@@ -7,11 +7,14 @@ from typing import Any
 
 import faust
 import msgspec
+import redis.asyncio as aioredis
 from faust.types import TableT
+from redis.exceptions import RedisError
 
 from streams.kpis import CellState, Delta, KpiKey, apply_delta, kpi_updates
 from streams.metrics import Metrics
-from streams.windows import Windowing
+from streams.settings import Settings
+from streams.view import RedisView
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +46,15 @@ def register_kpi_agent(
     updates: faust.TopicT,
     table: TableT[bytes, bytes],
     metrics: Metrics,
-    windowing: Windowing,
+    settings: Settings,
 ) -> Any:
     gauges = CurrentWindowGauges(metrics)
+    windowing = settings.windowing
     smallest_window = min(windowing.sizes)
 
     async def apply_kpi_deltas(stream: faust.StreamT[bytes]) -> None:
+        # Made here, inside the worker's event loop, which the Redis client binds to.
+        view = RedisView(aioredis.Redis.from_url(settings.redis_url), settings.topic_prefix)
         async for event in stream.events():
             try:
                 delta = _delta_decoder.decode(event.value)
@@ -67,9 +73,15 @@ def register_kpi_agent(
                 continue
             table[table_key] = _encoder.encode(state)
             window_end = windowing.end(key.window_seconds, key.window_start)
-            for kpi_key, update in kpi_updates(key, state, set(delta.measures), window_end):
+            changed = kpi_updates(key, state, set(delta.measures), window_end)
+            for kpi_key, update in changed:
                 await updates.send(key=kpi_key.encode(), value=_encoder.encode(update))
                 gauges.observe(kpi_key, update.value)
+            try:
+                await view.write(changed)
+            except (RedisError, OSError) as exc:
+                metrics.view_errors.inc()
+                log.warning("could not update the Redis view (%s); the topic has the values", exc)
             metrics.deltas_applied.inc()
             if key.window_seconds == smallest_window:  # count each event once, not once per size
                 for measure, amount in delta.measures.items():

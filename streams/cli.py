@@ -15,8 +15,10 @@ import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from aiokafka.errors import KafkaConnectionError
+from redis.exceptions import RedisError
 
 from streams.attribution import RulesError
 from streams.settings import ConfigError, Settings
@@ -121,6 +123,7 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
             "\nmkpi is running.\n"
             f"  metrics:      {settings.web_url}/metrics   (look for mkpi_kpi_current)\n"
             f"  worker log:   {log_path}\n"
+            f"  query:        mkpi query --kpi organic_traffic   or   {settings.web_url}/api/kpis\n"
             f"  KPI topic:    {settings.kpi_updates_topic} on {settings.kafka_bootstrap}\n"
             f"  raw events:   {settings.raw_topic}   bad rows: {settings.bad_rows_topic}\n"
             "  stop:         Ctrl-C (stops the generator and the worker); "
@@ -160,6 +163,32 @@ def cmd_schemas(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_query(settings: Settings, args: argparse.Namespace) -> int:
+    """Print the newest KPI values from the Redis view, filtered."""
+    import msgspec
+    import redis.asyncio as aioredis
+
+    from streams.view import RedisView, ViewQuery, render_table
+
+    sizes = settings.windowing.sizes
+    window = args.window or sizes[0]
+    if window not in sizes:
+        print(f"mkpi query: --window must be one of {', '.join(map(str, sizes))}", file=sys.stderr)
+        return 2
+
+    async def run() -> list[Any]:
+        client = aioredis.Redis.from_url(settings.redis_url)
+        try:
+            view = RedisView(client, settings.topic_prefix)
+            return await view.latest(ViewQuery(window, args.kpi, args.channel, args.campaign))
+        finally:
+            await client.aclose()
+
+    updates = asyncio.run(run())
+    print(msgspec.json.encode(updates).decode() if args.json else render_table(updates))
+    return 0
+
+
 def cmd_config(settings: Settings, args: argparse.Namespace) -> int:
     for name, value in settings.redacted().items():
         print(f"MKPI_{name.upper()}={value}")
@@ -192,6 +221,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_generator_options(
         sub.add_parser("run", help="stack + worker + generator, until Ctrl-C"), 200.0, 0, 0.02
     )
+    query = sub.add_parser("query", help="the newest KPI values from the Redis view, as a table")
+    query.add_argument("--window", type=int, help="window size in seconds (default: the smallest)")
+    query.add_argument("--kpi", help="only this KPI (e.g. organic_traffic)")
+    query.add_argument("--channel", help="only this channel ('*' for the all-channel roll-up)")
+    query.add_argument("--campaign", help="only this campaign ('*' for the all-campaign roll-up)")
+    query.add_argument("--json", action="store_true", help="JSON instead of a table")
     sub.add_parser("config", help="print the effective settings (secrets masked)")
     schemas = sub.add_parser("schemas", help="write the JSON Schemas of events and outputs from the models")
     schemas.add_argument("--dir", default="schemas", help="schemas folder (default: ./schemas)")
@@ -206,6 +241,7 @@ COMMANDS = {
     "run": cmd_run,
     "config": cmd_config,
     "schemas": cmd_schemas,
+    "query": cmd_query,
 }
 
 
@@ -224,6 +260,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except (StackError, TopicSetupError, RulesError) as exc:
         print(f"mkpi: {exc}", file=sys.stderr)
+        return 1
+    except RedisError as exc:
+        print(f"mkpi: cannot use Redis at {settings.redis_url} ({exc}); fix MKPI_REDIS_URL", file=sys.stderr)
         return 1
     except KafkaConnectionError as exc:
         print(

@@ -70,6 +70,11 @@ class Metrics:
             "Deltas skipped because the table had already applied them (replay after restart).",
             registry=self.registry,
         )
+        self.view_errors = Counter(
+            "mkpi_redis_view_errors_total",
+            "KPI updates that could not be written to the Redis view (the KPI topic has them).",
+            registry=self.registry,
+        )
         self.deltas_invalid = Counter(
             "mkpi_deltas_invalid_total",
             "Messages on the delta topic that could not be decoded (skipped and logged).",

@@ -17,6 +17,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
@@ -118,6 +119,10 @@ class WorkerProcess:
             self.process.kill()
             self.process.wait()
 
+    def get_json(self, path: str) -> Any:
+        with urllib.request.urlopen(f"{self.settings.web_url}{path}", timeout=10) as response:
+            return json.loads(response.read())
+
     def metrics_text(self) -> str:
         with urllib.request.urlopen(f"{self.settings.web_url}/metrics", timeout=5) as response:
             return str(response.read().decode())
@@ -130,6 +135,20 @@ class WorkerProcess:
             for sample in family.samples:
                 samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
         return samples
+
+
+def run_cli(settings: Settings, *args: str) -> str:
+    """Run ``mkpi`` with these settings; return its standard output (fails on a non-zero exit)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "streams.cli", *args],
+        env={**os.environ, **settings.as_environment()},
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
 
 
 async def produce(settings: Settings, topic: str, payloads: list[bytes | None]) -> None:

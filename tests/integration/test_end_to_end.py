@@ -18,7 +18,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from streams.settings import Settings
-from tests.support import WorkerProcess, isolated_settings, produce, read_topic_until
+from tests.support import WorkerProcess, isolated_settings, produce, read_topic_until, run_cli
 
 pytestmark = pytest.mark.kafka
 
@@ -171,6 +171,21 @@ async def test_page_views_become_exact_kpis_on_topic_and_metrics(worker: WorkerP
     assert samples[("mkpi_ingest_messages_total", (("outcome", "bad"),))] == len(malformed)
     for reason, group in MALFORMED.items():
         assert samples[("mkpi_ingest_bad_rows_total", (("reason", reason),))] == len(group)
+
+    # The Redis view serves the newest window of every series, over HTTP and on the command line.
+    newest_per_series: dict[tuple[str, str, str], tuple[int, int]] = {}
+    for (kpi, size, window, channel, campaign), value in expected.items():
+        if size == WINDOW and window >= newest_per_series.get((kpi, channel, campaign), (0, 0))[0]:
+            newest_per_series[(kpi, channel, campaign)] = (window, value)
+    served = worker.get_json("/api/kpis?window=60&kpi=organic_traffic")
+    want = {(c, camp): v for (k, c, camp), (_, v) in newest_per_series.items() if k == "organic_traffic"}
+    assert {(u["channel"], u["campaign"]): u["value"] for u in served} == want
+    printed = run_cli(settings, "query", "--window", "60", "--kpi", "organic_traffic", "--json")
+    assert {(u["channel"], u["campaign"]): u["value"] for u in json.loads(printed)} == want
+    table = run_cli(
+        settings, "query", "--window", "60", "--kpi", "organic_traffic", "--campaign", "spring_sale"
+    )
+    assert "spring_sale" in table and "black_friday" not in table
 
     # Every malformed message is on the bad-row topic, once, with its reason and coordinates.
     bad = await read_topic_until(
