@@ -64,14 +64,18 @@ def register_kpi_agent(
                 continue
             key = delta.key
             table_key = key.encode()
-            stored = table.get(table_key)
-            state = apply_delta(
-                None if stored is None else _state_decoder.decode(stored), delta, event.message.offset
-            )
+            stored = None if (raw := table.get(table_key)) is None else _state_decoder.decode(raw)
+            state = apply_delta(stored, delta, event.message.offset)
+            replayed = state is None
             if state is None:
+                # Applied before a crash; its KPI updates may not have reached the topic (the
+                # changelog write can land while the update is lost), so publish them again:
+                # consumers keep the latest value per key, so a repeat is harmless.
                 metrics.deltas_replayed.inc()
-                continue
-            table[table_key] = _encoder.encode(state)
+                assert stored is not None
+                state = stored
+            else:
+                table[table_key] = _encoder.encode(state)
             window_end = windowing.end(key.window_seconds, key.window_start)
             changed = kpi_updates(key, state, set(delta.measures), window_end)
             for kpi_key, update in changed:
@@ -82,6 +86,8 @@ def register_kpi_agent(
             except (RedisError, OSError) as exc:
                 metrics.view_errors.inc()
                 log.warning("could not update the Redis view (%s); the topic has the values", exc)
+            if replayed:
+                continue
             metrics.deltas_applied.inc()
             if key.window_seconds == smallest_window:  # count each event once, not once per size
                 for measure, amount in delta.measures.items():

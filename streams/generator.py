@@ -33,27 +33,30 @@ from streams.settings import Settings
 VALID = "valid"
 DUPLICATE = "duplicate"
 
-#: (utm source, utm medium, referrer, weight) of website visits.
-VISIT_SOURCES: tuple[tuple[str | None, str | None, str | None, int], ...] = (
-    ("google", "organic", "https://www.google.com/", 22),
-    (None, None, "https://www.google.com/search?q=crm", 10),
-    (None, None, "https://www.bing.com/", 4),
-    ("duckduckgo", "organic", "https://duckduckgo.com/", 2),
-    ("facebook", "social", "https://m.facebook.com/", 6),
-    ("youtube", "video", "https://www.youtube.com/", 3),
-    ("partner-blog", "referral", "https://partner.example.org/post", 4),
-    (None, None, "https://news.example.net/article", 4),
-    (None, None, None, 14),
-    ("mystery", "carrier-pigeon", None, 2),
+# The channel each source must be attributed to is written here by hand from GA4's published
+# channel definitions, independently of streams/channel_rules.toml, so tests can compare.
+#: (utm source, utm medium, referrer, expected channel, weight) of website visits.
+VISIT_SOURCES: tuple[tuple[str | None, str | None, str | None, str, int], ...] = (
+    ("google", "organic", "https://www.google.com/", "organic_search", 22),
+    (None, None, "https://www.google.com/search?q=crm", "organic_search", 10),
+    (None, None, "https://www.bing.com/", "organic_search", 4),
+    ("duckduckgo", "organic", "https://duckduckgo.com/", "organic_search", 2),
+    ("facebook", "social", "https://m.facebook.com/", "organic_social", 6),
+    ("youtube", "video", "https://www.youtube.com/", "organic_video", 3),
+    ("partner-blog", "referral", "https://partner.example.org/post", "referral", 4),
+    (None, None, "https://news.example.net/article", "referral", 4),
+    (None, None, None, "direct", 14),
+    ("mystery", "carrier-pigeon", None, "unassigned", 2),
 )
-#: (utm source, utm medium, ad placement, weight) of paid campaigns.
-AD_SOURCES: tuple[tuple[str, str, str, int], ...] = (
-    ("google", "cpc", "search", 10),
-    ("bing", "ppc", "search", 3),
-    ("linkedin", "paid_social", "social", 4),
-    ("adnetwork", "display", "display", 4),
-    ("youtube", "cpv", "video", 2),
+#: (utm source, utm medium, ad placement, expected channel, weight) of paid campaigns.
+AD_SOURCES: tuple[tuple[str, str, str, str, int], ...] = (
+    ("google", "cpc", "search", "paid_search", 10),
+    ("bing", "ppc", "search", "paid_search", 3),
+    ("linkedin", "paid_social", "social", "paid_social", 4),
+    ("adnetwork", "display", "display", "display", 4),
+    ("youtube", "cpv", "video", "paid_video", 2),
 )
+CHANNEL_LABEL = "_expected_channel"  # carried on generated events until they are serialized
 CAMPAIGNS = ("spring_sale", "black_friday", "webinar_q4", "brand", "retargeting_cart", "launch_v2")
 PAGES = (
     ("/", "Home", 20),
@@ -81,6 +84,7 @@ class Message:
     payload: bytes
     expect: str  # VALID, DUPLICATE, or a bad-row reason
     event_type: str | None = None
+    channel: str | None = None  # the channel a valid event must be attributed to
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,17 +220,23 @@ class Scenario:
                     "lead", at + timedelta(seconds=70), page=self._page(path="/contact"), lead=lead, **ids
                 )
             )
+        if not (utm and (utm.get("source") or utm.get("medium"))):
+            # Attribution is per event: a later page of a visit that came by a bare referrer has
+            # neither a utm source/medium nor an external referrer, so it is direct traffic.
+            for event in events:
+                if not event.get("page", {}).get("referrer"):
+                    event[CHANNEL_LABEL] = "direct"
         return events
 
     def _journey_visit(self, at: datetime) -> list[dict[str, Any]]:
-        source, medium, referrer, _ = self._weighted(VISIT_SOURCES)
+        source, medium, referrer, channel, _ = self._weighted(VISIT_SOURCES)
         utm = {k: v for k, v in (("source", source), ("medium", medium)) if v}
         if utm and (medium not in ("organic", None) or self.random.random() < 0.3):
             utm["campaign"] = self.random.choice(self.campaigns)
-        return self._visit(at, self.random.choice(self.visitors), utm or None, referrer)
+        return _labelled(self._visit(at, self.random.choice(self.visitors), utm or None, referrer), channel)
 
     def _journey_ad(self, at: datetime) -> list[dict[str, Any]]:
-        source, medium, placement, _ = self._weighted(AD_SOURCES)
+        source, medium, placement, channel, _ = self._weighted(AD_SOURCES)
         utm = {"source": source, "medium": medium, "campaign": self.random.choice(self.campaigns)}
         visitor = self.random.choice(self.visitors)
         ad = {"placement": placement, "ad_id": f"ad-{self.random.randrange(40)}", "network": source}
@@ -236,7 +246,7 @@ class Scenario:
                 self._base("click", at + timedelta(seconds=3), anonymous_id=visitor, utm=utm, ad=ad)
             )
             events += self._visit(at + timedelta(seconds=5), visitor, utm, f"https://{source}.com/")
-        return events
+        return _labelled(events, channel)
 
     def _journey_email(self, at: datetime) -> list[dict[str, Any]]:
         utm = {"source": "newsletter", "medium": "email", "campaign": self.random.choice(self.campaigns)}
@@ -247,7 +257,7 @@ class Scenario:
         }
         events = [self._base("email_sent", at, utm=utm, email=email)]
         if self.random.random() < 0.03:
-            return events  # bounced
+            return _labelled(events, "email")  # bounced
         events.append(self._base("email_delivered", at + timedelta(seconds=2), utm=utm, email=email))
         if self.random.random() < 0.12:
             events.append(
@@ -286,7 +296,7 @@ class Scenario:
                 events += self._visit(
                     at + timedelta(seconds=125), self.random.choice(self.visitors), utm, None
                 )
-        return events
+        return _labelled(events, "email")
 
     def _journey_social(self, at: datetime) -> list[dict[str, Any]]:
         network = self.random.choice(NETWORKS)
@@ -323,10 +333,17 @@ class Scenario:
             )
         elif roll < 0.3:
             events.append(self._base("click", at + timedelta(seconds=2), social=social, utm=utm))
-            events += self._visit(
+            # The visit carries no utm source or medium: a social referrer makes it organic social.
+            visit = self._visit(
                 at + timedelta(seconds=4), self.random.choice(self.visitors), utm, f"https://{network}.com/"
             )
-        return events
+            events += _labelled(visit, "organic_social")
+        for event in events:
+            if event["type"] in ("subscribe", "unsubscribe"):
+                event.setdefault(CHANNEL_LABEL, "organic_video")
+            elif event["type"] in ("follow", "unfollow"):
+                event.setdefault(CHANNEL_LABEL, "organic_social")
+        return _labelled(events, "paid_social" if paid else "organic_social")
 
     def _malformed(self, now: datetime) -> Message:
         """One broken message, and the reason the pipeline must give for it."""
@@ -407,14 +424,15 @@ class Scenario:
                 continue
             group = []
             for event in self._journey(now):
+                channel = event.pop(CHANNEL_LABEL)
                 payload = json.dumps(event, separators=(",", ":")).encode()
-                group.append(Message(payload, VALID, event["type"]))
+                group.append(Message(payload, VALID, event["type"], channel))
                 if self.random.random() < self.fractions.duplicates:
                     if self.random.random() < 0.5:
                         retry = payload  # the same bytes resent
                     else:
                         retry = json.dumps(event | {"sent_at": now.isoformat()}).encode()
-                    group.append(Message(retry, DUPLICATE, event["type"]))
+                    group.append(Message(retry, DUPLICATE, event["type"], channel))
             yield group
 
     def messages(self, count: int | None, clock: Callable[[], datetime]) -> Iterator[Message]:
@@ -434,6 +452,13 @@ class Scenario:
                 produced += 1
 
 
+def _labelled(events: list[dict[str, Any]], channel: str) -> list[dict[str, Any]]:
+    """Give every event not yet labelled the channel it must be attributed to."""
+    for event in events:
+        event.setdefault(CHANNEL_LABEL, channel)
+    return events
+
+
 class _EventId(msgspec.Struct):
     event_id: str
 
@@ -448,7 +473,7 @@ def _first_copy_counts(batch: list[Message]) -> list[Message]:
             event_id = msgspec.json.decode(message.payload, type=_EventId).event_id
             label = DUPLICATE if event_id in seen else VALID
             seen.add(event_id)
-            message = Message(message.payload, label, message.event_type)
+            message = Message(message.payload, label, message.event_type, message.channel)
         relabelled.append(message)
     return relabelled
 

@@ -30,7 +30,7 @@ from streams.attribution import Attribution, ChannelRules
 from streams.catalog import Contribution, contribution
 from streams.dedup import RedisSightings, Sighting
 from streams.events import TYPE_NAMES, AwareTime, PageView, RawEvent
-from streams.kpis import Delta, DeltaAggregator
+from streams.kpis import CellKey, Delta, DeltaAggregator, published_cells
 from streams.metrics import Metrics
 from streams.privacy import Pseudonymizer
 from streams.settings import Settings
@@ -116,7 +116,8 @@ class BatchIngestor:
         self.pseudonymize = pseudonymizer
         self.clock = clock
         self.own_sites = settings.site_domain_list
-        self.aggregator = DeltaAggregator(settings.windowing)
+        self.windowing = settings.windowing
+        self.aggregator = DeltaAggregator(self.windowing)
         self.bad_rows: list[BadRow] = []
         self.next_offsets: dict[TopicPartition, int] = {}
         self.outcomes: Counter[str] = Counter()
@@ -166,19 +167,31 @@ class BatchIngestor:
         return Candidate(record, decoded, at, attribution, added)
 
     def sightings(self, screened: Screened) -> list[Sighting]:
-        """What to check in Redis: every candidate's event id, then every candidate's uniques."""
+        """What to check in Redis: every candidate's event id, then every candidate's uniques,
+        each in every published cell it counts in (see ``_unique_cells``)."""
         dedup = self.settings.dedup_horizon_seconds
-        unique = self.settings.unique_horizon_seconds
         ids = [
             Sighting("event", self.pseudonymize(c.event.event_id), c.record.partition, c.record.offset, dedup)
             for c in screened.candidates
         ]
         uniques = [
-            Sighting(u.namespace, u.key, c.record.partition, c.record.offset, unique)
+            Sighting(f"{u.namespace}:{cell_name}", u.key, c.record.partition, c.record.offset, horizon)
             for c in screened.candidates
             for u in c.contribution.uniques
+            for _, cell_name, horizon in self._unique_cells(c)
         ]
         return ids + uniques
+
+    def _unique_cells(self, candidate: Candidate) -> list[tuple[CellKey, str, int]]:
+        """The published cells a distinct count is decided in, with a Redis name and how long
+        to remember it: until no event of that window can still be accepted."""
+        cells = []
+        attribution = candidate.attribution
+        for size, start in self.windowing.starts(candidate.at.timestamp()):
+            horizon = size + self.settings.max_event_age_seconds + self.settings.max_event_future_seconds
+            for cell in published_cells(size, start, attribution.channel, attribution.campaign):
+                cells.append((cell, cell.encode().decode(), horizon))
+        return cells
 
     def apply(self, screened: Screened, verdicts: list[bool]) -> None:
         """Fold a screened batch in; ``verdicts`` answer ``sightings(screened)`` in order."""
@@ -187,7 +200,13 @@ class BatchIngestor:
         first_unique = len(screened.candidates)
         unique_verdicts = iter(verdicts[first_unique:])
         for candidate, counted in zip(screened.candidates, verdicts[:first_unique], strict=True):
-            firsts = [next(unique_verdicts) for _ in candidate.contribution.uniques]
+            cells = self._unique_cells(candidate) if candidate.contribution.uniques else []
+            firsts = [
+                (unique.measure, cell)
+                for unique in candidate.contribution.uniques
+                for cell, _, _ in cells
+                if next(unique_verdicts)
+            ]
             if not counted:
                 self.outcomes["duplicate"] += 1
                 continue
@@ -205,13 +224,10 @@ class BatchIngestor:
             self.event_types[TYPE_NAMES[type(candidate.event)]] += 1
         self.next_offsets.update(screened.next_offsets)
 
-    def _count(self, candidate: Candidate, firsts: list[bool]) -> None:
-        added = candidate.contribution
-        measures = list(added.measures)
-        measures += [
-            (unique.measure, 1) for unique, first in zip(added.uniques, firsts, strict=True) if first
-        ]
-        self.aggregator.add(candidate.at.timestamp(), candidate.attribution, measures)
+    def _count(self, candidate: Candidate, firsts: list[tuple[str, CellKey]]) -> None:
+        self.aggregator.add(candidate.at.timestamp(), candidate.attribution, candidate.contribution.measures)
+        for measure, cell in firsts:
+            self.aggregator.add_to_published_cell(cell, measure, 1)
 
     def _reject(self, rejection: Rejection, record: ConsumerRecord[bytes, bytes]) -> None:
         payload = record.value or b""

@@ -99,15 +99,30 @@ class KpiUpdate(msgspec.Struct, frozen=True, kw_only=True):
     updated_at: AwareTime
 
 
+def published_cells(size: int, start: int, channel: str, campaign: str) -> tuple[CellKey, ...]:
+    """The cells an event of (channel, campaign) counts in: per channel, per campaign, overall."""
+    return (
+        CellKey(size, start, channel, ALL),
+        CellKey(size, start, ALL, campaign),
+        CellKey(size, start, ALL, ALL),
+    )
+
+
 class DeltaAggregator:
     """Pre-aggregates the events of a batch; ``drain`` gives one delta per cell."""
 
     def __init__(self, windowing: Windowing) -> None:
         self.windowing = windowing
         self._cells: defaultdict[tuple[int, int, str, str], Counter[str]] = defaultdict(Counter)
+        self._published: defaultdict[CellKey, Counter[str]] = defaultdict(Counter)
 
     def __len__(self) -> int:
-        return len(self._cells)
+        return len(self._cells) + len(self._published)
+
+    def add_to_published_cell(self, key: CellKey, measure: str, amount: int) -> None:
+        """Add to a cell as published (a roll-up included): for distinct counts, which are
+        decided per published cell and so must not be rolled up again."""
+        self._published[key][measure] += amount
 
     def add(
         self, event_epoch_seconds: float, attribution: Attribution, measures: Iterable[tuple[str, int]]
@@ -121,15 +136,12 @@ class DeltaAggregator:
                 cell[measure] += amount
 
     def drain(self) -> list[Delta]:
-        rolled: defaultdict[CellKey, Counter[str]] = defaultdict(Counter)
+        rolled = self._published
         for (size, start, channel, campaign), measures in self._cells.items():
-            for key in (
-                CellKey(size, start, channel, ALL),
-                CellKey(size, start, ALL, campaign),
-                CellKey(size, start, ALL, ALL),
-            ):
+            for key in published_cells(size, start, channel, campaign):
                 rolled[key].update(measures)
-        self._cells.clear()
+        self._cells = defaultdict(Counter)
+        self._published = defaultdict(Counter)
         return [
             Delta(
                 schema_version=DELTA_SCHEMA_VERSION,

@@ -88,3 +88,19 @@ def test_ground_truth_adds_up() -> None:
     assert truth.raw == 2000 == sum(truth.outcomes.values())
     assert truth.outcomes["bad"] == sum(truth.bad_reasons.values())
     assert truth.outcomes["valid"] == sum(truth.valid_by_type.values())
+
+
+def test_channel_labels_agree_with_the_rules_for_every_generated_event() -> None:
+    """The generator's hand-written channel labels and the rules file must tell the same story;
+    a disagreement is a bug in one of them (integration tests trust the labels)."""
+    from streams.attribution import ChannelRules
+
+    rules = ChannelRules.load()
+    wrong = Counter()
+    for message in Scenario(8).messages(20000, clock):
+        event = decode_event(message.payload, 65536)
+        assert not isinstance(event, Rejection)
+        actual = rules.attribute(event).channel
+        if actual != message.channel:
+            wrong[(message.event_type, message.channel, actual)] += 1
+    assert not wrong

@@ -147,10 +147,13 @@ def test_sessions_and_unique_opens_count_only_on_a_first_sighting() -> None:
     ]
     screened = ingest.screen([record(0, 1, view), *(record(0, 2 + i, o) for i, o in enumerate(opens))])
     sightings = ingest.sightings(screened)
-    assert [s.namespace for s in sightings] == ["event"] * 4 + ["session", "organic-session", "open", "open"]
+    # Distinct counts are decided per published cell: 3 window sizes x 3 grains = 9 cells each.
+    kinds = [s.namespace.split(":")[0] for s in sightings]
+    assert kinds == ["event"] * 4 + ["session"] * 9 + ["organic-session"] * 9 + ["open"] * 18
+    assert len({s.namespace for s in sightings if s.namespace.startswith("session")}) == 9
     assert "reader@example.com" not in repr(sightings) and "s-1" not in {s.key for s in sightings}
     # Redis would answer: all events new; the session is new; the first open is, the second is not.
-    ingest.apply(screened, [True] * 4 + [True, True, True, False])
+    ingest.apply(screened, [True] * 4 + [True] * 18 + [True] * 9 + [False] * 9)
     minute = {(d.channel, d.campaign): d.measures for d in ingest.take().deltas if d.window_seconds == 60}
     assert minute[(ALL, ALL)] == {
         "page_views": 1,
