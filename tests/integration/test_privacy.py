@@ -87,17 +87,19 @@ async def test_planted_identifiers_appear_nowhere(tmp_path: Path) -> None:
         finally:
             await admin.close()
         assert settings.bad_rows_topic in ours and any("changelog" in t for t in ours)
+        # every key the worker writes in Redis starts with its prefix (dedup, uniques, view)
         outputs = await read_everything(settings, [t for t in ours if t != settings.raw_topic])
         assert outputs, "nothing was read back"
         haystacks: dict[str, bytes] = {
             f"{r.topic}@{r.partition}:{r.offset}": (r.key or b"") + b"|" + (r.value or b"") for r in outputs
         }
         client = redis.Redis.from_url(settings.redis_url)
-        for key in client.scan_iter(count=1000):
+        for key in client.scan_iter(match=f"{settings.topic_prefix}:*", count=1000):  # this worker's keys
             kind = client.type(key)
             value = client.get(key) if kind == b"string" else repr(client.dump(key)).encode()
             haystacks[f"redis {key!r}"] = key + b"|" + (value or b"")
         client.close()
+        assert any(where.startswith("redis") for where in haystacks), "the worker wrote nothing to Redis?"
         haystacks["/metrics"] = worker.metrics_text().encode()
     finally:
         worker.stop()
