@@ -76,21 +76,22 @@ def register_kpi_agent(
                 state = stored
             else:
                 table[table_key] = _encoder.encode(state)
+            if not replayed:
+                metrics.deltas_applied.inc()
+                if key.window_seconds == smallest_window:  # count each event once, not once per size
+                    for measure, amount in delta.measures.items():
+                        metrics.measures.labels(measure, key.channel, key.campaign).inc(amount)
             window_end = windowing.end(key.window_seconds, key.window_start)
             changed = kpi_updates(key, state, set(delta.measures), window_end)
+            # Metrics and view first: whoever sees a value on the topic finds them already there.
             for kpi_key, update in changed:
-                await updates.send(key=kpi_key.encode(), value=_encoder.encode(update))
                 gauges.observe(kpi_key, update.value)
             try:
                 await view.write(changed)
             except (RedisError, OSError) as exc:
                 metrics.view_errors.inc()
                 log.warning("could not update the Redis view (%s); the topic has the values", exc)
-            if replayed:
-                continue
-            metrics.deltas_applied.inc()
-            if key.window_seconds == smallest_window:  # count each event once, not once per size
-                for measure, amount in delta.measures.items():
-                    metrics.measures.labels(measure, key.channel, key.campaign).inc(amount)
+            for kpi_key, update in changed:
+                await updates.send(key=kpi_key.encode(), value=_encoder.encode(update))
 
     return app.agent(deltas, name="apply_kpi_deltas")(apply_kpi_deltas)
