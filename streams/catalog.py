@@ -198,7 +198,6 @@ CATALOG: tuple[Kpi, ...] = (
     Kpi("leads", ("leads",), description="leads"),
     Kpi("lead_conversion_rate", ("leads",), denominator="sessions", description="leads / sessions"),
 )
-KPI_NAMES: tuple[str, ...] = tuple(kpi.name for kpi in CATALOG)
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,8 +35,12 @@ class CellKey(NamedTuple):
     campaign: str
 
     def encode(self) -> bytes:
-        """A JSON array: unambiguous whatever a campaign name holds."""
-        return msgspec.json.encode(tuple(self))
+        return _encode_key(self)
+
+
+def _encode_key(key: tuple[object, ...]) -> bytes:
+    """Kafka keys are JSON arrays: unambiguous whatever a campaign name holds."""
+    return msgspec.json.encode(key)
 
 
 class KpiKey(NamedTuple):
@@ -49,7 +53,7 @@ class KpiKey(NamedTuple):
     campaign: str
 
     def encode(self) -> bytes:
-        return msgspec.json.encode(tuple(self))
+        return _encode_key(self)
 
     @classmethod
     def decode(cls, raw: bytes) -> KpiKey:
