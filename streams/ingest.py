@@ -85,6 +85,9 @@ class Candidate:
     at: datetime
     attribution: Attribution
     contribution: Contribution
+    #: (cell, its Redis name, horizon) of each cell its distinct counts are decided in; empty
+    #: when it has no distinct counts. Computed once, at screening.
+    unique_cells: tuple[tuple[CellKey, str, int], ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,11 +167,12 @@ class BatchIngestor:
             self.settings.blog_path_prefix,
             None if person is None else self.pseudonymize(person),
         )
-        return Candidate(record, decoded, at, attribution, added)
+        cells = self._unique_cells(at, attribution) if added.uniques else ()
+        return Candidate(record, decoded, at, attribution, added, cells)
 
     def sightings(self, screened: Screened) -> list[Sighting]:
         """What to check in Redis: every candidate's event id, then every candidate's uniques,
-        each in every published cell it counts in (see ``_unique_cells``)."""
+        each in every published cell it counts in (``Candidate.unique_cells``)."""
         dedup = self.settings.dedup_horizon_seconds
         ids = [
             Sighting("event", self.pseudonymize(c.event.event_id), c.record.partition, c.record.offset, dedup)
@@ -178,20 +182,19 @@ class BatchIngestor:
             Sighting(f"{u.namespace}:{cell_name}", u.key, c.record.partition, c.record.offset, horizon)
             for c in screened.candidates
             for u in c.contribution.uniques
-            for _, cell_name, horizon in self._unique_cells(c)
+            for _, cell_name, horizon in c.unique_cells
         ]
         return ids + uniques
 
-    def _unique_cells(self, candidate: Candidate) -> list[tuple[CellKey, str, int]]:
+    def _unique_cells(self, at: datetime, attribution: Attribution) -> tuple[tuple[CellKey, str, int], ...]:
         """The published cells a distinct count is decided in, with a Redis name and how long
         to remember it: until no event of that window can still be accepted."""
         cells = []
-        attribution = candidate.attribution
-        for size, start in self.windowing.starts(candidate.at.timestamp()):
+        for size, start in self.windowing.starts(at.timestamp()):
             horizon = size + self.settings.max_event_age_seconds + self.settings.max_event_future_seconds
             for cell in published_cells(size, start, attribution.channel, attribution.campaign):
                 cells.append((cell, cell.encode().decode(), horizon))
-        return cells
+        return tuple(cells)
 
     def apply(self, screened: Screened, verdicts: list[bool]) -> None:
         """Fold a screened batch in; ``verdicts`` answer ``sightings(screened)`` in order."""
@@ -200,11 +203,10 @@ class BatchIngestor:
         first_unique = len(screened.candidates)
         unique_verdicts = iter(verdicts[first_unique:])
         for candidate, counted in zip(screened.candidates, verdicts[:first_unique], strict=True):
-            cells = self._unique_cells(candidate) if candidate.contribution.uniques else []
             firsts = [
                 (unique.measure, cell)
                 for unique in candidate.contribution.uniques
-                for cell, _, _ in cells
+                for cell, _, _ in candidate.unique_cells
                 if next(unique_verdicts)
             ]
             if not counted:
