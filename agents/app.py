@@ -47,8 +47,11 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> faust.App:
         key_type=bytes,
         value_type=bytes,
     )
+    results = app.topic(
+        settings.window_results_topic, partitions=settings.partitions, key_type=bytes, value_type=bytes
+    )
     table = app.Table(KPI_TABLE_NAME, partitions=settings.partitions, key_type=bytes, value_type=bytes)
-    register_kpi_agent(app, deltas, updates, table, metrics, settings)
+    register_kpi_agent(app, deltas, updates, results, table, metrics, settings)
     rules = ChannelRules.load(Path(settings.channel_rules_file) if settings.channel_rules_file else None)
     ingest = IngestService(
         settings,

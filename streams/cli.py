@@ -53,9 +53,22 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_generate(settings: Settings, args: argparse.Namespace) -> int:
     from streams.generator import Fractions, GroundTruth, ProgressBar, Scenario, produce_messages
 
-    fractions = Fractions(args.duplicates, args.late, args.malformed, args.shuffle)
+    fractions = Fractions(
+        duplicates=args.duplicates,
+        late=args.late,
+        malformed=args.malformed,
+        shuffle_window=args.shuffle,
+        revising=args.revising,
+        past_retention=args.past_retention,
+    )
     try:
-        scenario = Scenario(args.seed, campaigns=args.campaigns, fractions=fractions)
+        scenario = Scenario(
+            args.seed,
+            campaigns=args.campaigns,
+            fractions=fractions,
+            grace_seconds=settings.grace_seconds,
+            retention_seconds=settings.window_retention_seconds,
+        )
     except ValueError as exc:
         print(f"mkpi generate: {exc}", file=sys.stderr)
         return 2
@@ -210,7 +223,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--count", type=int, default=count, help="messages to send, 0 for no limit")
         p.add_argument("--campaigns", type=int, default=6, help="number of distinct campaigns")
         p.add_argument("--duplicates", type=float, default=dirt, help="share of events resent (retries)")
-        p.add_argument("--late", type=float, default=dirt, help="share of journeys arriving 2-90 min late")
+        p.add_argument("--late", type=float, default=dirt, help="share of journeys late within the grace")
+        p.add_argument(
+            "--revising", type=float, default=0.0, help="share of journeys late past grace, within retention"
+        )
+        p.add_argument(
+            "--past-retention", type=float, default=0.0, help="share of journeys late past retention"
+        )
         p.add_argument("--malformed", type=float, default=dirt / 4, help="share of malformed messages")
         p.add_argument("--shuffle", type=int, default=50, help="shuffle messages within windows of N")
         p.add_argument("--truth", help="write the expected accounting (JSON) to this file")

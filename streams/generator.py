@@ -14,6 +14,7 @@ channel subscriptions.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import random
 import sys
@@ -57,6 +58,8 @@ AD_SOURCES: tuple[tuple[str, str, str, str, int], ...] = (
     ("youtube", "cpv", "video", "paid_video", 2),
 )
 CHANNEL_LABEL = "_expected_channel"  # carried on generated events until they are serialized
+DELAY_LABEL = "_delay_seconds"  # likewise: how long a late journey was held back
+JOURNEY_SPAN = 240  # seconds from a journey's first step to its last
 CAMPAIGNS = ("spring_sale", "black_friday", "webinar_q4", "brand", "retargeting_cart", "launch_v2")
 PAGES = (
     ("/", "Home", 20),
@@ -85,21 +88,36 @@ class Message:
     expect: str  # VALID, DUPLICATE, or a bad-row reason
     event_type: str | None = None
     channel: str | None = None  # the channel a valid event must be attributed to
+    #: Kafka message key: the event id, so an event and its retries share a raw partition.
+    key: bytes | None = None
+    #: Seconds the journey was held back (0: on time); see ``Fractions``.
+    delay: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
 class Fractions:
-    """Shares of messages that are resent (client retries), late, or malformed."""
+    """Shares of journeys that arrive late, of events resent (client retries) and of
+    malformed messages.
+
+    Late journeys come in three kinds, by how long they are held back against the scenario's
+    grace and retention: ``late`` within the grace period (counted in the final result),
+    ``revising`` after their windows closed but within retention (each correction is a
+    revision), ``past_retention`` long after (counted as late in minute and hour windows).
+    """
 
     duplicates: float = 0.0
     late: float = 0.0
     malformed: float = 0.0
     shuffle_window: int = 1
+    revising: float = 0.0
+    past_retention: float = 0.0
 
     def validate(self) -> None:
-        for name in ("duplicates", "late", "malformed"):
+        for name in ("duplicates", "late", "malformed", "revising", "past_retention"):
             if not 0 <= getattr(self, name) < 1:
-                raise ValueError(f"--{name} must be a fraction between 0 and 1")
+                raise ValueError(f"--{name.replace('_', '-')} must be a fraction between 0 and 1")
+        if self.late + self.revising + self.past_retention >= 1:
+            raise ValueError("--late, --revising and --past-retention must add up to less than 1")
         if self.shuffle_window < 1:
             raise ValueError("--shuffle must be at least 1")
 
@@ -154,10 +172,21 @@ class Scenario:
         campaigns: int = len(CAMPAIGNS),
         fractions: Fractions | None = None,
         visitors: int = 5000,
+        grace_seconds: int | None = None,
+        retention_seconds: int | None = None,
     ) -> None:
+        """``grace_seconds`` and ``retention_seconds`` (default: the settings' defaults) should
+        match the worker's, so that late journeys land where ``Fractions`` says they do."""
         self.random = random.Random(seed)
         self.fractions = fractions or Fractions()
         self.fractions.validate()
+        defaults = Settings()
+        self.grace_seconds = defaults.grace_seconds if grace_seconds is None else grace_seconds
+        self.retention_seconds = (
+            defaults.window_retention_seconds if retention_seconds is None else retention_seconds
+        )
+        if self.fractions.revising and self.retention_seconds < JOURNEY_SPAN + 300:
+            raise ValueError(f"--revising needs a retention of at least {JOURNEY_SPAN + 300} seconds")
         extra = (f"campaign_{i:03d}" for i in range(len(CAMPAIGNS), campaigns))
         self.campaigns = [*CAMPAIGNS, *extra][:campaigns]
         self.visitors = [uuid.UUID(int=self.random.getrandbits(128)).hex[:16] for _ in range(visitors)]
@@ -399,8 +428,7 @@ class Scenario:
     # -- the stream ------------------------------------------------------------------------
     def _journey(self, now: datetime) -> list[dict[str, Any]]:
         kind = self.random.choices(list(JOURNEY_WEIGHTS), list(JOURNEY_WEIGHTS.values()))[0]
-        span = 240  # journeys end now: every step happened in the last few minutes
-        start = now - timedelta(seconds=span)
+        start = now - timedelta(seconds=JOURNEY_SPAN)  # journeys end now
         journeys: dict[str, Callable[[datetime], list[dict[str, Any]]]] = {
             "visit": self._journey_visit,
             "ad": self._journey_ad,
@@ -408,12 +436,31 @@ class Scenario:
             "social": self._journey_social,
         }
         events = journeys[kind](start)
-        if self.random.random() < self.fractions.late:
-            delay = timedelta(minutes=self.random.randint(2, 90))
+        delay = self._delay()
+        if delay:
             for event in events:
-                shifted = datetime.fromisoformat(event["occurred_at"]) - delay
+                shifted = datetime.fromisoformat(event["occurred_at"]) - timedelta(seconds=delay)
                 event["occurred_at"] = shifted.isoformat(timespec="milliseconds")
+                event[DELAY_LABEL] = delay
         return events
+
+    def _delay(self) -> float:
+        """Seconds to hold a journey back, by the kind of lateness drawn (0: on time)."""
+        grace, retention = self.grace_seconds, self.retention_seconds
+        draw, shares = self.random.random(), self.fractions
+        if draw < shares.late:
+            return round(self.random.uniform(1, max(1, grace)), 3)
+        draw -= shares.late
+        if draw < shares.revising:
+            # closed windows, but every window size still within retention: the journey spans
+            # up to JOURNEY_SPAN seconds, and a partition may be a little ahead of the clock
+            return round(self.random.uniform(grace + 30, grace + retention - JOURNEY_SPAN - 120), 3)
+        draw -= shares.revising
+        if draw < shares.past_retention:
+            # every minute and hour window past retention; day windows depend on the hour
+            least = grace + retention + 3600 + JOURNEY_SPAN + 600
+            return round(self.random.uniform(least, least + 7200), 3)
+        return 0.0
 
     def _groups(self, clock: Callable[[], datetime]) -> Iterator[list[Message]]:
         """One journey with its client retries, or one malformed message, at a time."""
@@ -425,14 +472,16 @@ class Scenario:
             group = []
             for event in self._journey(now):
                 channel = event.pop(CHANNEL_LABEL)
+                delay = event.pop(DELAY_LABEL, 0.0)
                 payload = json.dumps(event, separators=(",", ":")).encode()
-                group.append(Message(payload, VALID, event["type"], channel))
+                key = event["event_id"].encode()
+                group.append(Message(payload, VALID, event["type"], channel, key, delay))
                 if self.random.random() < self.fractions.duplicates:
                     if self.random.random() < 0.5:
                         retry = payload  # the same bytes resent
                     else:
                         retry = json.dumps(event | {"sent_at": now.isoformat()}).encode()
-                    group.append(Message(retry, DUPLICATE, event["type"], channel))
+                    group.append(Message(retry, DUPLICATE, event["type"], channel, key, delay))
             yield group
 
     def messages(self, count: int | None, clock: Callable[[], datetime]) -> Iterator[Message]:
@@ -473,7 +522,7 @@ def _first_copy_counts(batch: list[Message]) -> list[Message]:
             event_id = msgspec.json.decode(message.payload, type=_EventId).event_id
             label = DUPLICATE if event_id in seen else VALID
             seen.add(event_id)
-            message = Message(message.payload, label, message.event_type, message.channel)
+            message = dataclasses.replace(message, expect=label)
         relabelled.append(message)
     return relabelled
 
@@ -532,7 +581,7 @@ async def produce_messages(
                 ahead = (index / rate) - (time.monotonic() - started)
                 if ahead > 0:
                     await asyncio.sleep(ahead)
-            pending.append(await producer.send(settings.raw_topic, message.payload))
+            pending.append(await producer.send(settings.raw_topic, message.payload, key=message.key))
             truth.add(message)
             if len(pending) >= 1000:
                 await asyncio.gather(*pending)

@@ -10,6 +10,7 @@ anywhere either publishes all of a batch or none of it.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections import Counter
@@ -22,6 +23,7 @@ import msgspec
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError, ProducerFenced
 from mode import Service
 from redis.exceptions import RedisError
@@ -43,22 +45,71 @@ from streams.validation import (
     event_time,
     make_bad_row,
 )
+from streams.watermarks import WATERMARK_SCHEMA_VERSION, Lateness, PartitionWatermarks, WatermarkMark
 
 log = logging.getLogger(__name__)
 
 PROCESSOR = "mkpi-ingest"
 
 
+class LateEvent(msgspec.Struct, frozen=True, kw_only=True):
+    """A valid event too late for some or all of its windows: they had passed retention
+    (end + grace + retention) by its raw partition's watermark. It points at the raw message
+    instead of repeating it, so it carries no personal data."""
+
+    schema_version: Annotated[str, msgspec.Meta(pattern="^1-[0-9]+-[0-9]+$")]
+    source_topic: str
+    source_partition: int
+    source_offset: int
+    event_type: str
+    event_time: Annotated[AwareTime, msgspec.Meta(description="Corrected event time.")]
+    watermark: Annotated[AwareTime, msgspec.Meta(description="Its raw partition's watermark then.")]
+    missed_window_seconds: Annotated[
+        list[int], msgspec.Meta(description="Window sizes it was not counted in.")
+    ]
+    counted_window_seconds: Annotated[
+        list[int], msgspec.Meta(description="Window sizes it was still counted in (empty: outcome late).")
+    ]
+    channel: str
+    campaign: str
+
+
+@dataclass(frozen=True, slots=True)
+class CommitPoint:
+    """Where a raw partition resumes, and the watermark its next owner starts from."""
+
+    next_offset: int
+    watermark: float | None
+
+    def as_commit(self) -> tuple[int, str]:
+        return self.next_offset, json.dumps({"watermark": self.watermark})
+
+    @staticmethod
+    def watermark_from_metadata(metadata: str) -> float | None:
+        try:
+            value = json.loads(metadata).get("watermark") if metadata else None
+        except (ValueError, AttributeError):
+            return None
+        return float(value) if isinstance(value, int | float) else None
+
+
 @dataclass
 class Flushable:
-    """Everything one flush publishes, plus the offsets it commits."""
+    """Everything one flush publishes, plus the offsets (and watermarks) it commits."""
 
     deltas: list[Delta]
     bad_rows: list[BadRow]
-    next_offsets: dict[TopicPartition, int]
+    late_events: list[LateEvent]
+    marks: list[WatermarkMark]
+    commits: dict[TopicPartition, CommitPoint]
     outcomes: Counter[str] = field(default_factory=Counter)
     reasons: Counter[str] = field(default_factory=Counter)
     event_types: Counter[str] = field(default_factory=Counter)
+    late_windows: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def has_messages(self) -> bool:
+        return bool(self.outcomes)
 
 
 class IngestReport(msgspec.Struct, frozen=True, kw_only=True):
@@ -71,9 +122,16 @@ class IngestReport(msgspec.Struct, frozen=True, kw_only=True):
     next_offsets: Annotated[
         dict[str, int], msgspec.Meta(description="Raw partition -> next offset to read after this flush.")
     ]
-    outcomes: Annotated[dict[str, int], msgspec.Meta(description="valid, bad and duplicate counts.")]
+    outcomes: Annotated[
+        dict[str, int],
+        msgspec.Meta(description="valid, bad, duplicate and late (past retention in every window size)."),
+    ]
     bad_reasons: dict[str, int]
     events_by_type: Annotated[dict[str, int], msgspec.Meta(description="Valid events counted, by type.")]
+    late_by_window: Annotated[
+        dict[str, int],
+        msgspec.Meta(description="Window size (seconds) -> valid or late events not counted in it."),
+    ] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,8 +143,12 @@ class Candidate:
     at: datetime
     attribution: Attribution
     contribution: Contribution
-    #: (cell, its Redis name, horizon) of each cell its distinct counts are decided in; empty
-    #: when it has no distinct counts. Computed once, at screening.
+    #: Window sizes it is too late for (past retention by its partition's watermark).
+    missed_sizes: tuple[int, ...]
+    #: The partition's watermark it was judged against.
+    watermark: float | None
+    #: (cell, its Redis name, horizon) of each cell its distinct counts are decided in, in the
+    #: window sizes it is not too late for; empty when it has no distinct counts.
     unique_cells: tuple[tuple[CellKey, str, int], ...]
 
 
@@ -113,6 +175,7 @@ class BatchIngestor:
         rules: ChannelRules,
         pseudonymizer: Pseudonymizer,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
         self.rules = rules
@@ -120,26 +183,60 @@ class BatchIngestor:
         self.clock = clock
         self.own_sites = settings.site_domain_list
         self.windowing = settings.windowing
+        self.lateness = Lateness(self.windowing, settings.grace_seconds, settings.window_retention_seconds)
+        self.watermarks = PartitionWatermarks(settings.idle_timeout_seconds, monotonic)
+        #: Partitions of the raw topic (all of them, not only this worker's).
+        self.raw_partitions = 0
         self.aggregator = DeltaAggregator(self.windowing)
         self.bad_rows: list[BadRow] = []
-        self.next_offsets: dict[TopicPartition, int] = {}
+        self.late_events: list[LateEvent] = []
+        self._unflushed_records = False
         self.outcomes: Counter[str] = Counter()
         self.reasons: Counter[str] = Counter()
         self.event_types: Counter[str] = Counter()
+        self.late_windows: Counter[str] = Counter()
+        self._positions: dict[TopicPartition, int] = {}
+        self._sent_marks: dict[int, tuple[float | None, bool]] = {}
+
+    def assign(self, tp: TopicPartition, committed: int | None, watermark: float | None) -> None:
+        """Take over a raw partition from its committed offset and watermark."""
+        self.watermarks.restore(tp.partition, watermark)
+        self._sent_marks.pop(tp.partition, None)
+        if committed is not None:
+            self._positions[tp] = committed
+
+    def revoke(self, tp: TopicPartition) -> None:
+        """Forget a partition (after the flush that precedes its revocation)."""
+        self.watermarks.forget(tp.partition)
+        self._sent_marks.pop(tp.partition, None)
+        self._positions.pop(tp, None)
+
+    def _mark(self, partition: int) -> tuple[float | None, bool]:
+        return self.watermarks.current(partition), self.watermarks.idle(partition)
 
     @property
     def has_pending(self) -> bool:
-        return bool(self.next_offsets)
+        """Messages to flush, or a watermark that moved (or went idle) since the last flush."""
+        return self._unflushed_records or any(
+            self._sent_marks.get(p) != self._mark(p) for p in self.watermarks.partitions
+        )
 
     def screen(self, records: list[ConsumerRecord[bytes, bytes]]) -> Screened:
+        """Decode and validate a batch, and judge each event's lateness against its partition's
+        watermark as it stands just before the event: the watermark moves with every valid
+        event, in partition order (duplicates included, so it does not depend on which copy
+        of a retried event is counted)."""
         now = self.clock()
         candidates: list[Candidate] = []
         rejected: list[tuple[ConsumerRecord[bytes, bytes], Rejection]] = []
         next_offsets: dict[TopicPartition, int] = {}
+        watermarks: dict[int, float | None] = {}
         for record in records:
             next_offsets[TopicPartition(record.topic, record.partition)] = record.offset + 1
+            if record.partition not in watermarks:
+                watermarks[record.partition] = self.watermarks.current(record.partition)
             try:
-                outcome = self._screen_one(record, now)
+                outcome = self._screen_one(record, now, watermarks[record.partition])
             except Exception as exc:  # a bug must cost one bad row, never the worker
                 log.exception("screening failed at %s/%s", record.partition, record.offset)
                 outcome = Rejection(BadReason.PROCESSING_ERROR, f"{type(exc).__name__}: {exc}")
@@ -147,9 +244,13 @@ class BatchIngestor:
                 rejected.append((record, outcome))
             else:
                 candidates.append(outcome)
+                at, previous = outcome.at.timestamp(), watermarks[record.partition]
+                watermarks[record.partition] = at if previous is None else max(previous, at)
         return Screened(candidates, rejected, next_offsets)
 
-    def _screen_one(self, record: ConsumerRecord[bytes, bytes], now: datetime) -> Candidate | Rejection:
+    def _screen_one(
+        self, record: ConsumerRecord[bytes, bytes], now: datetime, watermark: float | None
+    ) -> Candidate | Rejection:
         decoded = decode_event(record.value or b"", self.settings.max_event_bytes)
         if isinstance(decoded, Rejection):
             return decoded
@@ -167,8 +268,9 @@ class BatchIngestor:
             self.settings.blog_path_prefix,
             None if person is None else self.pseudonymize(person),
         )
-        cells = self._unique_cells(at, attribution) if added.uniques else ()
-        return Candidate(record, decoded, at, attribution, added, cells)
+        missed = self.lateness.missed_sizes(at.timestamp(), watermark)
+        cells = self._unique_cells(at, attribution, missed) if added.uniques else ()
+        return Candidate(record, decoded, at, attribution, added, missed, watermark, cells)
 
     def sightings(self, screened: Screened) -> list[Sighting]:
         """What to check in Redis: every candidate's event id, then every candidate's uniques,
@@ -186,11 +288,15 @@ class BatchIngestor:
         ]
         return ids + uniques
 
-    def _unique_cells(self, at: datetime, attribution: Attribution) -> tuple[tuple[CellKey, str, int], ...]:
+    def _unique_cells(
+        self, at: datetime, attribution: Attribution, missed: tuple[int, ...]
+    ) -> tuple[tuple[CellKey, str, int], ...]:
         """The published cells a distinct count is decided in, with a Redis name and how long
         to remember it: until no event of that window can still be accepted."""
         cells = []
         for size, start in self.windowing.starts(at.timestamp()):
+            if size in missed:
+                continue
             horizon = size + self.settings.max_event_age_seconds + self.settings.max_event_future_seconds
             for cell in published_cells(size, start, attribution.channel, attribution.campaign):
                 cells.append((cell, cell.encode().decode(), horizon))
@@ -199,6 +305,7 @@ class BatchIngestor:
     def apply(self, screened: Screened, verdicts: list[bool]) -> None:
         """Fold a screened batch in; ``verdicts`` answer ``sightings(screened)`` in order."""
         for record, rejection in screened.rejected:
+            self.watermarks.arrived(record.partition)
             self._reject(rejection, record)
         first_unique = len(screened.candidates)
         unique_verdicts = iter(verdicts[first_unique:])
@@ -209,11 +316,13 @@ class BatchIngestor:
                 for cell, _, _ in candidate.unique_cells
                 if next(unique_verdicts)
             ]
+            self.watermarks.arrived(candidate.record.partition)
+            self.watermarks.observed(candidate.record.partition, candidate.at.timestamp())
             if not counted:
                 self.outcomes["duplicate"] += 1
                 continue
             try:
-                self._count(candidate, firsts)
+                outcome = self._count(candidate, firsts)
             except Exception as exc:  # a bug must cost one bad row, never the worker
                 log.exception(
                     "processing failed at %s/%s", candidate.record.partition, candidate.record.offset
@@ -222,14 +331,46 @@ class BatchIngestor:
                     Rejection(BadReason.PROCESSING_ERROR, f"{type(exc).__name__}: {exc}"), candidate.record
                 )
                 continue
-            self.outcomes["valid"] += 1
-            self.event_types[TYPE_NAMES[type(candidate.event)]] += 1
-        self.next_offsets.update(screened.next_offsets)
+            self.outcomes[outcome] += 1
+            if outcome == "valid":
+                self.event_types[TYPE_NAMES[type(candidate.event)]] += 1
+        self._unflushed_records = True
+        self._positions.update(screened.next_offsets)
 
-    def _count(self, candidate: Candidate, firsts: list[tuple[str, CellKey]]) -> None:
-        self.aggregator.add(candidate.at.timestamp(), candidate.attribution, candidate.contribution.measures)
+    def _count(self, candidate: Candidate, firsts: list[tuple[str, CellKey]]) -> str:
+        """Count a candidate in every window it is not too late for; ``valid``, or ``late``
+        when it is too late for all of them."""
+        missed = candidate.missed_sizes
+        if missed:
+            self._record_late(candidate)
+        if len(missed) == len(self.windowing.sizes):
+            return "late"
+        at = candidate.at.timestamp()
+        self.aggregator.add(at, candidate.attribution, candidate.contribution.measures, skip_sizes=missed)
         for measure, cell in firsts:
             self.aggregator.add_to_published_cell(cell, measure, 1)
+        return "valid"
+
+    def _record_late(self, candidate: Candidate) -> None:
+        missed, watermark = candidate.missed_sizes, candidate.watermark
+        assert watermark is not None, "nothing is late before its partition has a watermark"
+        for size in missed:
+            self.late_windows[str(size)] += 1
+        self.late_events.append(
+            LateEvent(
+                schema_version="1-0-0",
+                source_topic=candidate.record.topic,
+                source_partition=candidate.record.partition,
+                source_offset=candidate.record.offset,
+                event_type=TYPE_NAMES[type(candidate.event)],
+                event_time=candidate.at,
+                watermark=datetime.fromtimestamp(watermark, UTC),
+                missed_window_seconds=list(missed),
+                counted_window_seconds=[s for s in self.windowing.sizes if s not in missed],
+                channel=candidate.attribution.channel,
+                campaign=candidate.attribution.campaign,
+            )
+        )
 
     def _reject(self, rejection: Rejection, record: ConsumerRecord[bytes, bytes]) -> None:
         payload = record.value or b""
@@ -248,16 +389,39 @@ class BatchIngestor:
         self.reasons[rejection.reason.value] += 1
 
     def take(self) -> Flushable:
+        """Everything pending, with a mark for every owned partition and the commit point of
+        each (a partition never read and never committed has nothing to commit)."""
+        marks = []
+        commits = {}
+        for partition in self.watermarks.partitions:
+            watermark = self.watermarks.publish(partition)
+            idle = self.watermarks.idle(partition)
+            self._sent_marks[partition] = (watermark, idle)
+            marks.append(
+                WatermarkMark(
+                    schema_version=WATERMARK_SCHEMA_VERSION,
+                    raw_partition=partition,
+                    raw_partitions=max(self.raw_partitions, partition + 1),
+                    watermark=watermark,
+                    idle=idle,
+                )
+            )
+        for tp, position in self._positions.items():
+            commits[tp] = CommitPoint(position, self.watermarks.current(tp.partition))
         taken = Flushable(
             deltas=self.aggregator.drain(),
             bad_rows=self.bad_rows,
-            next_offsets=self.next_offsets,
+            late_events=self.late_events,
+            marks=marks,
+            commits=commits,
             outcomes=self.outcomes,
             reasons=self.reasons,
             event_types=self.event_types,
+            late_windows=self.late_windows,
         )
-        self.bad_rows, self.next_offsets = [], {}
+        self.bad_rows, self.late_events, self._unflushed_records = [], [], False
         self.outcomes, self.reasons, self.event_types = Counter(), Counter(), Counter()
+        self.late_windows = Counter()
         return taken
 
 
@@ -276,11 +440,12 @@ class _FlushBeforeRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         await self.service.flush()
+        for tp in revoked:
+            self.service.ingestor.revoke(tp)
         self.service.metrics.ingest_partitions.set(0)
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        log.info("ingest assigned %s", sorted(tp.partition for tp in assigned))
-        self.service.metrics.ingest_partitions.set(len(assigned))
+        await self.service.take_over(assigned)
 
 
 class IngestService(Service):
@@ -288,6 +453,7 @@ class IngestService(Service):
 
     consumer: AIOKafkaConsumer
     producer: AIOKafkaProducer
+    admin: AIOKafkaAdminClient
     redis: aioredis.Redis
     first_sightings: RedisSightings
 
@@ -307,6 +473,7 @@ class IngestService(Service):
         self.ingestor = BatchIngestor(settings, rules, pseudonymizer)
         self._flush_lock = asyncio.Lock()
         self._encoder = msgspec.json.Encoder()
+        self._delta_partitions: list[int] = []
 
     async def on_start(self) -> None:
         # aiokafka clients bind to the running loop, so they are made here, not in __init__.
@@ -328,10 +495,15 @@ class IngestService(Service):
             linger_ms=5,
             max_batch_size=1024 * 1024,
         )
+        self.admin = AIOKafkaAdminClient(
+            bootstrap_servers=settings.kafka_bootstrap, client_id=f"{settings.app_id}-ingest"
+        )
         self.redis = aioredis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
         self.first_sightings = RedisSightings(self.redis, settings.app_id)
+        await self.admin.start()
         await self.producer.start()
         await self.consumer.start()
+        self._delta_partitions = sorted(await self.producer.partitions_for(settings.deltas_topic))
         self.consumer.subscribe([self.settings.raw_topic], listener=_FlushBeforeRevoke(self))
         log.info("ingest reading %s as %s", self.settings.raw_topic, self.transactional_id)
 
@@ -341,7 +513,24 @@ class IngestService(Service):
         finally:
             await self.consumer.stop()
             await self.producer.stop()
+            await self.admin.close()
             await self.redis.aclose()
+
+    async def take_over(self, assigned: list[TopicPartition]) -> None:
+        """Resume assigned raw partitions from their committed offsets and watermarks."""
+        log.info("ingest assigned %s", sorted(tp.partition for tp in assigned))
+        committed = (
+            await self.admin.list_consumer_group_offsets(self.settings.ingest_group_id, partitions=assigned)
+            if assigned
+            else {}
+        )
+        for tp in assigned:
+            point = committed.get(tp)
+            offset = point.offset if point is not None and point.offset >= 0 else None
+            watermark = CommitPoint.watermark_from_metadata(point.metadata) if point is not None else None
+            self.ingestor.assign(tp, offset, watermark)
+        self.ingestor.raw_partitions = len(self.consumer.partitions_for_topic(self.settings.raw_topic) or ())
+        self.metrics.ingest_partitions.set(len(assigned))
 
     @Service.task
     async def _consume(self) -> None:
@@ -391,23 +580,7 @@ class IngestService(Service):
             started = time.perf_counter()
             try:
                 async with self.producer.transaction():
-                    for delta in pending.deltas:
-                        await self.producer.send(
-                            self.settings.deltas_topic,
-                            key=delta.key.encode(),
-                            value=self._encoder.encode(delta),
-                        )
-                    for bad_row in pending.bad_rows:
-                        await self.producer.send(
-                            self.settings.bad_rows_topic, value=self._encoder.encode(bad_row)
-                        )
-                    report = self._report(pending)
-                    await self.producer.send(
-                        self.settings.accounting_topic, value=self._encoder.encode(report)
-                    )
-                    await self.producer.send_offsets_to_transaction(
-                        pending.next_offsets, self.settings.ingest_group_id
-                    )
+                    await self._publish(pending)
             except ProducerFenced:
                 log.critical(
                     "another worker uses the transactional id %s; give each worker its own "
@@ -428,23 +601,55 @@ class IngestService(Service):
                 self.metrics.bad_rows.labels(reason).inc(count)
             for event_type, count in pending.event_types.items():
                 self.metrics.events.labels(event_type).inc(count)
+            for window, count in pending.late_windows.items():
+                self.metrics.late_events.labels(f"{window}s").inc(count)
+            for mark in pending.marks:
+                if mark.watermark is not None:
+                    self.metrics.partition_watermark.labels(str(mark.raw_partition)).set(mark.watermark)
+
+    async def _publish(self, pending: Flushable) -> None:
+        """The body of a flush transaction. Marks go after the deltas: on every delta partition,
+        a raw partition's mark follows all the deltas made from it before that mark."""
+        settings, encode = self.settings, self._encoder.encode
+        for delta in pending.deltas:
+            await self.producer.send(settings.deltas_topic, key=delta.key.encode(), value=encode(delta))
+        for bad_row in pending.bad_rows:
+            await self.producer.send(settings.bad_rows_topic, value=encode(bad_row))
+        for late in pending.late_events:
+            await self.producer.send(settings.late_events_topic, value=encode(late))
+        for mark in pending.marks:
+            body = encode(mark)
+            for partition in self._delta_partitions:
+                await self.producer.send(settings.deltas_topic, value=body, partition=partition)
+        if pending.has_messages:
+            await self.producer.send(settings.accounting_topic, value=encode(self._report(pending)))
+        if pending.commits:
+            await self.producer.send_offsets_to_transaction(
+                {tp: point.as_commit() for tp, point in pending.commits.items()}, settings.ingest_group_id
+            )
 
     def _report(self, pending: Flushable) -> IngestReport:
         return IngestReport(
             schema_version="1-0-0",
             worker=self.transactional_id,
             flushed_at=datetime.now(UTC),
-            next_offsets={str(tp.partition): offset for tp, offset in sorted(pending.next_offsets.items())},
+            next_offsets={
+                str(tp.partition): point.next_offset for tp, point in sorted(pending.commits.items())
+            },
             outcomes=dict(pending.outcomes),
             bad_reasons=dict(pending.reasons),
             events_by_type=dict(pending.event_types),
+            late_by_window=dict(pending.late_windows),
         )
 
     async def _rewind(self) -> None:
-        """After an aborted transaction: read the lost batch again from the committed offsets."""
-        for tp in self.consumer.assignment():
+        """After an aborted transaction: read the lost batch again from the committed offsets,
+        with the watermarks committed with them."""
+        assignment = list(self.consumer.assignment())
+        for tp in assignment:
             committed = await self.consumer.committed(tp)
             if committed is None:
                 await self.consumer.seek_to_beginning(tp)
             else:
                 self.consumer.seek(tp, committed)
+        await self.take_over(assignment)

@@ -22,8 +22,8 @@ from streams.events import AwareTime
 from streams.windows import Windowing
 
 ALL = "*"
-KPI_SCHEMA_VERSION = "1-0-0"
-DELTA_SCHEMA_VERSION = "1-0-0"
+KPI_SCHEMA_VERSION = "1-1-0"
+DELTA_SCHEMA_VERSION = "1-1-0"
 
 
 class CellKey(NamedTuple):
@@ -63,7 +63,7 @@ class KpiKey(NamedTuple):
         return cls(kpi, window_seconds, window_start, channel, campaign)
 
 
-class Delta(msgspec.Struct, frozen=True, kw_only=True):
+class Delta(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind", tag="delta"):
     """Increments of the measures of one cell, produced by one ingest flush."""
 
     schema_version: Annotated[str, msgspec.Meta(pattern="^1-[0-9]+-[0-9]+$")]
@@ -78,11 +78,19 @@ class Delta(msgspec.Struct, frozen=True, kw_only=True):
         return CellKey(self.window_seconds, self.window_start, self.channel, self.campaign)
 
 
-class CellState(msgspec.Struct, frozen=True):
-    """What the Faust table stores per cell; ``applied_offset`` makes replays no-ops."""
+class CellState(msgspec.Struct, frozen=True, kw_only=True):
+    """What the Faust table stores per cell.
+
+    ``applied_offset`` makes replays no-ops. ``revision`` is None while the window is open, 0
+    once its final result is out, then one more per late correction; ``closed_by`` is the
+    offset of the watermark that closed it, so a replay of that watermark can re-send it.
+    """
 
     measures: dict[str, int]
     applied_offset: int
+    partition: Annotated[int, msgspec.Meta(description="The delta partition the cell lives on.")]
+    revision: int | None = None
+    closed_by: int | None = None
 
 
 class KpiUpdate(msgspec.Struct, frozen=True, kw_only=True):
@@ -100,6 +108,13 @@ class KpiUpdate(msgspec.Struct, frozen=True, kw_only=True):
     value: Annotated[float | None, msgspec.Meta(description="null for a ratio whose denominator is 0.")]
     numerator: int
     denominator: Annotated[int | None, msgspec.Meta(description="null unless the KPI is a ratio.")]
+    final: Annotated[bool, msgspec.Meta(description="The window has closed; this is its result.")] = False
+    revision: Annotated[
+        int | None,
+        msgspec.Meta(
+            description="null while open; 0 for the final result, then 1, 2, ... per late correction."
+        ),
+    ] = None
     updated_at: AwareTime
 
 
@@ -129,12 +144,18 @@ class DeltaAggregator:
         self._published[key][measure] += amount
 
     def add(
-        self, event_epoch_seconds: float, attribution: Attribution, measures: Iterable[tuple[str, int]]
+        self,
+        event_epoch_seconds: float,
+        attribution: Attribution,
+        measures: Iterable[tuple[str, int]],
+        skip_sizes: tuple[int, ...] = (),
     ) -> None:
         amounts = list(measures)
         if not amounts:
             return
         for size, start in self.windowing.starts(event_epoch_seconds):
+            if size in skip_sizes:
+                continue
             cell = self._cells[(size, start, attribution.channel, attribution.campaign)]
             for measure, amount in amounts:
                 cell[measure] += amount
@@ -159,30 +180,45 @@ class DeltaAggregator:
         ]
 
 
-def apply_delta(state: CellState | None, delta: Delta, offset: int) -> CellState | None:
-    """Merge ``delta`` (read at ``offset`` of its partition); None when it was applied before.
+def apply_delta(
+    state: CellState | None, delta: Delta, offset: int, partition: int, window_closed: bool = False
+) -> CellState | None:
+    """Merge ``delta`` (read at ``offset`` of ``partition``); None when it was applied before.
 
     Every delta of a cell arrives through one partition, in offset order, so an offset at or
-    below the last one applied is a replay after a restart.
+    below the last one applied is a replay after a restart. A delta reaching a closed window
+    makes the next revision of its result (the first one, 0, for a cell new to that window).
     """
-    if state is None:
-        return CellState(measures=dict(delta.measures), applied_offset=offset)
-    if offset <= state.applied_offset:
+    if state is not None and offset <= state.applied_offset:
         return None
+    revision = None
+    if window_closed:
+        revision = 0 if state is None or state.revision is None else state.revision + 1
+    if state is None:
+        return CellState(
+            measures=dict(delta.measures), applied_offset=offset, partition=partition, revision=revision
+        )
     merged = Counter(state.measures)
     merged.update(delta.measures)
-    return CellState(measures=dict(merged), applied_offset=offset)
+    return CellState(
+        measures=dict(merged),
+        applied_offset=offset,
+        partition=partition,
+        revision=revision,
+        closed_by=state.closed_by,
+    )
 
 
 def kpi_updates(
-    key: CellKey, state: CellState, changed: set[str], window_end: int, now: datetime | None = None
+    key: CellKey, state: CellState, changed: Iterable[str], window_end: int, now: datetime | None = None
 ) -> list[tuple[KpiKey, KpiUpdate]]:
-    """The KPI values of a cell that depend on the ``changed`` measures."""
+    """The KPI values of a cell that depend on the ``changed`` measures (all of a cell's
+    measures for its final result)."""
     updated_at = now or datetime.now(UTC)
     start = datetime.fromtimestamp(key.window_start, UTC)
     end = datetime.fromtimestamp(window_end, UTC)
     updates = []
-    for kpi in affected(changed):
+    for kpi in affected(set(changed)):
         value = evaluate(kpi, state.measures)
         updates.append(
             (
@@ -198,6 +234,8 @@ def kpi_updates(
                     value=value.value,
                     numerator=value.numerator,
                     denominator=value.denominator,
+                    final=state.revision is not None,
+                    revision=state.revision,
                     updated_at=updated_at,
                 ),
             )

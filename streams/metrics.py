@@ -8,7 +8,7 @@ from streams.catalog import MEASURES
 from streams.events import EVENT_TYPES
 from streams.validation import BadReason
 
-OUTCOMES = ("valid", "bad", "duplicate")
+OUTCOMES = ("valid", "bad", "duplicate", "late")
 
 
 class Metrics:
@@ -96,6 +96,56 @@ class Metrics:
         self.kpi_current_window_start = Gauge(
             "mkpi_kpi_current_window_start_seconds",
             "Start (Unix time) of the window mkpi_kpi_current reports.",
+            ["kpi", "window", "channel", "campaign"],
+            registry=self.registry,
+        )
+        self.late_events = Counter(
+            "mkpi_ingest_late_events_total",
+            "Valid events not counted in a window size because that window had passed retention "
+            "(end + grace + retention) by their partition's watermark; published on the late topic.",
+            ["window"],
+            registry=self.registry,
+        )
+        self.partition_watermark = Gauge(
+            "mkpi_ingest_partition_watermark_seconds",
+            "Event-time watermark (Unix time) ingest last published for a raw partition it owns.",
+            ["partition"],
+            registry=self.registry,
+        )
+        self.low_watermark = Gauge(
+            "mkpi_low_watermark_seconds",
+            "Lowest watermark over all raw partitions, as seen by the KPI agent (Unix time).",
+            registry=self.registry,
+        )
+        self.cells_closed = Counter(
+            "mkpi_cells_closed_total",
+            "Cells (window, channel, campaign) whose final result was emitted.",
+            registry=self.registry,
+        )
+        self.revisions = Counter(
+            "mkpi_cell_revisions_total",
+            "Results re-emitted for closed windows because late events (within retention) changed them.",
+            registry=self.registry,
+        )
+        self.cells_expired = Counter(
+            "mkpi_cells_expired_total",
+            "Cells removed from the KPI table after their window passed retention.",
+            registry=self.registry,
+        )
+        self.deltas_after_retention = Counter(
+            "mkpi_deltas_after_retention_total",
+            "Deltas for windows already past retention (dropped; should stay 0: see the logs).",
+            registry=self.registry,
+        )
+        self.kpi_last_closed = Gauge(
+            "mkpi_kpi_last_closed",
+            "Value of a KPI in the newest closed window of the series, revisions included.",
+            ["kpi", "window", "channel", "campaign"],
+            registry=self.registry,
+        )
+        self.kpi_last_closed_window_start = Gauge(
+            "mkpi_kpi_last_closed_window_start_seconds",
+            "Start (Unix time) of the window mkpi_kpi_last_closed reports.",
             ["kpi", "window", "channel", "campaign"],
             registry=self.registry,
         )

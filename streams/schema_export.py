@@ -14,9 +14,10 @@ from typing import Any
 import msgspec
 
 from streams.events import RawEvent
-from streams.ingest import IngestReport
+from streams.ingest import IngestReport, LateEvent
 from streams.kpis import Delta, KpiUpdate
 from streams.validation import BadRow
+from streams.watermarks import WatermarkMark
 
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
@@ -38,11 +39,21 @@ SCHEMA_FILES: tuple[SchemaFile, ...] = (
         "Optional fields may be absent or null; unknown fields are ignored.",
     ),
     SchemaFile(
-        "outputs/kpi_update-1-0-0.json",
+        "outputs/kpi_update-1-1-0.json",
         KpiUpdate,
         "kpi_update",
-        "Latest value of one KPI in one window, on <prefix>.kpi-updates (compacted). Key: the "
-        "JSON array [kpi, window_seconds, window_start_unix_seconds, channel, campaign].",
+        "Value of one KPI in one window. On <prefix>.kpi-updates (compacted): the latest value, "
+        "open or final. On <prefix>.kpi-windows: the final result of a closed window "
+        "(revision 0), then one message per late correction (revision 1, 2, ...); keep the "
+        "highest revision. Key on both: the JSON array "
+        "[kpi, window_seconds, window_start_unix_seconds, channel, campaign].",
+    ),
+    SchemaFile(
+        "outputs/late_event-1-0-0.json",
+        LateEvent,
+        "late_event",
+        "A valid event that came too late for some or all of its windows (past end + grace + "
+        "retention by its raw partition's watermark), on <prefix>.late-events.",
     ),
     SchemaFile(
         "outputs/bad_row-1-0-0.json",
@@ -51,17 +62,19 @@ SCHEMA_FILES: tuple[SchemaFile, ...] = (
         "A raw message that was not counted, with why, on <prefix>.bad-rows.",
     ),
     SchemaFile(
-        "outputs/ingest_report-1-0-0.json",
+        "outputs/ingest_report-1-1-0.json",
         IngestReport,
         "ingest_report",
         "What one ingest flush did with its raw messages, on <prefix>.ingest-accounting. Summed "
         "over the topic (read_committed), it accounts for every raw message exactly once.",
     ),
     SchemaFile(
-        "internal/kpi_delta-1-0-0.json",
-        Delta,
+        "internal/kpi_delta-1-1-0.json",
+        Delta | WatermarkMark,
         "kpi_delta",
-        "Internal: an increment of one KPI key from one ingest flush, on <prefix>.kpi-deltas.",
+        "Internal, on <prefix>.kpi-deltas: an increment of one cell from one ingest flush "
+        "(kind delta, keyed by cell), or a raw partition's event-time watermark (kind watermark, "
+        "sent to every partition after the deltas of the same flush).",
     ),
 )
 

@@ -44,6 +44,15 @@ class Settings:
     window_sizes: str = "60,3600,86400"
     #: Time zone day windows are aligned to (IANA name).
     day_time_zone: str = "UTC"
+    #: A window closes (final result) once every raw partition's event time is past its end
+    #: plus this much.
+    grace_seconds: int = 60
+    #: After closing, a window still takes late events (each emits a revision) until event time
+    #: reaches its end + grace + this; later events are counted and published as late.
+    window_retention_seconds: int = 3600
+    #: A raw partition without messages for this long stops holding windows open: its
+    #: watermark advances with the wall clock.
+    idle_timeout_seconds: int = 30
     blog_path_prefix: str = "/blog/"
     flush_interval_seconds: float = 0.5
     ingest_max_records: int = 5000
@@ -87,6 +96,14 @@ class Settings:
     @property
     def kpi_updates_topic(self) -> str:
         return f"{self.topic_prefix}.kpi-updates"
+
+    @property
+    def window_results_topic(self) -> str:
+        return f"{self.topic_prefix}.kpi-windows"
+
+    @property
+    def late_events_topic(self) -> str:
+        return f"{self.topic_prefix}.late-events"
 
     @property
     def bad_rows_topic(self) -> str:
@@ -225,7 +242,12 @@ class Settings:
         for name in ("web_port", "kafka_controller_port"):
             if not 1 <= getattr(self, name) <= 65535:
                 bad(name, "must be a TCP port (1-65535)")
+        if self.grace_seconds < 0:
+            bad("grace_seconds", "must be 0 or more seconds")
+        if self.window_retention_seconds < 0:
+            bad("window_retention_seconds", "must be 0 or more seconds")
         for name in (
+            "idle_timeout_seconds",
             "max_event_age_seconds",
             "max_event_future_seconds",
             "dedup_horizon_seconds",

@@ -32,6 +32,8 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         TopicSpec(settings.bad_rows_topic, n, {}),
         TopicSpec(settings.accounting_topic, 1, {}),
         TopicSpec(settings.kpi_updates_topic, n, {"cleanup.policy": "compact"}),
+        TopicSpec(settings.window_results_topic, n, {}),
+        TopicSpec(settings.late_events_topic, n, {}),
     ]
 
 

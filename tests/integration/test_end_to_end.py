@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+import time
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
@@ -200,15 +201,17 @@ async def test_page_views_become_exact_kpis_on_topic_and_metrics(worker: WorkerP
 async def test_deltas_of_an_aborted_transaction_are_not_counted(worker: WorkerProcess) -> None:
     """The agent reads the delta topic read_committed: an aborted ingest batch counts zero times."""
     settings: Settings = worker.settings
-    cell = json.dumps([60, 0, "*", "probe"], separators=(",", ":")).encode()
-    key = json.dumps(["leads", 60, 0, "*", "probe"], separators=(",", ":")).encode()
+    minute = int(time.time()) // 60 * 60  # a window that cannot have expired
+    cell = json.dumps([60, minute, "*", "probe"], separators=(",", ":")).encode()
+    key = json.dumps(["leads", 60, minute, "*", "probe"], separators=(",", ":")).encode()
 
     def delta(count: int) -> bytes:
         return json.dumps(
             {
-                "schema_version": "1-0-0",
+                "kind": "delta",
+                "schema_version": "1-1-0",
                 "window_seconds": 60,
-                "window_start": 0,
+                "window_start": minute,
                 "channel": "*",
                 "campaign": "probe",
                 "measures": {"leads": count},

@@ -72,13 +72,29 @@ def test_every_event_type_appears_with_realistic_funnels() -> None:
     assert all(datetime.fromisoformat(e["occurred_at"]) <= NOW for e in events)
 
 
-def test_late_journeys_arrive_with_old_event_times() -> None:
-    messages = Scenario(2, fractions=Fractions(late=0.5)).messages(3000, clock)
-    ages = [
-        (NOW - datetime.fromisoformat(json.loads(m.payload)["occurred_at"])).total_seconds() for m in messages
-    ]
-    assert max(ages) > 20 * 60
-    assert min(ages) >= 0
+def test_late_journeys_are_held_back_by_their_kind_against_grace_and_retention() -> None:
+    fractions = Fractions(late=0.2, revising=0.2, past_retention=0.2)
+    grace, retention = 120, 1800
+    scenario = Scenario(2, fractions=fractions, grace_seconds=grace, retention_seconds=retention)
+    messages = [m for m in scenario.messages(6000, clock) if m.expect == VALID]
+    by_kind: Counter[str] = Counter()
+    for message in messages:
+        age = (NOW - datetime.fromisoformat(json.loads(message.payload)["occurred_at"])).total_seconds()
+        assert message.delay - 0.01 <= age <= message.delay + 240.01, (
+            "a journey ends at the clock, minus its delay"
+        )
+        if message.delay == 0:
+            by_kind["on time"] += 1
+        elif message.delay <= grace:
+            by_kind["late"] += 1
+        elif message.delay < grace + retention - 240:
+            by_kind["revising"] += 1
+        else:
+            assert message.delay >= grace + retention + 3600 + 240, "minute and hour windows past retention"
+            by_kind["past retention"] += 1
+    assert set(by_kind) == {"on time", "late", "revising", "past retention"}
+    assert all(0.1 < by_kind[kind] / len(messages) < 0.3 for kind in ("late", "revising", "past retention"))
+    assert all(m.key == json.loads(m.payload)["event_id"].encode() for m in messages)
 
 
 def test_ground_truth_adds_up() -> None:

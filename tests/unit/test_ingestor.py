@@ -69,7 +69,15 @@ def test_every_message_ends_valid_bad_or_duplicate_and_offsets_advance_per_parti
     assert taken.outcomes == {"valid": 2, "bad": 2, "duplicate": 1}
     assert taken.reasons == {"not_json": 2}
     assert taken.event_types == {"page_view": 2}
-    assert taken.next_offsets == {TopicPartition("raw", 0): 7, TopicPartition("raw", 1): 12}
+    occurred = datetime(2026, 11, 27, 10, 0, 30, tzinfo=UTC).timestamp()
+    assert {tp: (c.next_offset, c.watermark) for tp, c in taken.commits.items()} == {
+        TopicPartition("raw", 0): (7, occurred),
+        TopicPartition("raw", 1): (12, occurred),
+    }
+    assert [(m.raw_partition, m.watermark, m.idle) for m in taken.marks] == [
+        (0, occurred, False),
+        (1, occurred, False),
+    ]
     assert [(row.source_partition, row.source_offset) for row in taken.bad_rows] == [(0, 6), (1, 9)]
     minute = {(d.channel, d.campaign): d.measures for d in taken.deltas if d.window_seconds == 60}
     assert minute[(ALL, "c1")] == {"page_views": 2, "organic_page_views": 1}
@@ -77,7 +85,7 @@ def test_every_message_ends_valid_bad_or_duplicate_and_offsets_advance_per_parti
     assert {d.window_seconds for d in taken.deltas} == {60, 3600, 86400}
     assert not ingest.has_pending
     empty = ingest.take()
-    assert (empty.deltas, empty.bad_rows, empty.next_offsets) == ([], [], {})
+    assert (empty.deltas, empty.bad_rows, empty.outcomes) == ([], [], {})
 
 
 def test_event_ids_are_pseudonymized_in_sightings() -> None:
@@ -164,3 +172,44 @@ def test_sessions_and_unique_opens_count_only_on_a_first_sighting() -> None:
         "email_unique_opens": 1,
         "email_machine_opens": 1,
     }
+
+
+def test_events_past_retention_are_counted_only_in_windows_still_open_or_reported_late() -> None:
+    ingest = ingestor(MKPI_WINDOW_SIZES="60,3600", MKPI_GRACE_SECONDS="0", MKPI_WINDOW_RETENTION_SECONDS="60")
+    ahead = page_view("ahead", "organic").replace(b"10:00:30", b"10:05:00")
+    screened = ingest.screen([record(0, 1, ahead), record(0, 2, page_view("behind", "organic"))])
+    ingest.apply(screened, [True] * len(ingest.sightings(screened)))
+    taken = ingest.take()
+    assert taken.outcomes == {"valid": 2}
+    assert taken.late_windows == {"60": 1}
+    [late] = taken.late_events
+    assert (late.source_partition, late.source_offset, late.event_type) == (0, 2, "page_view")
+    assert (late.missed_window_seconds, late.counted_window_seconds) == ([60], [3600])
+    assert late.watermark == datetime(2026, 11, 27, 10, 5, tzinfo=UTC)
+    minute_starts = {d.window_start for d in taken.deltas if d.window_seconds == 60}
+    hour = {(d.channel, d.campaign): d.measures for d in taken.deltas if d.window_seconds == 3600}
+    assert minute_starts == {int(datetime(2026, 11, 27, 10, 5, tzinfo=UTC).timestamp())}
+    assert hour[(ALL, ALL)]["page_views"] == 2
+
+    only_minutes = ingestor(
+        MKPI_WINDOW_SIZES="60", MKPI_GRACE_SECONDS="0", MKPI_WINDOW_RETENTION_SECONDS="60"
+    )
+    screened = only_minutes.screen([record(3, 1, ahead), record(3, 2, page_view("behind", "organic"))])
+    only_minutes.apply(screened, [True] * len(only_minutes.sightings(screened)))
+    taken = only_minutes.take()
+    assert taken.outcomes == {"valid": 1, "late": 1}
+    assert taken.event_types == {"page_view": 1}
+    assert [late.counted_window_seconds for late in taken.late_events] == [[]]
+
+
+def test_a_partition_resumes_from_its_committed_watermark() -> None:
+    ingest = ingestor(MKPI_WINDOW_SIZES="60", MKPI_GRACE_SECONDS="0", MKPI_WINDOW_RETENTION_SECONDS="60")
+    committed = datetime(2026, 11, 27, 10, 5, tzinfo=UTC).timestamp()
+    ingest.assign(TopicPartition("raw", 0), 100, committed)
+    assert ingest.has_pending, "the restored mark is not published yet"
+    screened = ingest.screen([record(0, 100, page_view("behind", "organic"))])
+    ingest.apply(screened, [True] * len(ingest.sightings(screened)))
+    taken = ingest.take()
+    assert taken.outcomes == {"late": 1}
+    assert taken.commits[TopicPartition("raw", 0)].next_offset == 101
+    assert [(m.raw_partition, m.watermark) for m in taken.marks] == [(0, committed)]

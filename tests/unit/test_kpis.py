@@ -3,6 +3,7 @@ from zoneinfo import ZoneInfo
 
 from streams.attribution import Attribution
 from streams.catalog import CATALOG, MEASURES, evaluate
+from streams.closing import close_cell
 from streams.kpis import ALL, CellKey, CellState, Delta, DeltaAggregator, KpiKey, apply_delta, kpi_updates
 from streams.windows import Windowing, parse_sizes
 
@@ -39,11 +40,37 @@ def test_apply_delta_skips_replays_at_or_below_the_applied_offset() -> None:
         campaign=ALL,
         measures={"leads": 3},
     )
-    first = apply_delta(None, delta, offset=10)
-    assert first == CellState(measures={"leads": 3}, applied_offset=10)
-    assert apply_delta(first, delta, offset=10) is None
-    assert apply_delta(first, delta, offset=9) is None
-    assert apply_delta(first, delta, offset=11) == CellState(measures={"leads": 6}, applied_offset=11)
+    first = apply_delta(None, delta, offset=10, partition=2)
+    assert first == CellState(measures={"leads": 3}, applied_offset=10, partition=2)
+    assert apply_delta(first, delta, offset=10, partition=2) is None
+    assert apply_delta(first, delta, offset=9, partition=2) is None
+    assert apply_delta(first, delta, offset=11, partition=2) == CellState(
+        measures={"leads": 6}, applied_offset=11, partition=2
+    )
+
+
+def test_a_delta_for_a_closed_window_makes_the_next_revision() -> None:
+    delta = Delta(
+        schema_version="1-1-0",
+        window_seconds=60,
+        window_start=0,
+        channel=ALL,
+        campaign=ALL,
+        measures={"leads": 1},
+    )
+    open_cell = apply_delta(None, delta, offset=1, partition=0)
+    assert open_cell is not None and open_cell.revision is None
+    closed = close_cell(open_cell, closed_by=2)
+    late = apply_delta(closed, delta, offset=3, partition=0, window_closed=True)
+    assert late is not None and (late.revision, late.closed_by, late.measures) == (1, 2, {"leads": 2})
+    later = apply_delta(late, delta, offset=4, partition=0, window_closed=True)
+    assert later is not None and later.revision == 2
+    assert apply_delta(later, delta, offset=4, partition=0, window_closed=True) is None, "replay"
+    newcomer = apply_delta(None, delta, offset=5, partition=0, window_closed=True)
+    assert newcomer is not None and newcomer.revision == 0, "a cell new to a closed window starts at 0"
+    updates = kpi_updates(CellKey(60, 0, ALL, ALL), later, {"leads"}, 60)
+    assert updates and all(u.final and u.revision == 2 for _, u in updates)
+    assert not any(u.final for _, u in kpi_updates(CellKey(60, 0, ALL, ALL), open_cell, {"leads"}, 60))
 
 
 def test_key_round_trips_whatever_the_campaign_holds() -> None:
@@ -53,7 +80,9 @@ def test_key_round_trips_whatever_the_campaign_holds() -> None:
 
 def test_ratios_travel_with_numerator_and_denominator() -> None:
     state = CellState(
-        {"email_unique_opens": 30, "emails_delivered": 120, "engaged_ms": 9000, "engagements": 3}, 1
+        measures={"email_unique_opens": 30, "emails_delivered": 120, "engaged_ms": 9000, "engagements": 3},
+        applied_offset=1,
+        partition=0,
     )
     updates = {
         k.kpi: u

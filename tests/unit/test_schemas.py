@@ -13,6 +13,7 @@ import msgspec
 import pytest
 
 from streams.attribution import Attribution
+from streams.closing import close_cell
 from streams.events import EVENT_TYPES, TYPE_NAMES
 from streams.kpis import ALL, CellKey, CellState, Delta, DeltaAggregator, kpi_updates
 from streams.schema_export import stale_files
@@ -43,9 +44,11 @@ def test_every_event_type_has_an_example_that_schema_and_model_accept(name: str)
 @pytest.mark.parametrize(
     ("schema", "name"),
     [
-        ("outputs/kpi_update-1-0-0.json", "kpi_update"),
+        ("outputs/kpi_update-1-1-0.json", "kpi_update"),
         ("outputs/bad_row-1-0-0.json", "bad_row"),
-        ("internal/kpi_delta-1-0-0.json", "kpi_delta"),
+        ("internal/kpi_delta-1-1-0.json", "kpi_delta"),
+        ("internal/kpi_delta-1-1-0.json", "watermark"),
+        ("outputs/late_event-1-0-0.json", "late_event"),
     ],
 )
 def test_output_examples_match_their_schema(schema: str, name: str) -> None:
@@ -132,19 +135,28 @@ def test_model_and_schema_agree_on_a_corpus(name: str) -> None:
 
 def test_outputs_written_by_the_code_match_their_schemas() -> None:
     encoder = msgspec.json.Encoder()
-    state = CellState({"email_unique_opens": 3, "emails_delivered": 9, "leads": 1}, 9)
+    state = CellState(
+        measures={"email_unique_opens": 3, "emails_delivered": 9, "leads": 1}, applied_offset=9, partition=0
+    )
     updates = kpi_updates(
         CellKey(60, 1_795_761_900, ALL, "spring_sale"), state, {"email_unique_opens", "leads"}, 1_795_761_960
     )
-    update_check = validator("outputs/kpi_update-1-0-0.json")
-    for _, update in updates:
+    update_check = validator("outputs/kpi_update-1-1-0.json")
+    final = kpi_updates(
+        CellKey(60, 1_795_761_900, ALL, "spring_sale"),
+        close_cell(state, closed_by=4),
+        state.measures,
+        1_795_761_960,
+    )
+    assert final and all(u.final and u.revision == 0 for _, u in final)
+    for _, update in updates + final:
         update_check.validate(json.loads(encoder.encode(update)))
     assert any(update.denominator is None for _, update in updates) and any(
         update.denominator for _, update in updates
     )
     aggregator = DeltaAggregator(Windowing((60, 86400), ZoneInfo("Asia/Tehran")))
     aggregator.add(1_795_761_930.0, Attribution("organic_search", "spring_sale", "r"), [("page_views", 1)])
-    delta_check = validator("internal/kpi_delta-1-0-0.json")
+    delta_check = validator("internal/kpi_delta-1-1-0.json")
     deltas: list[Delta] = aggregator.drain()
     for delta in deltas:
         delta_check.validate(json.loads(encoder.encode(delta)))

@@ -1,0 +1,141 @@
+"""Window life cycle on one delta partition: open, closed (final result), revised, expired.
+
+The agent keeps one ``PartitionWindows`` per delta partition it owns. It indexes the cells
+stored in the table by window, holds the newest watermark mark of every raw partition, and
+answers which cells a new low watermark closes and which it expires. Everything here is pure;
+the agent reads and writes the table and the topics.
+
+A window of size s starting at t is
+- open while the low watermark is below end(s, t) + grace;
+- closed from then on: each of its cells emits its final result (revision 0) once, and a delta
+  that still reaches it (an event late, but within retention) emits the next revision;
+- expired once the low watermark reaches end + grace + retention: its cells leave the table
+  (ingest counts later events as late instead of sending deltas for them).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from typing import Annotated
+
+import msgspec
+
+from streams.kpis import CellKey, CellState
+from streams.watermarks import WatermarkMark, low_watermark
+from streams.windows import Windowing
+
+Window = tuple[int, int]
+
+
+class MarkState(msgspec.Struct, frozen=True, kw_only=True):
+    """A raw partition's newest mark as the table stores it, per delta partition."""
+
+    mark: WatermarkMark
+    applied_offset: Annotated[int, msgspec.Meta(description="Offset of the mark on its delta partition.")]
+
+
+def mark_key(delta_partition: int, raw_partition: int) -> bytes:
+    """Table key of a raw partition's mark on a delta partition (never a cell key: those
+    start with a number)."""
+    return msgspec.json.encode(("watermark", delta_partition, raw_partition))
+
+
+def merge_mark(stored: MarkState | None, mark: WatermarkMark, offset: int) -> MarkState | None:
+    """The state after ``mark`` (read at ``offset``); None when it was applied before. A mark
+    never moves a watermark back."""
+    if stored is None:
+        return MarkState(mark=mark, applied_offset=offset)
+    if offset <= stored.applied_offset:
+        return None
+    previous = stored.mark.watermark
+    if previous is not None and (mark.watermark is None or mark.watermark < previous):
+        mark = msgspec.structs.replace(mark, watermark=previous)
+    return MarkState(mark=mark, applied_offset=offset)
+
+
+def close_cell(state: CellState, closed_by: int) -> CellState:
+    """The cell once its window has closed: its final result is revision 0."""
+    return msgspec.structs.replace(state, revision=0, closed_by=closed_by)
+
+
+class PartitionWindows:
+    """Index and watermarks of one delta partition."""
+
+    def __init__(self, windowing: Windowing, grace_seconds: int, retention_seconds: int) -> None:
+        self.windowing = windowing
+        self.grace = grace_seconds
+        self.retention = retention_seconds
+        self.marks: dict[int, WatermarkMark] = {}
+        self.raw_partitions = 0
+        self._cells: defaultdict[Window, set[CellKey]] = defaultdict(set)
+        self._open: defaultdict[Window, set[CellKey]] = defaultdict(set)
+        self._closed_by: defaultdict[int, set[CellKey]] = defaultdict(set)
+
+    def __len__(self) -> int:
+        return sum(len(cells) for cells in self._cells.values())
+
+    def add(self, key: CellKey, state: CellState) -> None:
+        window = (key.window_seconds, key.window_start)
+        self._cells[window].add(key)
+        if state.revision is None:
+            self._open[window].add(key)
+        else:
+            self._open[window].discard(key)
+            if state.closed_by is not None:
+                self._closed_by[state.closed_by].add(key)
+
+    def record_mark(self, mark: WatermarkMark) -> None:
+        self.marks[mark.raw_partition] = mark
+        self.raw_partitions = max(self.raw_partitions, mark.raw_partitions)
+
+    @property
+    def low_watermark(self) -> float | None:
+        return low_watermark(self.marks, self.raw_partitions)
+
+    def _end(self, window: Window) -> int:
+        return self.windowing.end(*window)
+
+    def is_closed(self, key: CellKey) -> bool:
+        low = self.low_watermark
+        return low is not None and self._end((key.window_seconds, key.window_start)) + self.grace <= low
+
+    def is_expired(self, key: CellKey) -> bool:
+        low = self.low_watermark
+        end = self._end((key.window_seconds, key.window_start))
+        return low is not None and end + self.grace + self.retention <= low
+
+    def closed_by(self, offset: int) -> set[CellKey]:
+        """Cells the mark at ``offset`` closed (to re-send their final results on a replay)."""
+        return set(self._closed_by.get(offset, ()))
+
+    def due(self) -> list[CellKey]:
+        """Open cells of windows the low watermark has closed; the caller closes them all."""
+        low = self.low_watermark
+        if low is None:
+            return []
+        windows = [w for w, cells in self._open.items() if cells and self._end(w) + self.grace <= low]
+        due = [key for window in sorted(windows) for key in sorted(self._open.pop(window))]
+        return due
+
+    def expired(self) -> list[CellKey]:
+        """Cells of windows past retention, removed from the index; the caller deletes them."""
+        low = self.low_watermark
+        if low is None:
+            return []
+        horizon = self.grace + self.retention
+        windows = [w for w in self._cells if self._end(w) + horizon <= low]
+        gone: list[CellKey] = []
+        for window in sorted(windows):
+            gone.extend(sorted(self._cells.pop(window)))
+            self._open.pop(window, None)
+        if gone:
+            dropped = set(gone)
+            for offset in list(self._closed_by):
+                self._closed_by[offset] -= dropped
+                if not self._closed_by[offset]:
+                    del self._closed_by[offset]
+        return gone
+
+    def windows(self) -> Iterable[Window]:
+        return self._cells.keys()
