@@ -485,6 +485,8 @@ class IngestService(Service):
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             isolation_level="read_committed",
+            session_timeout_ms=settings.kafka_session_timeout_seconds * 1000,
+            heartbeat_interval_ms=settings.kafka_session_timeout_seconds * 100,
             max_partition_fetch_bytes=4 * 1024 * 1024,
         )
         self.producer = AIOKafkaProducer(

@@ -76,6 +76,8 @@ class Settings:
     web_host: str = "127.0.0.1"
     web_port: int = 6066
     log_level: str = "info"
+    #: How long a worker may go silent before the broker hands its partitions to the others.
+    kafka_session_timeout_seconds: int = 30
     #: Names this worker's transactional producer; unique per worker, stable across restarts.
     worker_name: str = ""
     # Local stack (``mkpi stack``): where the broker and Redis live on this machine.
@@ -242,6 +244,8 @@ class Settings:
         for name in ("web_port", "kafka_controller_port"):
             if not 1 <= getattr(self, name) <= 65535:
                 bad(name, "must be a TCP port (1-65535)")
+        if not 6 <= self.kafka_session_timeout_seconds <= 300:
+            bad("kafka_session_timeout_seconds", "must be between 6 and 300 seconds (the broker's limits)")
         if self.grace_seconds < 0:
             bad("grace_seconds", "must be 0 or more seconds")
         if self.window_retention_seconds < 0:

@@ -61,6 +61,7 @@ def isolated_settings(**overrides: object) -> Settings:
         "web_port": free_port(),
         "worker_name": f"{tag}-w1",
         "flush_interval_seconds": 0.2,
+        "kafka_session_timeout_seconds": 10,
     }
     values.update(overrides)
     return dataclasses.replace(base, **values)  # type: ignore[arg-type]
@@ -151,17 +152,25 @@ def run_cli(settings: Settings, *args: str) -> str:
     return done.stdout
 
 
-async def produce(settings: Settings, topic: str, payloads: list[bytes | None]) -> None:
+async def produce(
+    settings: Settings, topic: str, payloads: list[bytes | None], keys: list[bytes | None] | None = None
+) -> None:
+    """Send ``payloads`` in order, keyed by ``keys`` (Kafka's default partitioner) if given."""
     producer = AIOKafkaProducer(
         bootstrap_servers=settings.kafka_bootstrap, acks="all", linger_ms=5, max_request_size=4 * 1024 * 1024
     )
     await producer.start()
     try:
-        # A message without a value needs a key (Kafka allows no message with neither).
-        futures = [
-            await producer.send(topic, payload, key=None if payload is not None else b"k")
-            for payload in payloads
-        ]
+        futures = []
+        for index, payload in enumerate(payloads):
+            key = keys[index] if keys is not None else None
+            # A message without a value needs a key (Kafka allows no message with neither).
+            if key is None and payload is None:
+                key = b"k"
+            futures.append(await producer.send(topic, payload, key=key))
+            if len(futures) >= 5000:
+                await asyncio.gather(*futures)
+                futures.clear()
         await asyncio.gather(*futures)
     finally:
         await producer.stop()
@@ -245,11 +254,12 @@ async def accounting_totals(settings: Settings) -> dict[str, Counter[str]]:
         "outcomes": Counter(),
         "bad_reasons": Counter(),
         "events_by_type": Counter(),
+        "late_by_window": Counter(),
     }
     for record in await read_everything(settings, [settings.accounting_topic], isolation="read_committed"):
         report = json.loads(record.value)
         for part in totals:
-            totals[part].update(report[part])
+            totals[part].update(report.get(part, {}))
     return totals
 
 

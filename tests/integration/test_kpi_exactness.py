@@ -1,23 +1,35 @@
-"""The KPI catalog against an independent computation, through a worker that is SIGKILLed.
+"""The KPI engine's acceptance test: every KPI of every window, channel and campaign.
 
-The expected numerators and denominators are computed here from the generated events, the
-generator's hand-written channel labels and the KPI definitions in README; the code under
-test is not used to compute them.
+200,000 generated events over six simulated hours (5% retries, 5% late within grace, 2% late
+past grace but within retention, 1% past retention, 1% malformed, shuffled) go through a
+worker, and in the sigkill run through a worker killed with SIGKILL and restarted three
+times. The expected numerators and denominators are computed here from the messages as
+produced, the generator's hand-written channel labels and the rules README states (KPI
+definitions, lateness against the raw partition's watermark); the code under test is not
+used to compute them. Compared: the accounting topic, the latest-value topic, the window
+results (final, then revisions), the late topic, Redis and /metrics.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
+import math
 import os
 from collections import Counter, defaultdict
-from datetime import UTC, datetime
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
+import redis.asyncio as aioredis
+from aiokafka.partitioner import DefaultPartitioner
 
-from streams.generator import VALID, Fractions, Message, Scenario
+from streams.generator import DUPLICATE, VALID, Fractions, Message, Scenario
 from streams.topics import ensure_topics
 from tests.support import WorkerProcess, isolated_settings, produce, read_everything, wait_for_accounting
 
@@ -38,9 +50,9 @@ DEFINITIONS: dict[str, tuple[tuple[str, ...], tuple[str, ...], str | None]] = {
     "post_impressions": (("post_impressions",), (), None),
     "shares": (("shares",), (), None),
     "emails_delivered": (("emails_delivered",), (), None),
-    "email_open_rate": (("unique_opens",), (), "emails_delivered"),
-    "email_machine_opens": (("machine_opens",), (), None),
-    "email_click_rate": (("unique_email_clicks",), (), "emails_delivered"),
+    "email_open_rate": (("email_unique_opens",), (), "emails_delivered"),
+    "email_machine_opens": (("email_machine_opens",), (), None),
+    "email_click_rate": (("email_unique_clicks",), (), "emails_delivered"),
     "ad_click_through_rate": (("ad_clicks",), (), "ad_impressions"),
     "social_click_through_rate": (("social_clicks",), (), "post_impressions"),
     "leads": (("leads",), (), None),
@@ -48,150 +60,296 @@ DEFINITIONS: dict[str, tuple[tuple[str, ...], tuple[str, ...], str | None]] = {
 }
 
 
-def cells_of(at: float, channel: str, campaign: str) -> list[Cell]:
+GRACE, RETENTION = 120, 1800
+SIMULATED_SPAN = 6 * 3600
+
+
+def day_zone_with_midnight_hours_ago(hours: int = 3) -> str:
+    """A fixed-offset zone whose last midnight was ``hours`` ago, so the simulated hours cross a
+    day boundary whatever the time of the test run."""
+    offset = (hours - datetime.now(UTC).hour) % 24
+    if offset > 14:
+        offset -= 24
+    return f"Etc/GMT{-offset:+d}"  # POSIX sign: Etc/GMT-3 is UTC+3
+
+
+def window_start(size: int, at: float, zone: ZoneInfo) -> int:
+    if size < 86400:
+        return int(at) // size * size
+    local = datetime.fromtimestamp(at, zone)
+    return int(local.replace(hour=0, minute=0, second=0, microsecond=0).timestamp())
+
+
+def cells_of(at: float, channel: str, campaign: str, sizes: Iterable[int], zone: ZoneInfo) -> list[Cell]:
     return [
-        (size, int(at) // size * size, dims[0], dims[1])
-        for size in SIZES
+        (size, window_start(size, at, zone), dims[0], dims[1])
+        for size in sizes
         for dims in ((channel, "*"), ("*", campaign), ("*", "*"))
     ]
 
 
-def expected_parts(messages: list[Message]) -> dict[tuple[str, int, int, str, str], tuple[int, int | None]]:
+def raw_partition(key: bytes | None, partitions: int) -> int:
+    """Where Kafka's default partitioner (murmur2 of the key) puts a keyed message."""
+    everything = list(range(partitions))
+    return int(DefaultPartitioner()(key, everything, everything))
+
+
+@dataclass
+class Expected:
+    """What the pipeline must publish, computed here from the messages as produced."""
+
+    parts: dict[tuple[str, int, int, str, str], tuple[int, int | None]]
+    outcomes: Counter[str]
+    late_by_window: Counter[str]
+    #: Windows every raw partition's watermark has passed by grace once all is read.
+    closed_windows: set[tuple[int, int]]
+    minute_measures: Counter[tuple[str, str, str]]
+
+
+def expected_results(messages: list[Message], partitions: int, zone: ZoneInfo) -> Expected:
+    """The README's rules applied by hand: an event counts in every window size except those
+    whose end + grace + retention is at or below the highest event time read before it on its
+    raw partition (valid events and retries alike); distinct subjects count once per cell."""
     counts: defaultdict[Cell, Counter[str]] = defaultdict(Counter)
     distinct: defaultdict[tuple[Cell, str], set[Any]] = defaultdict(set)
+    watermark: dict[int, float] = {}
+    outcomes: Counter[str] = Counter()
+    late_by_window: Counter[str] = Counter()
     for message in messages:
-        if message.expect != VALID:
+        if message.expect not in (VALID, DUPLICATE):
+            outcomes["bad"] += 1
             continue
         event = json.loads(message.payload)
         at = datetime.fromisoformat(event["occurred_at"]).timestamp()
+        partition = raw_partition(message.key, partitions)
+        seen = watermark.get(partition)
+        watermark[partition] = at if seen is None else max(seen, at)
+        if message.expect == DUPLICATE:
+            outcomes["duplicate"] += 1
+            continue
+        sizes = [s for s in SIZES if seen is None or window_start(s, at, zone) + s + GRACE + RETENTION > seen]
+        late_by_window.update(str(s) for s in SIZES if s not in sizes)
+        outcomes["valid" if sizes else "late"] += 1
         campaign = ((event.get("utm") or {}).get("campaign") or "").strip().lower() or "(none)"
         channel = message.channel or "?"
-        kind = event["type"]
-        added: Counter[str] = Counter()
-        once: list[tuple[str, Any]] = []
-        if kind == "page_view":
-            added["page_views"] += 1
-            if channel == "organic_search":
-                added["organic_page_views"] += 1
-                once.append(("organic_sessions", event["session_id"]))
-            if event["page"]["path"].startswith("/blog/"):
-                added["blog_page_views"] += 1
-            once.append(("sessions", event["session_id"]))
-        elif kind == "page_engagement":
-            added.update({"engagements": 1, "engaged_ms": event["engaged_ms"]})
-        elif kind == "email_delivered":
-            added["emails_delivered"] += 1
-        elif kind == "email_open":
-            if event["machine_open"]:
-                added["machine_opens"] += 1
-            else:
-                once.append(("unique_opens", (event["email"]["message_id"], event["email"]["recipient"])))
-        elif kind == "click":
-            if "email" in event:
-                once.append(
-                    ("unique_email_clicks", (event["email"]["message_id"], event["email"]["recipient"]))
-                )
-            elif "ad" in event:
-                added["ad_clicks"] += 1
-            else:
-                added["social_clicks"] += 1
-        elif kind in (
-            "ad_impression",
-            "post_impression",
-            "share",
-            "follow",
-            "unfollow",
-            "subscribe",
-            "unsubscribe",
-            "lead",
-        ):
-            added[
-                {
-                    "ad_impression": "ad_impressions",
-                    "post_impression": "post_impressions",
-                    "share": "shares",
-                    "follow": "follows",
-                    "unfollow": "unfollows",
-                    "subscribe": "subscribes",
-                    "unsubscribe": "unsubscribes",
-                    "lead": "leads",
-                }[kind]
-            ] += 1
-        for cell in cells_of(at, channel, campaign):
+        added, once = measures_of(event, channel)
+        for cell in cells_of(at, channel, campaign, sizes, zone):
             counts[cell].update(added)
             for name, subject in once:
                 if subject not in distinct[(cell, name)]:
                     distinct[(cell, name)].add(subject)
                     counts[cell][name] += 1
     parts = {}
+    minute_measures: Counter[tuple[str, str, str]] = Counter()
     for cell, measures in counts.items():
+        if cell[0] == SIZES[0]:
+            for name, amount in measures.items():
+                minute_measures[(name, cell[2], cell[3])] += amount
         for kpi, (plus, minus, denominator) in DEFINITIONS.items():
             inputs = (*plus, *minus, *((denominator,) if denominator else ()))
             if not any(name in measures for name in inputs):
                 continue
             numerator = sum(measures[m] for m in plus) - sum(measures[m] for m in minus)
             parts[(kpi, *cell)] = (numerator, measures[denominator] if denominator else None)
-    return parts
+    low = min(watermark.values())
+    closed = {(c[0], c[1]) for c in counts if c[1] + c[0] + GRACE <= low}
+    return Expected(parts, outcomes, late_by_window, closed, minute_measures)
 
 
-def published_parts(records: list[Any]) -> dict[tuple[str, int, int, str, str], tuple[int, int | None]]:
-    latest = {}
+def measures_of(event: dict[str, Any], channel: str) -> tuple[Counter[str], list[tuple[str, Any]]]:
+    """The additive measures an event adds, and the distinct subjects it may add once."""
+    added: Counter[str] = Counter()
+    once: list[tuple[str, Any]] = []
+    kind = event["type"]
+    if kind == "page_view":
+        added["page_views"] += 1
+        if channel == "organic_search":
+            added["organic_page_views"] += 1
+            once.append(("organic_sessions", event["session_id"]))
+        if event["page"]["path"].startswith("/blog/"):
+            added["blog_page_views"] += 1
+        once.append(("sessions", event["session_id"]))
+    elif kind == "page_engagement":
+        added.update({"engagements": 1, "engaged_ms": event["engaged_ms"]})
+    elif kind == "email_delivered":
+        added["emails_delivered"] += 1
+    elif kind == "email_open":
+        if event["machine_open"]:
+            added["email_machine_opens"] += 1
+        else:
+            once.append(("email_unique_opens", (event["email"]["message_id"], event["email"]["recipient"])))
+    elif kind == "click":
+        if "email" in event:
+            once.append(("email_unique_clicks", (event["email"]["message_id"], event["email"]["recipient"])))
+        elif "ad" in event:
+            added["ad_clicks"] += 1
+        else:
+            added["social_clicks"] += 1
+    elif kind in PLAIN_COUNTS:
+        added[PLAIN_COUNTS[kind]] += 1
+    return added, once  # email_sent adds nothing
+
+
+PLAIN_COUNTS = {
+    "ad_impression": "ad_impressions",
+    "post_impression": "post_impressions",
+    "share": "shares",
+    "follow": "follows",
+    "unfollow": "unfollows",
+    "subscribe": "subscribes",
+    "unsubscribe": "unsubscribes",
+    "lead": "leads",
+}
+
+
+def latest_by_key(records: list[Any]) -> dict[tuple[str, int, int, str, str], dict[str, Any]]:
+    """The last message per key, in offset order (each key lives on one partition)."""
+    return {tuple(json.loads(record.key)): json.loads(record.value) for record in records}
+
+
+def highest_revision(records: list[Any]) -> dict[tuple[str, int, int, str, str], dict[str, Any]]:
+    best: dict[tuple[str, int, int, str, str], dict[str, Any]] = {}
     for record in records:
-        update = json.loads(record.value)
-        latest[tuple(json.loads(record.key))] = (update["numerator"], update["denominator"])
-    return latest
+        key, result = tuple(json.loads(record.key)), json.loads(record.value)
+        if key not in best or result["revision"] >= best[key]["revision"]:
+            best[key] = result
+    return best
 
 
-def now() -> datetime:
-    return datetime.now(UTC)
+def parts_of(values: dict[Any, dict[str, Any]]) -> dict[Any, tuple[int, int | None]]:
+    return {key: (value["numerator"], value["denominator"]) for key, value in values.items()}
+
+
+def differences(expected: dict[Any, Any], published: dict[Any, Any]) -> str:
+    missing = {k: v for k, v in expected.items() if published.get(k) != v}
+    extra = [k for k in published if k not in expected]
+    sample = [(k, v, published.get(k)) for k, v in list(missing.items())[:5]]
+    return f"{len(missing)} wrong or missing, {len(extra)} unexpected; e.g. {sample} {extra[:3]}"
+
+
+def generate(seed: int, count: int) -> list[Message]:
+    """``count`` messages over SIMULATED_SPAN seconds of event time ending now."""
+
+    def scenario() -> Scenario:
+        fractions = Fractions(
+            duplicates=0.05, late=0.05, revising=0.02, past_retention=0.01, malformed=0.01, shuffle_window=50
+        )
+        return Scenario(
+            seed, campaigns=8, fractions=fractions, grace_seconds=GRACE, retention_seconds=RETENTION
+        )
+
+    ticks = itertools.count()
+    list(scenario().messages(count, lambda: (next(ticks), datetime.now(UTC))[1]))
+    step = SIMULATED_SPAN / next(ticks)  # the clock is read once per journey
+    start = datetime.now(UTC) - timedelta(seconds=SIMULATED_SPAN + 60)
+    clock = itertools.count()
+    return list(scenario().messages(count, lambda: start + timedelta(seconds=next(clock) * step)))
 
 
 CHAOS = os.environ.get("CHAOS_TESTS") == "1"
+#: (messages, SIGKILL-and-restart cycles); the chaos tier runs the full size with kills.
+RUNS = {
+    "steady": (200_000, 0),
+    "sigkill": (200_000 if CHAOS else 60_000, 3),
+}
 
 
-@pytest.mark.parametrize(
-    "kill",
-    [
-        False,
-        pytest.param(
-            True,
-            marks=pytest.mark.skipif(
-                not CHAOS,
-                reason="chaos tier (CHAOS_TESTS=1): currently loses a delta in about 1 run of 3; see issue 4",
-            ),
-        ),
-    ],
-    ids=["steady", "sigkill"],
-)
-async def test_every_kpi_of_every_cell_is_exact(tmp_path: Path, kill: bool) -> None:
-    settings = isolated_settings(ingest_max_records=500)
-    scenario = Scenario(
-        77, campaigns=8, fractions=Fractions(duplicates=0.05, late=0.05, malformed=0.01, shuffle_window=50)
+@pytest.mark.parametrize("run", list(RUNS))
+async def test_every_kpi_of_every_window_is_exact(tmp_path: Path, run: str) -> None:
+    count, kills = RUNS[run]
+    settings = isolated_settings(
+        grace_seconds=GRACE,
+        window_retention_seconds=RETENTION,
+        idle_timeout_seconds=20,
+        day_time_zone=day_zone_with_midnight_hours_ago(),
     )
-    messages = list(scenario.messages(25_000, now))
-    expected = expected_parts(messages)
-    assert {key[0] for key in expected} == set(DEFINITIONS), "the data exercises every KPI"
+    messages = generate(77, count)
+    expected = expected_results(messages, settings.partitions, ZoneInfo(settings.day_time_zone))
+    assert {key[0] for key in expected.parts} == set(DEFINITIONS), "the data exercises every KPI"
+    assert expected.outcomes["late"] and expected.late_by_window["3600"], "some events are past retention"
     await ensure_topics(settings)
-    await produce(settings, settings.raw_topic, [m.payload for m in messages])
+    await produce(settings, settings.raw_topic, [m.payload for m in messages], [m.key for m in messages])
 
-    if kill:
-        first = WorkerProcess(settings, tmp_path, "first")
-        first.start()
-        await wait_for_accounting(settings, 5_000, timeout=120)
-        first.kill()
-    second = WorkerProcess(settings, tmp_path, "second")
-    second.start()
+    for cycle in range(kills):
+        victim = WorkerProcess(settings, tmp_path, f"killed-{cycle}")
+        victim.start()
+        await wait_for_accounting(settings, count * (cycle + 1) // (kills + 1), timeout=300)
+        victim.kill()
+    worker = WorkerProcess(settings, tmp_path, "last")
+    worker.start()
     try:
-        await wait_for_accounting(settings, len(messages), timeout=240)
-        published: dict[tuple[str, int, int, str, str], tuple[int, int | None]] = {}
-        for _ in range(60):
-            published = published_parts(await read_everything(settings, [settings.kpi_updates_topic]))
-            if published == expected:
+        totals = await wait_for_accounting(settings, count, timeout=600)
+        assert totals["outcomes"] == expected.outcomes, worker.log_tail()
+        assert totals["late_by_window"] == expected.late_by_window
+
+        # The latest value of every KPI of every cell, on the compacted topic.
+        published: dict[Any, tuple[int, int | None]] = {}
+        for _ in range(90):
+            records = await read_everything(
+                settings, [settings.kpi_updates_topic, settings.window_results_topic]
+            )
+            updates = [r for r in records if r.topic == settings.kpi_updates_topic]
+            published = parts_of(latest_by_key(updates))
+            if published == expected.parts:
                 break
             await asyncio.sleep(2)
-        missing = {k: v for k, v in expected.items() if published.get(k) != v}
-        extra = {k: v for k, v in published.items() if k not in expected}
-        detail = [(k, v, published.get(k)) for k, v in list(missing.items())[:6]]
-        assert not missing and not extra, (len(missing), len(extra), detail, list(extra.items())[:4])
+        assert published == expected.parts, differences(expected.parts, published)
+
+        # Window results: every window all partitions have passed is final, and the highest
+        # revision of each result is the exact value.
+        results = highest_revision([r for r in records if r.topic == settings.window_results_topic])
+        assert all(r["final"] for r in results.values())
+        closed_expected = {k: v for k, v in expected.parts.items() if (k[1], k[2]) in expected.closed_windows}
+        assert closed_expected, "some windows closed"
+        final = parts_of({k: v for k, v in results.items() if k in closed_expected})
+        assert final == closed_expected, differences(closed_expected, final)
+        assert parts_of(results).items() <= expected.parts.items(), "no result differs from the truth"
+        assert any(r["revision"] > 0 for r in results.values()), "late events revised closed windows"
+
+        # The late topic lists what was not counted, window size by window size.
+        late = [json.loads(r.value) for r in await read_everything(settings, [settings.late_events_topic])]
+        missed = Counter(str(size) for event in late for size in event["missed_window_seconds"])
+        assert missed == expected.late_by_window
+
+        # Redis holds every cell's KPIs per window.
+        client = aioredis.Redis.from_url(settings.redis_url)
+        try:
+            in_redis: dict[Any, tuple[int, int | None]] = {}
+            for size, start in {(k[1], k[2]) for k in expected.parts}:
+                stored = await client.hgetall(f"{settings.topic_prefix}:window:{size}:{start}")
+                for field, body in stored.items():
+                    kpi, channel, campaign = field.decode().split("|")
+                    value = json.loads(body)
+                    in_redis[(kpi, size, start, channel, campaign)] = (
+                        value["numerator"],
+                        value["denominator"],
+                    )
+        finally:
+            await client.aclose()
+        assert in_redis == expected.parts, differences(expected.parts, in_redis)
+
+        # /metrics: the raw counters (minute windows), and the last closed window per series.
+        samples = worker.metrics()
+        if kills == 0:  # a restarted worker counts from zero
+            known = {measure for measure, _, _ in expected.minute_measures}
+            counters = {
+                (labels[2][1], labels[1][1], labels[0][1]): value
+                for (name, labels), value in samples.items()
+                if name == "mkpi_measure_total" and value and labels[2][1] in known
+            }
+            assert counters == expected.minute_measures, differences(expected.minute_measures, counters)
+        newest_closed: dict[tuple[str, int, str, str], int] = {}
+        for kpi, size, start, channel, campaign in results:
+            series = (kpi, size, channel, campaign)
+            newest_closed[series] = max(newest_closed.get(series, start), start)
+        for (kpi, size, channel, campaign), start in newest_closed.items():
+            labels = (("campaign", campaign), ("channel", channel), ("kpi", kpi), ("window", f"{size}s"))
+            starts = samples.get(("mkpi_kpi_last_closed_window_start_seconds", labels))
+            if starts is None and kills:
+                continue  # closed before the last restart: that process's gauges are gone
+            assert starts == start, (kpi, size, channel, campaign)
+            value = results[(kpi, size, start, channel, campaign)]["value"]
+            gauge = samples[("mkpi_kpi_last_closed", labels)]
+            assert gauge == value or (value is None and math.isnan(gauge))
     finally:
-        second.stop()
+        worker.stop()
