@@ -19,10 +19,20 @@ from faust.types import TableT
 from redis.exceptions import RedisError
 
 from streams.closing import MarkState, PartitionWindows, close_cell, mark_key, merge_mark
-from streams.kpis import CellKey, CellState, Delta, KpiKey, KpiUpdate, apply_delta, kpi_updates
+from streams.kpis import (
+    CellKey,
+    CellState,
+    Delta,
+    KpiKey,
+    KpiUpdate,
+    apply_delta,
+    kpi_updates,
+    unique_visitors_update,
+)
 from streams.metrics import Metrics
 from streams.settings import Settings
 from streams.view import RedisView
+from streams.visitors import VisitorSketches
 from streams.watermarks import WatermarkMark
 
 log = logging.getLogger(__name__)
@@ -76,6 +86,7 @@ class KpiTableAgent:
         self.last_closed = WindowGauges(metrics.kpi_last_closed, metrics.kpi_last_closed_window_start)
         self.partitions: dict[int, PartitionWindows] = {}
         self.view: RedisView | None = None
+        self.visitors: VisitorSketches | None = None
 
     def forget(self, partitions: Iterable[int]) -> None:
         """Drop the indexes of revoked partitions; they are rebuilt if they come back."""
@@ -112,7 +123,9 @@ class KpiTableAgent:
 
     async def process(self, stream: faust.StreamT[bytes]) -> None:
         # Made here, inside the worker's event loop, which the Redis client binds to.
-        self.view = RedisView(aioredis.Redis.from_url(self.settings.redis_url), self.settings.topic_prefix)
+        client = aioredis.Redis.from_url(self.settings.redis_url, socket_timeout=5)
+        self.view = RedisView(client, self.settings.topic_prefix)
+        self.visitors = VisitorSketches(client, self.settings.app_id)
         async for event in stream.events():
             partition, offset = event.message.partition, event.message.offset
             try:
@@ -193,6 +206,8 @@ class KpiTableAgent:
         already there; then the latest-value topic, and the results topic once closed."""
         window_end = self.windowing.end(key.window_seconds, key.window_start)
         updates = kpi_updates(key, state, changed, window_end)
+        if "page_views" in changed:
+            updates.extend(await self._unique_visitors(key, state, window_end))
         for kpi_key, update in updates:
             self.current.observe(kpi_key, update.value)
             if update.final:
@@ -203,6 +218,20 @@ class KpiTableAgent:
             await self.updates.send(key=kpi_key.encode(), value=body)
             if update.final:
                 await self.results.send(key=kpi_key.encode(), value=body)
+
+    async def _unique_visitors(
+        self, key: CellKey, state: CellState, window_end: int
+    ) -> list[tuple[KpiKey, KpiUpdate]]:
+        """The cell's unique visitors, or nothing while Redis does not answer (the next page
+        view of the cell publishes it)."""
+        assert self.visitors is not None
+        try:
+            count = await self.visitors.count([key])
+        except (RedisError, OSError) as exc:
+            self.metrics.view_errors.inc()
+            log.warning("could not count the unique visitors of %s (%s)", key, exc)
+            return []
+        return [unique_visitors_update(key, state, count, window_end)]
 
     async def _write_view(self, updates: list[tuple[KpiKey, KpiUpdate]]) -> None:
         assert self.view is not None

@@ -13,11 +13,11 @@ import asyncio
 import json
 import logging
 import time
-from collections import Counter
-from collections.abc import Callable
+from collections import Counter, defaultdict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import msgspec
 import redis.asyncio as aioredis
@@ -45,9 +45,11 @@ from streams.validation import (
     event_time,
     make_bad_row,
 )
+from streams.visitors import VisitorSketches, visitor_of
 from streams.watermarks import WATERMARK_SCHEMA_VERSION, Lateness, PartitionWatermarks, WatermarkMark
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 PROCESSOR = "mkpi-ingest"
 
@@ -102,6 +104,8 @@ class Flushable:
     late_events: list[LateEvent]
     marks: list[WatermarkMark]
     commits: dict[TopicPartition, CommitPoint]
+    #: Pseudonymous visitors of counted page views, per published cell (for HyperLogLogs).
+    visitors: dict[CellKey, set[str]] = field(default_factory=dict)
     outcomes: Counter[str] = field(default_factory=Counter)
     reasons: Counter[str] = field(default_factory=Counter)
     event_types: Counter[str] = field(default_factory=Counter)
@@ -195,6 +199,7 @@ class BatchIngestor:
         self.reasons: Counter[str] = Counter()
         self.event_types: Counter[str] = Counter()
         self.late_windows: Counter[str] = Counter()
+        self.visitors: defaultdict[CellKey, set[str]] = defaultdict(set)
         self._positions: dict[TopicPartition, int] = {}
         self._sent_marks: dict[int, tuple[float | None, bool]] = {}
 
@@ -349,6 +354,14 @@ class BatchIngestor:
         self.aggregator.add(at, candidate.attribution, candidate.contribution.measures, skip_sizes=missed)
         for measure, cell in firsts:
             self.aggregator.add_to_published_cell(cell, measure, 1)
+        visitor = visitor_of(candidate.event) if isinstance(candidate.event, PageView) else None
+        if visitor is not None:
+            pseudonym = self.pseudonymize(visitor)
+            channel, campaign = candidate.attribution.channel, candidate.attribution.campaign
+            for size, start in self.windowing.starts(at):
+                if size not in missed:
+                    for cell in published_cells(size, start, channel, campaign):
+                        self.visitors[cell].add(pseudonym)
         return "valid"
 
     def _record_late(self, candidate: Candidate) -> None:
@@ -418,10 +431,12 @@ class BatchIngestor:
             reasons=self.reasons,
             event_types=self.event_types,
             late_windows=self.late_windows,
+            visitors=dict(self.visitors),
         )
         self.bad_rows, self.late_events, self._unflushed_records = [], [], False
         self.outcomes, self.reasons, self.event_types = Counter(), Counter(), Counter()
         self.late_windows = Counter()
+        self.visitors = defaultdict(set)
         return taken
 
 
@@ -456,6 +471,7 @@ class IngestService(Service):
     admin: AIOKafkaAdminClient
     redis: aioredis.Redis
     first_sightings: RedisSightings
+    visitor_sketches: VisitorSketches
 
     def __init__(
         self,
@@ -474,6 +490,11 @@ class IngestService(Service):
         self._flush_lock = asyncio.Lock()
         self._encoder = msgspec.json.Encoder()
         self._delta_partitions: list[int] = []
+        #: A visitor sketch lives until no event can reach its window, plus a day for readers.
+        self._visitor_ttls = {
+            size: size + settings.grace_seconds + settings.window_retention_seconds + 86400
+            for size in settings.windowing.sizes
+        }
 
     async def on_start(self) -> None:
         # aiokafka clients bind to the running loop, so they are made here, not in __init__.
@@ -502,6 +523,7 @@ class IngestService(Service):
         )
         self.redis = aioredis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
         self.first_sightings = RedisSightings(self.redis, settings.app_id)
+        self.visitor_sketches = VisitorSketches(self.redis, settings.app_id)
         await self.admin.start()
         await self.producer.start()
         await self.consumer.start()
@@ -553,25 +575,28 @@ class IngestService(Service):
                 last_flush = time.monotonic()
 
     async def _check_duplicates(self, screened: Screened) -> list[bool]:
-        """Ask Redis which events are client retries and which uniques are new; wait out a Redis
-        outage, holding the batch."""
+        """Ask Redis which events are client retries and which uniques are new."""
         sightings = self.ingestor.sightings(screened)
+        return await self._until_redis_answers(
+            "the duplicate check", lambda: self.first_sightings.counts(sightings)
+        )
+
+    async def _until_redis_answers(self, purpose: str, call: Callable[[], Awaitable[T]]) -> T:
+        """Wait out a Redis outage, holding the batch: ingest pauses rather than guess."""
         delay = 0.5
         while True:
             try:
-                counts = await self.first_sightings.counts(sightings)
+                answer = await call()
             except (RedisError, OSError) as exc:
                 self.metrics.redis_up.set(0)
                 log.warning(
-                    "Redis unavailable for the duplicate check (%s); ingest paused, retrying in %.1fs",
-                    exc,
-                    delay,
+                    "Redis unavailable for %s (%s); ingest paused, retrying in %.1fs", purpose, exc, delay
                 )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
                 continue
             self.metrics.redis_up.set(1)
-            return counts
+            return answer
 
     async def flush(self) -> None:
         """Publish pending deltas and bad rows and commit their offsets in one transaction."""
@@ -580,6 +605,10 @@ class IngestService(Service):
                 return
             pending = self.ingestor.take()
             started = time.perf_counter()
+            # Before the deltas are visible: the agent counts a cell's visitors when it gets them.
+            await self._until_redis_answers(
+                "unique visitors", lambda: self.visitor_sketches.add(pending.visitors, self._visitor_ttls)
+            )
             try:
                 async with self.producer.transaction():
                     await self._publish(pending)

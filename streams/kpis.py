@@ -209,35 +209,60 @@ def apply_delta(
     )
 
 
+UNIQUE_VISITORS = "unique_visitors"
+
+
 def kpi_updates(
     key: CellKey, state: CellState, changed: Iterable[str], window_end: int, now: datetime | None = None
 ) -> list[tuple[KpiKey, KpiUpdate]]:
     """The KPI values of a cell that depend on the ``changed`` measures (all of a cell's
     measures for its final result)."""
     updated_at = now or datetime.now(UTC)
-    start = datetime.fromtimestamp(key.window_start, UTC)
-    end = datetime.fromtimestamp(window_end, UTC)
     updates = []
     for kpi in affected(set(changed)):
         value = evaluate(kpi, state.measures)
         updates.append(
-            (
-                KpiKey(kpi.name, key.window_seconds, key.window_start, key.channel, key.campaign),
-                KpiUpdate(
-                    schema_version=KPI_SCHEMA_VERSION,
-                    kpi=kpi.name,
-                    window_seconds=key.window_seconds,
-                    window_start=start,
-                    window_end=end,
-                    channel=key.channel,
-                    campaign=key.campaign,
-                    value=value.value,
-                    numerator=value.numerator,
-                    denominator=value.denominator,
-                    final=state.revision is not None,
-                    revision=state.revision,
-                    updated_at=updated_at,
-                ),
+            _update(
+                key, state, kpi.name, value.value, value.numerator, value.denominator, window_end, updated_at
             )
         )
     return updates
+
+
+def unique_visitors_update(
+    key: CellKey, state: CellState, visitors: int, window_end: int, now: datetime | None = None
+) -> tuple[KpiKey, KpiUpdate]:
+    """The approximate distinct visitors of a cell (a HyperLogLog count, see streams.visitors)."""
+    return _update(
+        key, state, UNIQUE_VISITORS, float(visitors), visitors, None, window_end, now or datetime.now(UTC)
+    )
+
+
+def _update(
+    key: CellKey,
+    state: CellState,
+    kpi: str,
+    value: float | None,
+    numerator: int,
+    denominator: int | None,
+    window_end: int,
+    updated_at: datetime,
+) -> tuple[KpiKey, KpiUpdate]:
+    return (
+        KpiKey(kpi, key.window_seconds, key.window_start, key.channel, key.campaign),
+        KpiUpdate(
+            schema_version=KPI_SCHEMA_VERSION,
+            kpi=kpi,
+            window_seconds=key.window_seconds,
+            window_start=datetime.fromtimestamp(key.window_start, UTC),
+            window_end=datetime.fromtimestamp(window_end, UTC),
+            channel=key.channel,
+            campaign=key.campaign,
+            value=value,
+            numerator=numerator,
+            denominator=denominator,
+            final=state.revision is not None,
+            revision=state.revision,
+            updated_at=updated_at,
+        ),
+    )

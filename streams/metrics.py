@@ -72,7 +72,8 @@ class Metrics:
         )
         self.view_errors = Counter(
             "mkpi_redis_view_errors_total",
-            "KPI updates that could not be written to the Redis view (the KPI topic has them).",
+            "Redis calls of the KPI agent that failed: view writes (the KPI topics still have the "
+            "values) and unique-visitor counts (published with the cell's next page view).",
             registry=self.registry,
         )
         self.deltas_invalid = Counter(

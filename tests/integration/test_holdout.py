@@ -1,0 +1,74 @@
+"""A data set written by hand outside the generator, with answers worked out by hand.
+
+tests/data/holdout/events.jsonl is a morning of a fictional coffee roaster's marketing
+(organic search, a newsletter, a paid search campaign, a social post, follows and video
+subscriptions, one retry and one broken line); expected.json holds the KPIs a person
+computed from it with README's definitions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from streams.topics import ensure_topics
+from tests.support import (
+    WorkerProcess,
+    isolated_settings,
+    produce,
+    read_everything,
+    wait_for_accounting,
+)
+
+pytestmark = pytest.mark.kafka
+
+HOLDOUT = Path(__file__).resolve().parents[1] / "data" / "holdout"
+
+
+async def test_the_hand_worked_answers_match(tmp_path: Path) -> None:
+    lines = (HOLDOUT / "events.jsonl").read_bytes().splitlines()
+    answers: dict[str, Any] = json.loads((HOLDOUT / "expected.json").read_text())
+    hour = int(datetime.fromisoformat(answers["window_start"]).timestamp())
+    day = hour // 86400 * 86400
+    expected = {
+        (kpi, size, start, *(part.strip() for part in cell.split("|"))): tuple(parts)
+        for cell, kpis in answers["cells"].items()
+        for kpi, parts in kpis.items()
+        for size, start in ((3600, hour), (86400, day))
+    }
+    settings = isolated_settings(max_event_age_seconds=5 * 365 * 86400)
+    await ensure_topics(settings)
+    await produce(settings, settings.raw_topic, list(lines))
+    worker = WorkerProcess(settings, tmp_path)
+    worker.start()
+    try:
+        totals = await wait_for_accounting(settings, len(lines), timeout=120)
+        assert totals["outcomes"] == answers["accounting"], worker.log_tail()
+        published: dict[tuple[Any, ...], tuple[int, int | None]] = {}
+
+        async def all_published() -> bool:
+            records = await read_everything(settings, [settings.kpi_updates_topic])
+            for record in records:
+                value = json.loads(record.value)
+                published[tuple(json.loads(record.key))] = (value["numerator"], value["denominator"])
+            return all(published.get(key) == parts for key, parts in expected.items())
+
+        for _ in range(60):
+            if await all_published():
+                break
+            await asyncio.sleep(1)
+        assert {key: published.get(key) for key in expected} == expected
+        hand_cells = {(k[1], k[2], k[3], k[4]) for k in expected}
+        unlisted = {
+            key: parts
+            for key, parts in published.items()
+            if (key[1], key[2], key[3], key[4]) in hand_cells and key not in expected and parts[0] != 0
+        }
+        assert not unlisted, unlisted
+    finally:
+        worker.stop()
