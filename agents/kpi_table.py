@@ -9,6 +9,8 @@ live in ``streams.kpis`` (merging) and ``streams.closing`` (life cycle).
 from __future__ import annotations
 
 import logging
+import time
+from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
 
@@ -18,8 +20,10 @@ import redis.asyncio as aioredis
 from faust.types import TableT
 from redis.exceptions import RedisError
 
+from streams.catalog import SUM_MEASURES
 from streams.closing import MarkState, PartitionWindows, close_cell, mark_key, merge_mark
 from streams.kpis import (
+    ALL,
     CellKey,
     CellState,
     Delta,
@@ -29,6 +33,7 @@ from streams.kpis import (
     kpi_updates,
     unique_visitors_update,
 )
+from streams.labels import CampaignLabels
 from streams.metrics import Metrics
 from streams.settings import Settings
 from streams.view import RedisView
@@ -63,6 +68,50 @@ class WindowGauges:
         self.values.labels(*labels).set(float("nan") if value is None else value)
         self.starts.labels(*labels).set(key.window_start)
 
+    def drop_campaigns(self, campaigns: frozenset[str]) -> None:
+        for series in [s for s in self._newest_start if s[3] in campaigns]:
+            kpi, size, channel, campaign = series
+            labels = (kpi, f"{size}s", channel, campaign)
+            self.values.remove(*labels)
+            self.starts.remove(*labels)
+            del self._newest_start[series]
+
+
+class CampaignSeries:
+    """Applies ``CampaignLabels`` to the agent's metrics: folds counters, skips gauges of
+    campaigns outside the top N, and removes the series of dropped campaigns."""
+
+    def __init__(self, metrics: Metrics, labels: CampaignLabels, gauges: list[WindowGauges]) -> None:
+        self.metrics = metrics
+        self.labels = labels
+        self.gauges = gauges
+        self._counters: defaultdict[str, set[tuple[str, str]]] = defaultdict(set)
+
+    def observe(self, key: CellKey, measures: dict[str, int], smallest_window: bool) -> None:
+        """Rank campaigns by the deltas of the smallest window (each event once), and count
+        those in the raw counters."""
+        if key.channel == ALL:
+            events = sum(n for m, n in measures.items() if m not in SUM_MEASURES) if smallest_window else 0
+            self.labels.observe(key.campaign, events)
+        if smallest_window:
+            self._count(key, measures)
+
+    def _count(self, key: CellKey, measures: dict[str, int]) -> None:
+        campaign = self.labels.label(key.campaign)
+        for measure, amount in measures.items():
+            self.metrics.measures.labels(measure, key.channel, campaign).inc(amount)
+            self._counters[campaign].add((measure, key.channel))
+        if self.labels.rerank_due():
+            dropped = self.labels.rerank().dropped
+            for campaign in dropped:
+                for measure, channel in self._counters.pop(campaign, ()):
+                    self.metrics.measures.remove(measure, channel, campaign)
+            for gauges in self.gauges:
+                gauges.drop_campaigns(dropped)
+
+    def has_gauges(self, campaign: str) -> bool:
+        return self.labels.has_own_series(campaign)
+
 
 class KpiTableAgent:
     """The body of the agent, with the table, topics and outputs it works on."""
@@ -84,6 +133,10 @@ class KpiTableAgent:
         self.smallest_window = min(self.windowing.sizes)
         self.current = WindowGauges(metrics.kpi_current, metrics.kpi_current_window_start)
         self.last_closed = WindowGauges(metrics.kpi_last_closed, metrics.kpi_last_closed_window_start)
+        labels = CampaignLabels(
+            settings.metrics_top_campaigns, settings.metrics_campaign_idle_seconds, time.monotonic
+        )
+        self.campaigns = CampaignSeries(metrics, labels, [self.current, self.last_closed])
         self.partitions: dict[int, PartitionWindows] = {}
         self.view: RedisView | None = None
         self.visitors: VisitorSketches | None = None
@@ -164,9 +217,7 @@ class KpiTableAgent:
             self.metrics.deltas_applied.inc()
             if state.revision:
                 self.metrics.revisions.inc()
-            if key.window_seconds == self.smallest_window:  # count each event once, not once per size
-                for measure, amount in delta.measures.items():
-                    self.metrics.measures.labels(measure, key.channel, key.campaign).inc(amount)
+            self.campaigns.observe(key, delta.measures, key.window_seconds == self.smallest_window)
         await self._publish(key, state, delta.measures)
 
     async def _on_mark(
@@ -208,10 +259,11 @@ class KpiTableAgent:
         updates = kpi_updates(key, state, changed, window_end)
         if "page_views" in changed:
             updates.extend(await self._unique_visitors(key, state, window_end))
-        for kpi_key, update in updates:
-            self.current.observe(kpi_key, update.value)
-            if update.final:
-                self.last_closed.observe(kpi_key, update.value)
+        if self.campaigns.has_gauges(key.campaign):
+            for kpi_key, update in updates:
+                self.current.observe(kpi_key, update.value)
+                if update.final:
+                    self.last_closed.observe(kpi_key, update.value)
         await self._write_view(updates)
         for kpi_key, update in updates:
             body = _encoder.encode(update)

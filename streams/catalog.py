@@ -61,6 +61,8 @@ MEASURES: tuple[str, ...] = (
     "leads",
     "lead_value_cents",
 )
+#: Measures that sum a quantity rather than count events.
+SUM_MEASURES = frozenset({"engaged_ms", "lead_value_cents"})
 
 
 @dataclass(frozen=True, slots=True)

@@ -73,6 +73,10 @@ class Settings:
     channel_rules_file: str = ""
     #: Your own site's domains (comma-separated): referrers from them are internal navigation.
     site_domains: str = ""
+    #: Campaigns with their own Prometheus series (by recent volume); the rest count as "other".
+    metrics_top_campaigns: int = 50
+    #: A campaign without events for this long loses its Prometheus series.
+    metrics_campaign_idle_seconds: int = 3600
     web_host: str = "127.0.0.1"
     web_port: int = 6066
     log_level: str = "info"
@@ -244,6 +248,10 @@ class Settings:
         for name in ("web_port", "kafka_controller_port"):
             if not 1 <= getattr(self, name) <= 65535:
                 bad(name, "must be a TCP port (1-65535)")
+        if not 1 <= self.metrics_top_campaigns <= 10_000:
+            bad("metrics_top_campaigns", "must be between 1 and 10,000")
+        if self.metrics_campaign_idle_seconds <= 0:
+            bad("metrics_campaign_idle_seconds", "must be a positive number of seconds")
         if not 6 <= self.kafka_session_timeout_seconds <= 300:
             bad("kafka_session_timeout_seconds", "must be between 6 and 300 seconds (the broker's limits)")
         if self.grace_seconds < 0:

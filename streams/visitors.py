@@ -49,4 +49,3 @@ class VisitorSketches:
     async def count(self, cells: Iterable[CellKey]) -> int:
         """Distinct visitors over the union of ``cells``."""
         return int(await self.client.pfcount(*(self.key(cell) for cell in cells)))
-

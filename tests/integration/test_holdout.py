@@ -41,7 +41,8 @@ async def test_the_hand_worked_answers_match(tmp_path: Path) -> None:
         for kpi, parts in kpis.items()
         for size, start in ((3600, hour), (86400, day))
     }
-    settings = isolated_settings(max_event_age_seconds=5 * 365 * 86400)
+    # Two campaigns keep their own Prometheus series; the third is folded into "other".
+    settings = isolated_settings(max_event_age_seconds=5 * 365 * 86400, metrics_top_campaigns=2)
     await ensure_topics(settings)
     await produce(settings, settings.raw_topic, list(lines))
     worker = WorkerProcess(settings, tmp_path)
@@ -70,5 +71,26 @@ async def test_the_hand_worked_answers_match(tmp_path: Path) -> None:
             if (key[1], key[2], key[3], key[4]) in hand_cells and key not in expected and parts[0] != 0
         }
         assert not unlisted, unlisted
+
+        # Bounded labels lose nothing: per measure, the campaigns' counters (folded ones under
+        # "other") add up to the all-campaigns counter.
+        samples = worker.metrics()
+        by_campaign: dict[str, dict[str, float]] = {}
+        for (name, labels), value in samples.items():
+            label = dict(labels)
+            if name == "mkpi_measure_total" and label["channel"] == "*":
+                by_campaign.setdefault(label["campaign"], {})[label["measure"]] = value
+        named = set(by_campaign) - {"*", "(none)", "other"}
+        assert len(named) == 2 and named < {"march_beans", "brand_q1", "roast_day"}, sorted(by_campaign)
+        for measure, total in by_campaign["*"].items():
+            parts = sum(
+                values.get(measure, 0.0) for campaign, values in by_campaign.items() if campaign != "*"
+            )
+            assert parts == total, measure
+        assert sum(by_campaign["other"].values()) > 0
+        gauge_campaigns = {
+            dict(labels)["campaign"] for (name, labels) in samples if name == "mkpi_kpi_current"
+        }
+        assert gauge_campaigns - {"*", "(none)"} == named
     finally:
         worker.stop()
