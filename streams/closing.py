@@ -16,7 +16,6 @@ A window of size s starting at t is
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
 from typing import Annotated
 
 import msgspec
@@ -136,6 +135,3 @@ class PartitionWindows:
                 if not self._closed_by[offset]:
                     del self._closed_by[offset]
         return gone
-
-    def windows(self) -> Iterable[Window]:
-        return self._cells.keys()
