@@ -24,6 +24,7 @@ from streams.catalog import SUM_MEASURES
 from streams.closing import MarkState, PartitionWindows, close_cell, mark_key, merge_mark
 from streams.kpis import (
     ALL,
+    ALL_TIME,
     CellKey,
     CellState,
     Delta,
@@ -32,6 +33,7 @@ from streams.kpis import (
     apply_delta,
     kpi_updates,
     unique_visitors_update,
+    window_label,
 )
 from streams.labels import CampaignLabels
 from streams.metrics import Metrics
@@ -64,14 +66,14 @@ class WindowGauges:
         if key.window_start < self._newest_start.get(series, key.window_start):
             return
         self._newest_start[series] = key.window_start
-        labels = (key.kpi, f"{key.window_seconds}s", key.channel, key.campaign)
+        labels = (key.kpi, window_label(key.window_seconds), key.channel, key.campaign)
         self.values.labels(*labels).set(float("nan") if value is None else value)
         self.starts.labels(*labels).set(key.window_start)
 
     def drop_campaigns(self, campaigns: frozenset[str]) -> None:
         for series in [s for s in self._newest_start if s[3] in campaigns]:
             kpi, size, channel, campaign = series
-            labels = (kpi, f"{size}s", channel, campaign)
+            labels = (kpi, window_label(size), channel, campaign)
             self.values.remove(*labels)
             self.starts.remove(*labels)
             del self._newest_start[series]
@@ -255,7 +257,11 @@ class KpiTableAgent:
     async def _publish(self, key: CellKey, state: CellState, changed: Iterable[str]) -> None:
         """Gauges and the Redis view first, so whoever sees a value on a topic finds them
         already there; then the latest-value topic, and the results topic once closed."""
-        window_end = self.windowing.end(key.window_seconds, key.window_start)
+        window_end = (
+            None
+            if key.window_seconds == ALL_TIME
+            else self.windowing.end(key.window_seconds, key.window_start)
+        )
         updates = kpi_updates(key, state, changed, window_end)
         if "page_views" in changed:
             updates.extend(await self._unique_visitors(key, state, window_end))
@@ -272,7 +278,7 @@ class KpiTableAgent:
                 await self.results.send(key=kpi_key.encode(), value=body)
 
     async def _unique_visitors(
-        self, key: CellKey, state: CellState, window_end: int
+        self, key: CellKey, state: CellState, window_end: int | None
     ) -> list[tuple[KpiKey, KpiUpdate]]:
         """The cell's unique visitors, or nothing while Redis does not answer (the next page
         view of the cell publishes it)."""

@@ -61,6 +61,8 @@ MEASURES: tuple[str, ...] = (
     "leads",
     "lead_value_cents",
 )
+#: Measures also kept as a running total since counting began (window size 0).
+RUNNING_TOTAL_MEASURES = frozenset({"subscribes", "unsubscribes"})
 #: Measures that sum a quantity rather than count events.
 SUM_MEASURES = frozenset({"engaged_ms", "lead_value_cents"})
 

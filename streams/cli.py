@@ -181,10 +181,11 @@ def cmd_query(settings: Settings, args: argparse.Namespace) -> int:
     import msgspec
     import redis.asyncio as aioredis
 
+    from streams.kpis import ALL_TIME
     from streams.view import RedisView, ViewQuery, render_table
 
-    sizes = settings.windowing.sizes
-    window = args.window or sizes[0]
+    sizes = (*settings.windowing.sizes, ALL_TIME)
+    window = sizes[0] if args.window is None else args.window
     if window not in sizes:
         print(f"mkpi query: --window must be one of {', '.join(map(str, sizes))}", file=sys.stderr)
         return 2
@@ -241,7 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_parser("run", help="stack + worker + generator, until Ctrl-C"), 200.0, 0, 0.02
     )
     query = sub.add_parser("query", help="the newest KPI values from the Redis view, as a table")
-    query.add_argument("--window", type=int, help="window size in seconds (default: the smallest)")
+    query.add_argument(
+        "--window", type=int, help="window size in seconds (default: the smallest; 0: running totals)"
+    )
     query.add_argument("--kpi", help="only this KPI (e.g. organic_traffic)")
     query.add_argument("--channel", help="only this channel ('*' for the all-channel roll-up)")
     query.add_argument("--campaign", help="only this campaign ('*' for the all-campaign roll-up)")

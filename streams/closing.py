@@ -20,7 +20,7 @@ from typing import Annotated
 
 import msgspec
 
-from streams.kpis import CellKey, CellState
+from streams.kpis import ALL_TIME, CellKey, CellState
 from streams.watermarks import WatermarkMark, low_watermark
 from streams.windows import Windowing
 
@@ -95,14 +95,16 @@ class PartitionWindows:
     def _end(self, window: Window) -> int:
         return self.windowing.end(*window)
 
+    def _passed(self, window: Window, after_end: int, low: float | None) -> bool:
+        """Whether ``low`` has passed the window's end + ``after_end``; running totals never end."""
+        return low is not None and window[0] != ALL_TIME and self._end(window) + after_end <= low
+
     def is_closed(self, key: CellKey) -> bool:
-        low = self.low_watermark
-        return low is not None and self._end((key.window_seconds, key.window_start)) + self.grace <= low
+        return self._passed((key.window_seconds, key.window_start), self.grace, self.low_watermark)
 
     def is_expired(self, key: CellKey) -> bool:
-        low = self.low_watermark
-        end = self._end((key.window_seconds, key.window_start))
-        return low is not None and end + self.grace + self.retention <= low
+        window = (key.window_seconds, key.window_start)
+        return self._passed(window, self.grace + self.retention, self.low_watermark)
 
     def closed_by(self, offset: int) -> set[CellKey]:
         """Cells the mark at ``offset`` closed (to re-send their final results on a replay)."""
@@ -113,7 +115,7 @@ class PartitionWindows:
         low = self.low_watermark
         if low is None:
             return []
-        windows = [w for w, cells in self._open.items() if cells and self._end(w) + self.grace <= low]
+        windows = [w for w, cells in self._open.items() if cells and self._passed(w, self.grace, low)]
         due = [key for window in sorted(windows) for key in sorted(self._open.pop(window))]
         return due
 
@@ -122,8 +124,7 @@ class PartitionWindows:
         low = self.low_watermark
         if low is None:
             return []
-        horizon = self.grace + self.retention
-        windows = [w for w in self._cells if self._end(w) + horizon <= low]
+        windows = [w for w in self._cells if self._passed(w, self.grace + self.retention, low)]
         gone: list[CellKey] = []
         for window in sorted(windows):
             gone.extend(sorted(self._cells.pop(window)))

@@ -17,11 +17,13 @@ from typing import Annotated, NamedTuple
 import msgspec
 
 from streams.attribution import Attribution
-from streams.catalog import affected, evaluate
+from streams.catalog import RUNNING_TOTAL_MEASURES, affected, evaluate
 from streams.events import AwareTime
 from streams.windows import Windowing
 
 ALL = "*"
+#: Window size (and start) of the running totals: since counting began, never closed.
+ALL_TIME = 0
 KPI_SCHEMA_VERSION = "1-1-0"
 DELTA_SCHEMA_VERSION = "1-1-0"
 
@@ -67,7 +69,7 @@ class Delta(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind", tag="de
     """Increments of the measures of one cell, produced by one ingest flush."""
 
     schema_version: Annotated[str, msgspec.Meta(pattern="^1-[0-9]+-[0-9]+$")]
-    window_seconds: Annotated[int, msgspec.Meta(gt=0)]
+    window_seconds: Annotated[int, msgspec.Meta(ge=0, description="0: a running total.")]
     window_start: Annotated[int, msgspec.Meta(description="Unix seconds.")]
     channel: str
     campaign: str
@@ -98,9 +100,11 @@ class KpiUpdate(msgspec.Struct, frozen=True, kw_only=True):
 
     schema_version: Annotated[str, msgspec.Meta(pattern="^1-[0-9]+-[0-9]+$")]
     kpi: Annotated[str, msgspec.Meta(description="A KPI of the catalog (README).")]
-    window_seconds: Annotated[int, msgspec.Meta(gt=0)]
+    window_seconds: Annotated[
+        int, msgspec.Meta(ge=0, description="0: the running total since counting began (net_subscribers).")
+    ]
     window_start: AwareTime
-    window_end: Annotated[datetime, msgspec.Meta(tz=True, description="Exclusive.")]
+    window_end: Annotated[datetime, msgspec.Meta(tz=True, description="Exclusive.")] | None
     channel: Annotated[str, msgspec.Meta(description="A channel, or '*' for all channels.")]
     campaign: Annotated[
         str, msgspec.Meta(description="Lower-cased utm campaign, '(none)' when absent, '*' for all.")
@@ -116,6 +120,11 @@ class KpiUpdate(msgspec.Struct, frozen=True, kw_only=True):
         ),
     ] = None
     updated_at: AwareTime
+
+
+def window_label(size: int) -> str:
+    """The ``window`` label of a window size on /metrics: ``60s``, or ``total``."""
+    return "total" if size == ALL_TIME else f"{size}s"
 
 
 def published_cells(size: int, start: int, channel: str, campaign: str) -> tuple[CellKey, ...]:
@@ -158,6 +167,11 @@ class DeltaAggregator:
                 continue
             cell = self._cells[(size, start, attribution.channel, attribution.campaign)]
             for measure, amount in amounts:
+                cell[measure] += amount
+        totals = [(measure, amount) for measure, amount in amounts if measure in RUNNING_TOTAL_MEASURES]
+        if totals:
+            cell = self._cells[(ALL_TIME, ALL_TIME, attribution.channel, attribution.campaign)]
+            for measure, amount in totals:
                 cell[measure] += amount
 
     def drain(self) -> list[Delta]:
@@ -213,7 +227,11 @@ UNIQUE_VISITORS = "unique_visitors"
 
 
 def kpi_updates(
-    key: CellKey, state: CellState, changed: Iterable[str], window_end: int, now: datetime | None = None
+    key: CellKey,
+    state: CellState,
+    changed: Iterable[str],
+    window_end: int | None,
+    now: datetime | None = None,
 ) -> list[tuple[KpiKey, KpiUpdate]]:
     """The KPI values of a cell that depend on the ``changed`` measures (all of a cell's
     measures for its final result)."""
@@ -230,7 +248,7 @@ def kpi_updates(
 
 
 def unique_visitors_update(
-    key: CellKey, state: CellState, visitors: int, window_end: int, now: datetime | None = None
+    key: CellKey, state: CellState, visitors: int, window_end: int | None, now: datetime | None = None
 ) -> tuple[KpiKey, KpiUpdate]:
     """The approximate distinct visitors of a cell (a HyperLogLog count, see streams.visitors)."""
     return _update(
@@ -245,7 +263,7 @@ def _update(
     value: float | None,
     numerator: int,
     denominator: int | None,
-    window_end: int,
+    window_end: int | None,
     updated_at: datetime,
 ) -> tuple[KpiKey, KpiUpdate]:
     return (
@@ -255,7 +273,7 @@ def _update(
             kpi=kpi,
             window_seconds=key.window_seconds,
             window_start=datetime.fromtimestamp(key.window_start, UTC),
-            window_end=datetime.fromtimestamp(window_end, UTC),
+            window_end=None if window_end is None else datetime.fromtimestamp(window_end, UTC),
             channel=key.channel,
             campaign=key.campaign,
             value=value,

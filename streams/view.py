@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import msgspec
 import redis.asyncio as aioredis
 
-from streams.kpis import KpiKey, KpiUpdate
+from streams.kpis import ALL_TIME, KpiKey, KpiUpdate
 
 HISTORY_SECONDS = 7 * 86400
 FIELD_SEPARATOR = "|"
@@ -93,7 +93,9 @@ def render_table(updates: list[KpiUpdate]) -> str:
                 u.kpi,
                 u.channel,
                 u.campaign,
-                u.window_start.strftime("%Y-%m-%d %H:%M"),
+                "running total"
+                if u.window_seconds == ALL_TIME
+                else u.window_start.strftime("%Y-%m-%d %H:%M"),
                 value,
                 str(u.numerator),
                 "" if u.denominator is None else str(u.denominator),

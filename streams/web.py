@@ -13,6 +13,7 @@ from mode import Service
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 
+from streams.kpis import ALL_TIME
 from streams.metrics import Metrics
 from streams.settings import Settings
 from streams.view import RedisView, ViewQuery
@@ -42,7 +43,7 @@ class WebServer(Service):
     async def _kpis(self, request: web.Request) -> web.Response:
         """GET /api/kpis?window=60&kpi=...&channel=...&campaign=... -> the newest values."""
         params = request.query
-        sizes = self.settings.windowing.sizes
+        sizes = (*self.settings.windowing.sizes, ALL_TIME)
         try:
             window = int(params.get("window", sizes[0]))
         except ValueError:

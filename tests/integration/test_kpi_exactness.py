@@ -136,6 +136,9 @@ def expected_results(messages: list[Message], partitions: int, zone: ZoneInfo) -
         campaign = ((event.get("utm") or {}).get("campaign") or "").strip().lower() or "(none)"
         channel = message.channel or "?"
         added, once = measures_of(event, channel)
+        if sizes and event["type"] in ("subscribe", "unsubscribe"):  # running totals: window size 0
+            for cell in ((0, 0, channel, "*"), (0, 0, "*", campaign), (0, 0, "*", "*")):
+                counts[cell].update(added)
         for cell in cells_of(at, channel, campaign, sizes, zone):
             counts[cell].update(added)
             if event["type"] == "page_view":
@@ -157,7 +160,7 @@ def expected_results(messages: list[Message], partitions: int, zone: ZoneInfo) -
             numerator = sum(measures[m] for m in plus) - sum(measures[m] for m in minus)
             parts[(kpi, *cell)] = (numerator, measures[denominator] if denominator else None)
     low = min(watermark.values())
-    closed = {(c[0], c[1]) for c in counts if c[1] + c[0] + GRACE <= low}
+    closed = {(c[0], c[1]) for c in counts if c[0] and c[1] + c[0] + GRACE <= low}
     unique_visitors = {("unique_visitors", *cell): len(ids) for cell, ids in visitors.items()}
     return Expected(parts, outcomes, late_by_window, closed, minute_measures, unique_visitors)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from zoneinfo import ZoneInfo
 
 from streams.closing import PartitionWindows, close_cell, mark_key, merge_mark
-from streams.kpis import ALL, CellKey, CellState
+from streams.kpis import ALL, ALL_TIME, CellKey, CellState
 from streams.watermarks import WatermarkMark
 from streams.windows import Windowing
 
@@ -80,3 +80,13 @@ def test_merge_mark_skips_replays_and_never_moves_a_watermark_back() -> None:
         6,
     )
     assert mark_key(1, 2) != CellKey(1, 2, ALL, ALL).encode()
+
+
+def test_running_totals_never_close_or_expire() -> None:
+    index = windows()
+    total = CellKey(ALL_TIME, ALL_TIME, ALL, ALL)
+    index.add(total, state())
+    index.record_mark(mark(0, 1e12))
+    index.record_mark(mark(1, 1e12))
+    assert index.due() == [] and index.expired() == []
+    assert not index.is_closed(total) and not index.is_expired(total)

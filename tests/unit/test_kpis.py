@@ -4,7 +4,17 @@ from zoneinfo import ZoneInfo
 from streams.attribution import Attribution
 from streams.catalog import CATALOG, MEASURES, evaluate
 from streams.closing import close_cell
-from streams.kpis import ALL, CellKey, CellState, Delta, DeltaAggregator, KpiKey, apply_delta, kpi_updates
+from streams.kpis import (
+    ALL,
+    ALL_TIME,
+    CellKey,
+    CellState,
+    Delta,
+    DeltaAggregator,
+    KpiKey,
+    apply_delta,
+    kpi_updates,
+)
 from streams.windows import Windowing, parse_sizes
 
 UTC_WINDOWS = Windowing((60, 3600, 86400), ZoneInfo("UTC"))
@@ -130,3 +140,17 @@ def test_window_sizes_must_divide_a_day() -> None:
         except ValueError:
             continue
         raise AssertionError(f"{bad!r} accepted")
+
+
+def test_subscriber_measures_also_count_in_the_running_total_cells() -> None:
+    aggregator = DeltaAggregator(Windowing((60,), ZoneInfo("UTC")))
+    video = Attribution("organic_video", "(none)", "intrinsic: social")
+    aggregator.add(120.0, video, [("subscribes", 1)])
+    aggregator.add(7200.0, video, [("unsubscribes", 1)], skip_sizes=(60,))
+    aggregator.add(130.0, video, [("follows", 1)])
+    totals = {(d.channel, d.campaign): d.measures for d in aggregator.drain() if d.window_seconds == ALL_TIME}
+    assert totals == {
+        ("organic_video", ALL): {"subscribes": 1, "unsubscribes": 1},
+        (ALL, "(none)"): {"subscribes": 1, "unsubscribes": 1},
+        (ALL, ALL): {"subscribes": 1, "unsubscribes": 1},
+    }
