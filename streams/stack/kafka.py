@@ -301,7 +301,11 @@ class KafkaBroker:
         if pid is not None:
             os.kill(pid, signal.SIGKILL)
             deadline = time.monotonic() + 10
-            while pid_alive(pid) and time.monotonic() < deadline:
+            # The JVM's main thread turns zombie before its other threads have exited and let go
+            # of the listening sockets, so wait for the ports too.
+            while time.monotonic() < deadline and (
+                pid_alive(pid) or any(port_is_open(self.host, p) for p in (self.port, self.controller_port))
+            ):
                 time.sleep(0.05)
 
 
