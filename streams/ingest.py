@@ -10,6 +10,7 @@ anywhere either publishes all of a batch or none of it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -209,6 +210,10 @@ class BatchIngestor:
         self._sent_marks.pop(tp.partition, None)
         if committed is not None:
             self._positions[tp] = committed
+
+    def position(self, tp: TopicPartition) -> int | None:
+        """The next offset to read on a partition, once known."""
+        return self._positions.get(tp)
 
     def revoke(self, tp: TopicPartition) -> None:
         """Forget a partition (after the flush that precedes its revocation)."""
@@ -457,6 +462,9 @@ class _FlushBeforeRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
         await self.service.flush()
         for tp in revoked:
             self.service.ingestor.revoke(tp)
+            for gauge in (self.service.metrics.ingest_lag, self.service.metrics.partition_watermark):
+                with contextlib.suppress(KeyError):  # never set for this partition
+                    gauge.remove(str(tp.partition))
         self.service.metrics.ingest_partitions.set(0)
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
@@ -490,6 +498,8 @@ class IngestService(Service):
         self._flush_lock = asyncio.Lock()
         self._encoder = msgspec.json.Encoder()
         self._delta_partitions: list[int] = []
+        for size in settings.windowing.sizes:  # exported at 0 from the start, so rate() works
+            metrics.late_events.labels(f"{size}s")
         #: A visitor sketch lives until no event can reach its window, plus a day for readers.
         self._visitor_ttls = {
             size: size + settings.grace_seconds + settings.window_retention_seconds + 86400
@@ -565,6 +575,7 @@ class IngestService(Service):
                 timeout_ms=int(interval * 1000), max_records=self.settings.ingest_max_records
             )
             records = [record for batch in batches.values() for record in batch]
+            self._report_lag()
             if records:
                 async with self._flush_lock:
                     screened = self.ingestor.screen(records)
@@ -573,6 +584,12 @@ class IngestService(Service):
             if time.monotonic() - last_flush >= interval:
                 await self.flush()
                 last_flush = time.monotonic()
+
+    def _report_lag(self) -> None:
+        for tp in self.consumer.assignment():
+            end, position = self.consumer.last_stable_offset(tp), self.ingestor.position(tp)
+            if end is not None and position is not None:
+                self.metrics.ingest_lag.labels(str(tp.partition)).set(max(0, end - position))
 
     async def _check_duplicates(self, screened: Screened) -> list[bool]:
         """Ask Redis which events are client retries and which uniques are new."""

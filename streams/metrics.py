@@ -107,6 +107,12 @@ class Metrics:
             ["window"],
             registry=self.registry,
         )
+        self.ingest_lag = Gauge(
+            "mkpi_ingest_lag_messages",
+            "Committed raw messages not yet read, per raw partition this worker's ingest reads.",
+            ["partition"],
+            registry=self.registry,
+        )
         self.partition_watermark = Gauge(
             "mkpi_ingest_partition_watermark_seconds",
             "Event-time watermark (Unix time) ingest last published for a raw partition it owns.",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -236,3 +237,33 @@ async def test_deltas_of_an_aborted_transaction_are_not_counted(worker: WorkerPr
     )
     values = [json.loads(rec.value)["value"] for rec in records if rec.key == key]
     assert values == [5]
+
+
+@pytest.mark.parametrize(
+    ("files", "expected"),
+    [
+        (
+            "deploy/prometheus/rules/*.yml",
+            {"mkpi_measure_total", "mkpi_ingest_lag_messages", "mkpi_redis_up"},
+        ),
+        (
+            "deploy/grafana/dashboards/*.json",
+            {"mkpi_kpi_current", "mkpi_kpi_last_closed", "mkpi_low_watermark_seconds"},
+        ),
+    ],
+    ids=["prometheus rules", "grafana dashboards"],
+)
+def test_every_metric_rules_and_dashboards_use_is_exported(
+    worker: WorkerProcess, files: str, expected: set[str]
+) -> None:
+    """Runs after the events above: a rule or a panel on a metric the worker does not export
+    would never fire or show anything."""
+    root = Path(__file__).resolve().parents[2]
+    used = {
+        name
+        for path in root.glob(files)
+        for name in re.findall(r"(?<![\w:])mkpi_[a-z_]+(?![\w:])", path.read_text())
+    }
+    assert expected <= used
+    exported = {name for name, _ in worker.metrics()}
+    assert used - exported == set(), "not exported by the worker"

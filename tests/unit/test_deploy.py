@@ -85,10 +85,14 @@ def test_prometheus_scrapes_the_worker_port_and_grafana_reads_prometheus() -> No
     services = compose()["services"]
     worker = service_settings(services["worker"])
     scrape = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
-    targets = [
-        t for job in scrape["scrape_configs"] for group in job["static_configs"] for t in group["targets"]
-    ]
-    assert f"worker:{worker.web_port}" in targets
+    [job] = scrape["scrape_configs"]
+    [discovery] = job["dns_sd_configs"]  # every replica of the worker service
+    assert (discovery["names"], discovery["type"], discovery["port"]) == (["worker"], "A", worker.web_port)
+    [alerting] = scrape["alerting"]["alertmanagers"]
+    [target] = alerting["static_configs"][0]["targets"]
+    assert target.split(":")[0] in services and int(target.split(":")[1]) in container_ports(
+        services[target.split(":")[0]]
+    )
     datasources = yaml.safe_load(
         (ROOT / "deploy/grafana/provisioning/datasources/prometheus.yml").read_text()
     )

@@ -1,0 +1,87 @@
+"""The provisioned Grafana dashboards: structure, ids, variables, and PromQL that parses
+(promtool checks every expression as a recording rule)."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+DASHBOARDS = sorted((ROOT / "deploy" / "grafana" / "dashboards").glob("*.json"))
+PROMTOOL = ROOT / ".tools" / "promtool"
+#: Values for Grafana's variables, to parse the expressions as Prometheus would receive them.
+VARIABLE_VALUES = {"$window": "3600s", "$campaign": "spring_sale", "$__rate_interval": "5m"}
+
+
+def load(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text())  # type: ignore[no-any-return]
+
+
+def expressions(dashboard: dict[str, Any]) -> list[str]:
+    exprs = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+    exprs += [a["expr"] for a in dashboard.get("annotations", {}).get("list", []) if "expr" in a]
+    return exprs
+
+
+def test_there_are_an_overview_a_campaign_drill_down_and_pipeline_health() -> None:
+    assert {path.stem for path in DASHBOARDS} == {"overview", "campaign", "pipeline"}
+    assert len({load(path)["uid"] for path in DASHBOARDS}) == len(DASHBOARDS)
+
+
+@pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.stem)
+def test_structure_ids_datasource_and_variables(path: Path) -> None:
+    dashboard = load(path)
+    datasource_uid = yaml.safe_load(
+        (ROOT / "deploy/grafana/provisioning/datasources/prometheus.yml").read_text()
+    )["datasources"][0]["uid"]
+    assert dashboard["title"] and dashboard["uid"] and dashboard["panels"]
+    ids = [panel["id"] for panel in dashboard["panels"]]
+    assert len(ids) == len(set(ids)), "panel ids must be unique"
+    defined = {variable["name"] for variable in dashboard["templating"]["list"]}
+    for panel in dashboard["panels"]:
+        assert {"x", "y", "w", "h"} <= set(panel["gridPos"]) and panel["gridPos"]["x"] + panel["gridPos"][
+            "w"
+        ] <= 24
+        assert panel["datasource"]["uid"] == datasource_uid
+        assert panel["targets"], panel["title"]
+        for target in panel["targets"]:
+            used = set(re.findall(r"\$(\w+)", target["expr"])) - {"__rate_interval"}
+            assert used <= defined, (panel["title"], used - defined)
+    assert any("ALERTS" in a.get("expr", "") for a in dashboard["annotations"]["list"]), "alert annotations"
+
+
+def catalog_kpis() -> set[str]:
+    """The KPI names of README's KPI table (its first column)."""
+    table = (ROOT / "README.md").read_text().split("| kpi | value | from |")[1].split("\n\n")[0]
+    return {name for row in table.splitlines()[2:] for name in re.findall(r"`([a-z_]+)`", row.split("|")[1])}
+
+
+def test_every_kpi_of_the_catalog_is_on_the_overview_and_the_drill_down() -> None:
+    kpis = catalog_kpis()
+    assert len(kpis) == 19, kpis
+    for name in ("overview", "campaign"):
+        text = (ROOT / "deploy" / "grafana" / "dashboards" / f"{name}.json").read_text()
+        shown = set(re.findall(r'kpi=\\"([a-z_]+)\\"', text))
+        assert kpis <= shown, (name, kpis - shown)
+
+
+def test_every_expression_parses(tmp_path: Path) -> None:
+    if not PROMTOOL.exists():
+        pytest.fail("promtool is missing: run scripts/bootstrap.sh (it extracts it into .tools/)")
+    rules = []
+    for path in DASHBOARDS:
+        for index, expr in enumerate(expressions(load(path))):
+            for variable, value in VARIABLE_VALUES.items():
+                expr = expr.replace(variable, value)
+            rules.append({"record": f"dashboard:{path.stem}:{index}", "expr": expr})
+    rule_file = tmp_path / "dashboards.yml"
+    rule_file.write_text(yaml.safe_dump({"groups": [{"name": "dashboards", "rules": rules}]}))
+    result = subprocess.run([str(PROMTOOL), "check", "rules", str(rule_file)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"SUCCESS: {len(rules)} rules found" in result.stdout
