@@ -8,7 +8,7 @@ from pathlib import Path
 import faust
 
 from agents.kpi_table import register_kpi_agent
-from agents.transport import URL_SCHEME, guard_commits
+from agents.transport import URL_SCHEME
 from streams.attribution import ChannelRules
 from streams.ingest import IngestService
 from streams.metrics import Metrics
@@ -53,8 +53,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> faust.App:
         settings.window_results_topic, partitions=settings.partitions, key_type=bytes, value_type=bytes
     )
     table = app.Table(KPI_TABLE_NAME, partitions=settings.partitions, key_type=bytes, value_type=bytes)
-    processed = guard_commits(app, [settings.deltas_topic])
-    register_kpi_agent(app, deltas, updates, results, table, metrics, settings, processed)
+    register_kpi_agent(app, deltas, updates, results, table, metrics, settings)
     rules = ChannelRules.load(Path(settings.channel_rules_file) if settings.channel_rules_file else None)
     ingest = IngestService(
         settings,

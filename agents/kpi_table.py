@@ -17,10 +17,9 @@ from typing import Any
 import faust
 import msgspec
 import redis.asyncio as aioredis
-from faust.types import TP, TableT
+from faust.types import TableT
 from redis.exceptions import RedisError
 
-from agents.transport import ProcessedOffsets
 from streams.catalog import SUM_MEASURES
 from streams.closing import MarkState, PartitionWindows, close_cell, mark_key, merge_mark
 from streams.kpis import (
@@ -126,10 +125,8 @@ class KpiTableAgent:
         results: faust.TopicT,
         metrics: Metrics,
         settings: Settings,
-        processed: ProcessedOffsets,
     ) -> None:
         self.table = table
-        self.processed = processed
         self.updates = updates
         self.results = results
         self.metrics = metrics
@@ -146,12 +143,10 @@ class KpiTableAgent:
         self.view: RedisView | None = None
         self.visitors: VisitorSketches | None = None
 
-    def forget(self, revoked: list[TP]) -> None:
-        """Drop the indexes and progress of revoked partitions; they are rebuilt (and resume
-        from their committed offsets) if they come back."""
-        for tp in revoked:
-            self.partitions.pop(tp.partition, None)
-        self.processed.forget(revoked)
+    def forget(self, partitions: Iterable[int]) -> None:
+        """Drop the indexes of revoked partitions; they are rebuilt if they come back."""
+        for partition in partitions:
+            self.partitions.pop(partition, None)
 
     def _windows(self, partition: int, offset: int) -> PartitionWindows:
         windows = self.partitions.get(partition)
@@ -194,14 +189,12 @@ class KpiTableAgent:
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                 self.metrics.deltas_invalid.inc()
                 log.error("skipping undecodable delta message at %s/%s: %s", partition, offset, exc)
+                continue
+            windows = self._windows(partition, offset)
+            if isinstance(message, Delta):
+                await self._on_delta(windows, message, partition, offset)
             else:
-                windows = self._windows(partition, offset)
-                if isinstance(message, Delta):
-                    await self._on_delta(windows, message, partition, offset)
-                else:
-                    await self._on_mark(windows, message, partition, offset)
-            # Only now may the consumer commit past this offset (see agents/transport.py).
-            self.processed.done(event.message.tp, offset)
+                await self._on_mark(windows, message, partition, offset)
 
     async def _on_delta(self, windows: PartitionWindows, delta: Delta, partition: int, offset: int) -> None:
         key = delta.key
@@ -316,13 +309,12 @@ def register_kpi_agent(
     table: TableT[bytes, bytes],
     metrics: Metrics,
     settings: Settings,
-    processed: ProcessedOffsets,
 ) -> KpiTableAgent:
-    body = KpiTableAgent(table, updates, results, metrics, settings, processed)
+    body = KpiTableAgent(table, updates, results, metrics, settings)
 
     async def forget_revoked(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         revoked: set[Any] = args[0]
-        body.forget([tp for tp in revoked if tp.topic == settings.deltas_topic])
+        body.forget(tp.partition for tp in revoked if tp.topic == settings.deltas_topic)
 
     app.on_partitions_revoked.connect(forget_revoked)
     app.agent(deltas, name="apply_kpi_deltas")(body.process)

@@ -11,25 +11,16 @@ It is Faust's stock aiokafka transport with two changes, registered under the UR
   offsets, but its buffer's flush gives up after 0.1 s per message and does not see the
   message its sender task is holding, so an offset could be committed while the changelog
   write of the delta behind it was still in memory; a SIGKILL then lost that delta.
-- Commits on guarded topics never pass the last offset the agent finished. While a rebalance
-  is under way, Faust's streams skip the events they pull and acknowledge them as if they had
-  been processed; a worker that had applied a few deltas of a partition committed it far
-  beyond them, and the worker that took the partition over never read the rest. (Skipped
-  events in the middle of a partition the agent goes on processing are not caught by this:
-  see docs/architecture.md.)
 """
 
 from __future__ import annotations
 
 import asyncio
-import weakref
-from collections.abc import Iterable, Mapping
 from typing import Any
 
 import aiokafka
 from faust.exceptions import ProducerSendError
 from faust.transport.drivers import aiokafka as faust_aiokafka
-from faust.types import TP, AppT
 from faust.types.tuples import FutureMessage
 
 URL_SCHEME = "mkpi-kafka"
@@ -47,51 +38,9 @@ class ReadCommittedConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         return consumer
 
 
-class ProcessedOffsets:
-    """The last offset the agent finished on each partition of the guarded topics."""
-
-    def __init__(self, topics: Iterable[str]) -> None:
-        self.topics = frozenset(topics)
-        self._last: dict[TP, int] = {}
-
-    def done(self, tp: TP, offset: int) -> None:
-        self._last[tp] = offset
-
-    def forget(self, tps: Iterable[TP]) -> None:
-        """After a revocation: a partition that comes back starts from its committed offset."""
-        for tp in tps:
-            self._last.pop(tp, None)
-
-    def cap(self, offsets: Mapping[TP, int]) -> dict[TP, int]:
-        """The offsets safe to commit: on a guarded topic, at most one past the last offset
-        finished, and nothing before the first."""
-        capped = {}
-        for tp, offset in offsets.items():
-            if tp.topic not in self.topics:
-                capped[tp] = offset
-            elif tp in self._last:
-                capped[tp] = min(offset, self._last[tp] + 1)
-        return capped
-
-
-_guards: weakref.WeakKeyDictionary[AppT, ProcessedOffsets] = weakref.WeakKeyDictionary()
-
-
-def guard_commits(app: AppT, topics: Iterable[str]) -> ProcessedOffsets:
-    """Make the app's consumer commit ``topics`` only as far as the agent reports ``done``."""
-    guard = _guards[app] = ProcessedOffsets(topics)
-    return guard
-
-
 class ReadCommittedConsumer(faust_aiokafka.Consumer):
     def _new_consumer_thread(self) -> ReadCommittedConsumerThread:
         return ReadCommittedConsumerThread(self, loop=self.loop, beacon=self.beacon)
-
-    async def _commit_offsets(self, offsets: Mapping[TP, int], start_new_transaction: bool = True) -> bool:
-        guard = _guards.get(self.app)
-        if guard is not None:
-            offsets = guard.cap(offsets)
-        return bool(await super()._commit_offsets(offsets, start_new_transaction=start_new_transaction))
 
 
 class DurableFlushProducer(faust_aiokafka.Producer):
