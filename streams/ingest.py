@@ -152,9 +152,12 @@ class Candidate:
     missed_sizes: tuple[int, ...]
     #: The partition's watermark it was judged against.
     watermark: float | None
-    #: (cell, its Redis name, horizon) of each cell its distinct counts are decided in, in the
-    #: window sizes it is not too late for; empty when it has no distinct counts.
-    unique_cells: tuple[tuple[CellKey, str, int], ...]
+    #: Its visitor (pseudonymized) when it is a page view, for the unique-visitor sketches.
+    visitor: str | None
+    #: (cell, its Redis name, horizon) of each published cell its distinct counts (sessions,
+    #: unique opens and clicks, visitors) are decided in, in the window sizes it is not too
+    #: late for; empty when it has none.
+    distinct_cells: tuple[tuple[CellKey, str, int], ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,12 +282,17 @@ class BatchIngestor:
             None if person is None else self.pseudonymize(person),
         )
         missed = self.lateness.missed_sizes(at.timestamp(), watermark)
-        cells = self._unique_cells(at, attribution, missed) if added.uniques else ()
-        return Candidate(record, decoded, at, attribution, added, missed, watermark, cells)
+        visitor = visitor_of(decoded) if isinstance(decoded, PageView) else None
+        pseudonymous_visitor = None if visitor is None else self.pseudonymize(visitor)
+        needs_cells = added.uniques or pseudonymous_visitor is not None
+        cells = self._distinct_cells(at, attribution, missed) if needs_cells else ()
+        return Candidate(
+            record, decoded, at, attribution, added, missed, watermark, pseudonymous_visitor, cells
+        )
 
     def sightings(self, screened: Screened) -> list[Sighting]:
         """What to check in Redis: every candidate's event id, then every candidate's uniques,
-        each in every published cell it counts in (``Candidate.unique_cells``)."""
+        each in every published cell it counts in (``Candidate.distinct_cells``)."""
         dedup = self.settings.dedup_horizon_seconds
         ids = [
             Sighting("event", self.pseudonymize(c.event.event_id), c.record.partition, c.record.offset, dedup)
@@ -294,11 +302,11 @@ class BatchIngestor:
             Sighting(f"{u.namespace}:{cell_name}", u.key, c.record.partition, c.record.offset, horizon)
             for c in screened.candidates
             for u in c.contribution.uniques
-            for _, cell_name, horizon in c.unique_cells
+            for _, cell_name, horizon in c.distinct_cells
         ]
         return ids + uniques
 
-    def _unique_cells(
+    def _distinct_cells(
         self, at: datetime, attribution: Attribution, missed: tuple[int, ...]
     ) -> tuple[tuple[CellKey, str, int], ...]:
         """The published cells a distinct count is decided in, with a Redis name and how long
@@ -323,7 +331,7 @@ class BatchIngestor:
             firsts = [
                 (unique.measure, cell)
                 for unique in candidate.contribution.uniques
-                for cell, _, _ in candidate.unique_cells
+                for cell, _, _ in candidate.distinct_cells
                 if next(unique_verdicts)
             ]
             self.watermarks.arrived(candidate.record.partition)
@@ -359,14 +367,9 @@ class BatchIngestor:
         self.aggregator.add(at, candidate.attribution, candidate.contribution.measures, skip_sizes=missed)
         for measure, cell in firsts:
             self.aggregator.add_to_published_cell(cell, measure, 1)
-        visitor = visitor_of(candidate.event) if isinstance(candidate.event, PageView) else None
-        if visitor is not None:
-            pseudonym = self.pseudonymize(visitor)
-            channel, campaign = candidate.attribution.channel, candidate.attribution.campaign
-            for size, start in self.windowing.starts(at):
-                if size not in missed:
-                    for cell in published_cells(size, start, channel, campaign):
-                        self.visitors[cell].add(pseudonym)
+        if candidate.visitor is not None:
+            for cell, _, _ in candidate.distinct_cells:
+                self.visitors[cell].add(candidate.visitor)
         return "valid"
 
     def _record_late(self, candidate: Candidate) -> None:
