@@ -2,8 +2,9 @@
 
 The delta topic carries two kinds of message: cell deltas from ingest, and watermark marks
 (ingest's event-time progress per raw partition). Per delta partition the agent keeps a
-``PartitionWindows`` index, rebuilt from the table after every assignment; the pure rules
-live in ``streams.kpis`` (merging) and ``streams.closing`` (life cycle).
+``PartitionWindows`` index and a ``DeltaContinuity``, both rebuilt from the table after every
+assignment; the pure rules live in ``streams.kpis`` (merging), ``streams.closing`` (life
+cycle) and ``streams.continuity`` (no record left out).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import faust
@@ -20,8 +22,10 @@ import redis.asyncio as aioredis
 from faust.types import TableT
 from redis.exceptions import RedisError
 
+from agents.gap_reader import DeltaGapReader
 from streams.catalog import SUM_MEASURES
 from streams.closing import MarkState, PartitionWindows, close_cell, mark_key, merge_mark
+from streams.continuity import Arrival, DeltaContinuity
 from streams.kpis import (
     ALL,
     ALL_TIME,
@@ -115,6 +119,14 @@ class CampaignSeries:
         return self.labels.has_own_series(campaign)
 
 
+@dataclass(slots=True)
+class DeltaPartition:
+    """What the agent knows of one delta partition it owns."""
+
+    windows: PartitionWindows
+    continuity: DeltaContinuity
+
+
 class KpiTableAgent:
     """The body of the agent, with the table, topics and outputs it works on."""
 
@@ -139,7 +151,8 @@ class KpiTableAgent:
             settings.metrics_top_campaigns, settings.metrics_campaign_idle_seconds, time.monotonic
         )
         self.campaigns = CampaignSeries(metrics, labels, [self.current, self.last_closed])
-        self.partitions: dict[int, PartitionWindows] = {}
+        self.partitions: dict[int, DeltaPartition] = {}
+        self.gap_reader = DeltaGapReader(settings)
         self.view: RedisView | None = None
         self.visitors: VisitorSketches | None = None
 
@@ -148,57 +161,99 @@ class KpiTableAgent:
         for partition in partitions:
             self.partitions.pop(partition, None)
 
-    def _windows(self, partition: int, offset: int) -> PartitionWindows:
-        windows = self.partitions.get(partition)
-        if windows is None:
-            windows = self.partitions[partition] = self._rebuild(partition, offset)
-        return windows
+    def _partition(self, partition: int, offset: int) -> DeltaPartition:
+        owned = self.partitions.get(partition)
+        if owned is None:
+            owned = self.partitions[partition] = self._rebuild(partition, offset)
+        return owned
 
-    def _rebuild(self, partition: int, offset: int) -> PartitionWindows:
-        """Index the partition's cells and marks from the (recovered) table."""
+    def _rebuild(self, partition: int, offset: int) -> DeltaPartition:
+        """Index the partition's cells and marks from the (recovered) table. Every record the
+        agent applies writes its offset there, so the highest one is how far it got."""
         settings = self.settings
         windows = PartitionWindows(self.windowing, settings.grace_seconds, settings.window_retention_seconds)
+        continuity = DeltaContinuity()
         for raw_key, raw_value in self.table.items():
             key = _key_decoder.decode(raw_key)
             if isinstance(key[0], str):  # a mark: ["watermark", delta partition, raw partition]
                 if key[1] == partition:
-                    windows.record_mark(_mark_state_decoder.decode(raw_value).mark)
+                    mark_state = _mark_state_decoder.decode(raw_value)
+                    windows.record_mark(mark_state.mark)
+                    continuity.applied(mark_state.applied_offset)
                 continue
             state = _state_decoder.decode(raw_value)
             if state.partition == partition:
                 size, start, channel, campaign = key
                 windows.add(CellKey(int(size), int(start), str(channel), str(campaign)), state)
+                continuity.applied(state.applied_offset)
         log.info(
-            "delta partition %d resumes at offset %d with %d cells and %d raw partition marks",
+            "delta partition %d resumes at offset %d, applied through %d, with %d cells and %d raw "
+            "partition marks",
             partition,
             offset,
+            continuity.applied_through,
             len(windows),
             len(windows.marks),
         )
-        return windows
+        return DeltaPartition(windows, continuity)
 
     async def process(self, stream: faust.StreamT[bytes]) -> None:
         # Made here, inside the worker's event loop, which the Redis client binds to.
         client = aioredis.Redis.from_url(self.settings.redis_url, socket_timeout=5)
         self.view = RedisView(client, self.settings.topic_prefix)
         self.visitors = VisitorSketches(client, self.settings.app_id)
-        async for event in stream.events():
-            partition, offset = event.message.partition, event.message.offset
-            try:
-                message = _message_decoder.decode(event.value)
-            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                self.metrics.deltas_invalid.inc()
-                log.error("skipping undecodable delta message at %s/%s: %s", partition, offset, exc)
-                continue
-            windows = self._windows(partition, offset)
-            if isinstance(message, Delta):
-                await self._on_delta(windows, message, partition, offset)
-            else:
-                await self._on_mark(windows, message, partition, offset)
+        try:
+            async for event in stream.events():
+                partition, offset = event.message.partition, event.message.offset
+                owned = self._partition(partition, offset)
+                if owned.continuity.arrival(offset) is Arrival.AFTER_GAP:
+                    await self._read_gap(owned, partition, offset)
+                await self._on_record(owned, partition, offset, event.value)
+        finally:
+            await self.gap_reader.stop()
 
-    async def _on_delta(self, windows: PartitionWindows, delta: Delta, partition: int, offset: int) -> None:
+    async def _read_gap(self, owned: DeltaPartition, partition: int, offset: int) -> None:
+        """Apply what lies between the last applied record and ``offset`` before going on."""
+        gap = owned.continuity.gap(offset)
+        records = await self.gap_reader.read(partition, gap)
+        self.metrics.delta_gap_reads.inc()
+        if records:
+            self.metrics.delta_gap_records.inc(len(records))
+            log.warning(
+                "delta partition %d: %d records at offsets %d-%d never reached the agent; applying "
+                "them from Kafka",
+                partition,
+                len(records),
+                gap.start,
+                gap.stop - 1,
+            )
+        for record_offset, value in records:
+            await self._on_record(owned, partition, record_offset, value)
+
+    async def _on_record(
+        self, owned: DeltaPartition, partition: int, offset: int, value: bytes | None
+    ) -> None:
+        replay = owned.continuity.arrival(offset) is Arrival.REPLAY
+        try:
+            message = _message_decoder.decode(value or b"")
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            self.metrics.deltas_invalid.inc()
+            log.error("skipping undecodable delta message at %s/%s: %s", partition, offset, exc)
+        else:
+            if isinstance(message, Delta):
+                await self._on_delta(owned.windows, message, partition, offset, replay)
+            else:
+                await self._on_mark(owned.windows, message, partition, offset)
+        owned.continuity.applied(offset)
+
+    async def _on_delta(
+        self, windows: PartitionWindows, delta: Delta, partition: int, offset: int, replay: bool
+    ) -> None:
         key = delta.key
         if windows.is_expired(key):
+            if replay:  # applied before its cell expired: nothing left to re-send
+                self.metrics.deltas_replayed.inc()
+                return
             self.metrics.deltas_after_retention.inc()
             log.error(
                 "dropping a delta for %s at %s/%s: its window is past retention", key, partition, offset

@@ -139,6 +139,16 @@ class Metrics:
             "Cells removed from the KPI table after their window passed retention.",
             registry=self.registry,
         )
+        self.delta_gap_reads = Counter(
+            "mkpi_delta_gap_reads_total",
+            "Offset gaps on the delta topic read back from Kafka (most hold only transaction markers).",
+            registry=self.registry,
+        )
+        self.delta_gap_records = Counter(
+            "mkpi_delta_gap_records_total",
+            "Records found in those gaps: delta messages Faust's stream never delivered, applied late.",
+            registry=self.registry,
+        )
         self.deltas_after_retention = Counter(
             "mkpi_deltas_after_retention_total",
             "Deltas for windows already past retention (dropped; should stay 0: see the logs).",

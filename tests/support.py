@@ -67,6 +67,21 @@ def isolated_settings(**overrides: object) -> Settings:
     return dataclasses.replace(base, **values)  # type: ignore[arg-type]
 
 
+def leads_delta(minute: int, campaign: str, leads: int) -> bytes:
+    """A delta message as ingest writes it: ``leads`` leads in a minute window, all channels."""
+    return json.dumps(
+        {
+            "kind": "delta",
+            "schema_version": "1-1-0",
+            "window_seconds": 60,
+            "window_start": minute,
+            "channel": "*",
+            "campaign": campaign,
+            "measures": {"leads": leads},
+        }
+    ).encode()
+
+
 class WorkerProcess:
     """One ``mkpi worker`` child process, with its log kept in a file."""
 

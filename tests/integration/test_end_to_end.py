@@ -20,7 +20,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from streams.settings import Settings
-from tests.support import WorkerProcess, isolated_settings, produce, read_topic_until, run_cli
+from tests.support import WorkerProcess, isolated_settings, leads_delta, produce, read_topic_until, run_cli
 
 pytestmark = pytest.mark.kafka
 
@@ -206,29 +206,16 @@ async def test_deltas_of_an_aborted_transaction_are_not_counted(worker: WorkerPr
     cell = json.dumps([60, minute, "*", "probe"], separators=(",", ":")).encode()
     key = json.dumps(["leads", 60, minute, "*", "probe"], separators=(",", ":")).encode()
 
-    def delta(count: int) -> bytes:
-        return json.dumps(
-            {
-                "kind": "delta",
-                "schema_version": "1-1-0",
-                "window_seconds": 60,
-                "window_start": minute,
-                "channel": "*",
-                "campaign": "probe",
-                "measures": {"leads": count},
-            }
-        ).encode()
-
     producer = AIOKafkaProducer(
         bootstrap_servers=settings.kafka_bootstrap, transactional_id=f"{settings.app_id}-probe"
     )
     await producer.start()
     try:
         await producer.begin_transaction()
-        await producer.send_and_wait(settings.deltas_topic, delta(1000), key=cell)
+        await producer.send_and_wait(settings.deltas_topic, leads_delta(minute, "probe", 1000), key=cell)
         await producer.abort_transaction()
         async with producer.transaction():
-            await producer.send(settings.deltas_topic, delta(5), key=cell)
+            await producer.send(settings.deltas_topic, leads_delta(minute, "probe", 5), key=cell)
     finally:
         await producer.stop()
 

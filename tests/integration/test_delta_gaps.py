@@ -1,0 +1,130 @@
+"""The agent applies every committed delta even when Faust's consumer passes some by.
+
+Faust's stream can skip records around a rebalance and still commit past them, and can resume
+past records it dropped while seeking (docs/architecture.md). Both leave the Faust group's
+committed offset beyond records the agent never saw; here that state is made on purpose, by
+committing the group's offset past a transaction of deltas before the worker starts.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from pathlib import Path
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.structs import OffsetAndMetadata
+
+from agents.gap_reader import DeltaGapReader
+from streams.settings import Settings
+from streams.topics import ensure_topics
+from tests.support import WorkerProcess, isolated_settings, leads_delta, read_topic_until
+
+pytestmark = pytest.mark.kafka
+
+CAMPAIGN = "gap-probe"
+
+
+async def send_transactions(
+    settings: Settings, transactions: list[tuple[list[bytes], bool]]
+) -> list[list[int]]:
+    """Each (values, commit) is one transaction on delta partition 0, committed or aborted;
+    returns the offsets its records got."""
+    window_start = json.loads(transactions[0][0][0])["window_start"]
+    key = json.dumps([60, window_start, "*", CAMPAIGN], separators=(",", ":")).encode()
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap, transactional_id=f"{settings.app_id}-gap-probe"
+    )
+    await producer.start()
+    offsets: list[list[int]] = []
+    try:
+        for values, commit in transactions:
+            await producer.begin_transaction()
+            sent = [
+                await producer.send_and_wait(settings.deltas_topic, value, key=key, partition=0)
+                for value in values
+            ]
+            offsets.append([metadata.offset for metadata in sent])
+            if commit:
+                await producer.commit_transaction()
+            else:
+                await producer.abort_transaction()
+    finally:
+        await producer.stop()
+    return offsets
+
+
+async def test_the_gap_reader_returns_the_committed_records_of_a_range() -> None:
+    settings = isolated_settings()
+    await ensure_topics(settings)
+    minute = int(time.time()) // 60 * 60
+    delta = functools.partial(leads_delta, minute, CAMPAIGN)
+    offsets = await send_transactions(
+        settings,
+        [
+            ([delta(1), delta(2)], True),
+            ([delta(1000)], False),
+            ([delta(3)], True),
+        ],
+    )
+    (first, second), (aborted,), (third,) = offsets
+    # Between the records: a commit marker, the aborted record and its marker.
+    assert second == first + 1 and aborted == second + 2 and third == aborted + 2
+    reader = DeltaGapReader(settings)
+    try:
+        whole = await reader.read(0, range(first, third + 1))
+        assert [(offset, json.loads(value or b"")["measures"]["leads"]) for offset, value in whole] == [
+            (first, 1),
+            (second, 2),
+            (third, 3),
+        ]
+        assert await reader.read(0, range(second + 1, third)) == [], "markers and aborted records only"
+        assert [offset for offset, _ in await reader.read(0, range(second, third))] == [second]
+    finally:
+        await reader.stop()
+
+
+async def test_deltas_the_faust_group_committed_past_are_applied(tmp_path: Path) -> None:
+    settings = isolated_settings()
+    await ensure_topics(settings)
+    minute = int(time.time()) // 60 * 60  # a window that cannot have expired
+    delta = functools.partial(leads_delta, minute, CAMPAIGN)
+    offsets = await send_transactions(
+        settings,
+        [
+            ([delta(1), delta(2), delta(4)], True),
+            ([delta(1000)], False),
+            ([delta(8), delta(16)], True),
+        ],
+    )
+    passed_by = offsets[2][1]  # the group resumes at the last record: all before it were passed by
+    group = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap, group_id=settings.app_id, enable_auto_commit=False
+    )
+    await group.start()
+    try:
+        tp = TopicPartition(settings.deltas_topic, 0)
+        group.assign([tp])
+        await group.commit({tp: OffsetAndMetadata(passed_by, "")})
+    finally:
+        await group.stop()
+
+    worker = WorkerProcess(settings, tmp_path)
+    worker.start()
+    try:
+        key = json.dumps(["leads", 60, minute, "*", CAMPAIGN], separators=(",", ":")).encode()
+        records = await read_topic_until(
+            settings,
+            settings.kpi_updates_topic,
+            lambda found: any(json.loads(r.value)["value"] == 31 for r in found if r.key == key),
+            timeout=60,
+        )
+        values = [json.loads(r.value)["value"] for r in records if r.key == key]
+        assert values[-1] == 1 + 2 + 4 + 8 + 16, values
+        assert 1000 + 31 not in values, "the aborted delta stays out"
+        samples = worker.metrics()
+        assert samples[("mkpi_delta_gap_records_total", ())] == 4, "four records read back from Kafka"
+    finally:
+        worker.stop()
