@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import bisect
 import logging
 import time
+from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -14,28 +16,59 @@ log = logging.getLogger(__name__)
 #: How often a read that cannot reach the end of its gap says so.
 STALL_REPORT_SECONDS = 30.0
 
+Record = tuple[int, bytes | None]
+
+
+@dataclass(slots=True)
+class _Known:
+    """Offsets ``start`` to ``stop`` (exclusive) of a partition as one read found them: the
+    records there, in offset order; every other offset in the span holds none."""
+
+    start: int
+    stop: int
+    records: list[Record]
+
+    def covers(self, offsets: range) -> bool:
+        return self.start <= offsets.start and offsets.stop <= self.stop
+
+    def within(self, offsets: range) -> list[Record]:
+        first = bisect.bisect_left(self.records, offsets.start, key=lambda record: record[0])
+        last = bisect.bisect_left(self.records, offsets.stop, key=lambda record: record[0])
+        return self.records[first:last]
+
 
 class DeltaGapReader:
     """One unsubscribed ``read_committed`` consumer, created on first use: a gap holds only
-    records of committed transactions, like everything the agent applies."""
+    records of committed transactions, like everything the agent applies.
+
+    A fetch returns what follows the gap too, and the agent meets most gaps (transaction
+    markers) a little further on, so each partition's last read is kept and answers the gaps
+    it spans without going back to the broker."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._consumer: AIOKafkaConsumer | None = None
+        self._known: dict[int, _Known] = {}
 
-    async def read(self, partition: int, offsets: range) -> list[tuple[int, bytes | None]]:
-        """The records at ``offsets`` (offset, value), in order. Its end is the offset of a
-        committed record, so everything before it is decided and the read ends; while the
-        broker does not answer it keeps trying and logs every ``STALL_REPORT_SECONDS``."""
+    async def read(self, partition: int, offsets: range) -> list[Record]:
+        """The records at ``offsets`` (offset, value), in order. The range ends at a committed
+        record, so everything in it is decided and the read ends; while the broker does not
+        answer it keeps trying and logs every ``STALL_REPORT_SECONDS``."""
+        known = self._known.get(partition)
+        if known is None or not known.covers(offsets):
+            known = self._known[partition] = await self._fetch(partition, offsets)
+        return known.within(offsets)
+
+    async def _fetch(self, partition: int, offsets: range) -> _Known:
         consumer = await self._started()
         tp = TopicPartition(self.settings.deltas_topic, partition)
         consumer.assign([tp])
         consumer.seek(tp, offsets.start)
-        records: list[tuple[int, bytes | None]] = []
+        records: list[Record] = []
         report_at = time.monotonic() + STALL_REPORT_SECONDS
-        while await consumer.position(tp) < offsets.stop:
+        while (position := await consumer.position(tp)) < offsets.stop:
             batch = await consumer.getmany(tp, timeout_ms=1000)
-            records.extend((r.offset, r.value) for r in batch.get(tp, ()) if r.offset in offsets)
+            records.extend((r.offset, r.value) for r in batch.get(tp, ()) if r.offset >= offsets.start)
             if time.monotonic() > report_at:
                 report_at = time.monotonic() + STALL_REPORT_SECONDS
                 log.warning(
@@ -44,7 +77,7 @@ class DeltaGapReader:
                     offsets.stop - 1,
                     partition,
                 )
-        return records
+        return _Known(offsets.start, position, records)
 
     async def _started(self) -> AIOKafkaConsumer:
         if self._consumer is None:
@@ -63,3 +96,4 @@ class DeltaGapReader:
         if self._consumer is not None:
             await self._consumer.stop()
             self._consumer = None
+        self._known.clear()
