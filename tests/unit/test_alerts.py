@@ -1,0 +1,186 @@
+"""Drop alerts: rule files, judging a window against its baseline, and incidents."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from streams.alerts import (
+    DEFAULT_RULES_FILE,
+    AlertRule,
+    AlertRulesError,
+    Cause,
+    Observation,
+    SeriesState,
+    judge,
+    load_rules,
+    observe,
+    rules_from_mapping,
+)
+
+SIZES = (60, 3600, 86400)
+HOUR = 3600
+
+
+def rule(**overrides: Any) -> AlertRule:
+    raw: dict[str, Any] = {
+        "name": "opens",
+        "kpi": "email_open_rate",
+        "window": "1h",
+        "scope": "campaign",
+        "baseline": {"kind": "trailing", "count": 3},
+        "drop": {"relative": 0.4, "absolute": 0.05},
+        "min_volume": 50,
+        "for_windows": 1,
+    }
+    raw.update(overrides)
+    return rules_from_mapping({"rules": [raw]}, "test", SIZES)[0]
+
+
+def opens(unique_opens: int, delivered: int = 200, rejected: int = 0) -> Observation:
+    return Observation(unique_opens, delivered, rejected)
+
+
+SERIES = ("email_open_rate", HOUR, "*", "black_friday")
+
+
+def feed(
+    alert: AlertRule, state: SeriesState, hours: list[Observation], first: int = 0
+) -> list[tuple[int, str]]:
+    """Observe consecutive hourly windows; the (window start, status) of every alert event."""
+    events = []
+    for index, observation in enumerate(hours):
+        start = first + index * HOUR
+        outcome = observe(alert, SERIES, state, start, observation, revision=0)
+        events += [(start, t.status) for t in outcome.transitions]
+    return events
+
+
+def test_the_shipped_rules_load() -> None:
+    rules = load_rules(DEFAULT_RULES_FILE, SIZES)
+    assert {r.kpi.name for r in rules} >= {"email_open_rate", "organic_traffic", "lead_conversion_rate"}
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"kpi": "open_rate"}, "kpi must be one of"),
+        ({"window": "5m"}, "is not computed"),
+        ({"window": "an hour"}, "is not a duration"),
+        ({"scope": "region"}, "scope must be"),
+        ({"baseline": {"kind": "median"}}, "baseline needs kind"),
+        ({"baseline": {"kind": "same_window", "period": "1m"}}, "at least the window"),
+        ({"drop": {"relative": 1.5}}, "relative must be a number from 0 to 1"),
+        ({"drop": {}}, "drop needs"),
+        ({"severity": "page"}, "severity must be"),
+        ({"min_volume": "lots"}, "min_volume must be a number"),
+        ({"threshold": 3}, "unknown settings ['threshold']"),
+        ({"name": "Has Spaces"}, "name must be"),
+    ],
+)
+def test_a_bad_rule_says_what_to_fix(change: dict[str, Any], message: str) -> None:
+    with pytest.raises(AlertRulesError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        rule(**change)
+
+
+def test_rule_names_are_unique(tmp_path: Path) -> None:
+    path = tmp_path / "rules.yml"
+    path.write_text(
+        "rules:\n"
+        "  - {name: a, kpi: leads, window: 1h, baseline: {kind: trailing}, drop: {relative: 0.5}}\n"
+        "  - {name: a, kpi: leads, window: 1d, baseline: {kind: trailing}, drop: {relative: 0.5}}\n"
+    )
+    with pytest.raises(AlertRulesError, match="repeated: \\['a'\\]"):
+        load_rules(path, SIZES)
+
+
+def test_a_rule_watches_only_its_kpi_window_and_scope() -> None:
+    alert = rule()
+    assert alert.watches("email_open_rate", HOUR, "*", "black_friday")
+    assert not alert.watches("email_open_rate", HOUR, "*", "*"), "overall is not a campaign"
+    assert not alert.watches("email_open_rate", HOUR, "email", "*"), "a channel is not a campaign"
+    assert not alert.watches("email_open_rate", 60, "*", "black_friday")
+    assert not alert.watches("email_click_rate", HOUR, "*", "black_friday")
+    assert rule(scope="channel").watches("email_open_rate", HOUR, "email", "*")
+    assert rule(scope="overall").watches("email_open_rate", HOUR, "*", "*")
+
+
+def breached(alert: AlertRule, current: Observation, baseline: list[Observation]) -> bool:
+    judgement = judge(alert, current, baseline)
+    assert judgement is not None
+    return judgement.breached
+
+
+def test_a_drop_must_pass_both_thresholds() -> None:
+    baseline = [opens(60), opens(60)]  # 0.30
+    assert not breached(rule(), opens(37), baseline), "0.185 is 38% down: not 40%"
+    assert breached(rule(), opens(34), baseline), "0.17 is 43% and 0.13 down"
+    assert not breached(rule(drop={"relative": 0.4, "absolute": 0.25}), opens(20), baseline), "0.2 down"
+    assert not breached(rule(), opens(90), baseline), "a rise never breaches"
+
+
+def test_no_judgement_without_baseline_or_volume() -> None:
+    assert judge(rule(), opens(1), []) is None
+    assert judge(rule(), opens(1), [opens(10, delivered=40)]) is None, "40 delivered < min_volume 50"
+
+
+def test_a_real_fall_and_broken_tracking_are_told_apart() -> None:
+    baseline = [opens(60), opens(60)]
+    fell = judge(rule(), opens(20), baseline)
+    assert fell is not None and fell.cause is Cause.KPI_FELL
+    silent_opens = judge(rule(), opens(0), baseline)
+    assert silent_opens is not None and silent_opens.cause is Cause.TRACKING_BROKE
+    assert "a source stopped sending" in silent_opens.detail
+    silent_delivery = judge(rule(), opens(0, delivered=0), baseline)
+    assert silent_delivery is not None and silent_delivery.breached and silent_delivery.value is None
+    assert silent_delivery.cause is Cause.TRACKING_BROKE and "emails_delivered fell" in silent_delivery.detail
+    rejected = judge(rule(), opens(20, rejected=45), baseline)
+    assert rejected is not None and rejected.cause is Cause.TRACKING_BROKE
+    assert rejected.detail.startswith("45 email_delivered/email_open events were rejected")
+
+
+def test_one_firing_per_incident_and_one_resolved() -> None:
+    state = SeriesState()
+    steady, dropped = opens(60), opens(20)
+    events = feed(rule(), state, [steady] * 4 + [dropped] * 3 + [steady] * 2)
+    assert events == [(4 * HOUR, "firing"), (7 * HOUR, "resolved")]
+
+
+def test_for_windows_needs_that_many_breaches_in_a_row() -> None:
+    alert = rule(for_windows=2, baseline={"kind": "trailing", "count": 2})
+    state = SeriesState()
+    steady, dropped = opens(60), opens(20)
+    # One breach alone, then two in a row (the trailing baseline still holds a steady hour).
+    events = feed(alert, state, [steady, steady, dropped, steady, steady, dropped, dropped, steady, steady])
+    assert events == [(6 * HOUR, "firing"), (7 * HOUR, "resolved")]
+
+
+def test_a_window_judged_late_or_revised_only_feeds_baselines() -> None:
+    alert = rule()
+    state = SeriesState()
+    feed(alert, state, [opens(60)] * 4)
+    late = observe(alert, SERIES, state, 2 * HOUR, opens(1), revision=0)
+    revised = observe(alert, SERIES, state, 3 * HOUR, opens(1), revision=1)
+    assert late.transitions == [] and late.judged is None
+    assert revised.transitions == [] and state.observations[3 * HOUR] == opens(1)
+
+
+def test_same_window_baseline_reads_the_days_before_and_tolerates_dst() -> None:
+    alert = rule(baseline={"kind": "same_window", "period": "1d", "count": 2}, window="1d")
+    state = SeriesState()
+    day = 86400
+    series = ("email_open_rate", day, "*", "black_friday")
+    observe(alert, series, state, 0, opens(60), revision=0)
+    observe(alert, series, state, day - HOUR, opens(60), revision=0)  # a 23-hour day before
+    outcome = observe(alert, series, state, 2 * day - HOUR, opens(20), revision=0)
+    assert outcome.judged is not None and outcome.judged.baseline == pytest.approx(0.3)
+    assert [t.status for t in outcome.transitions] == ["firing"]
+
+
+def test_history_is_bounded_by_what_rules_look_back_on() -> None:
+    alert = rule()
+    state = SeriesState()
+    feed(alert, state, [opens(60)] * 100)
+    assert len(state.observations) <= 3 + 1 + 2
