@@ -25,7 +25,7 @@ from typing import Any
 import msgspec
 import yaml
 
-from streams.catalog import CATALOG, Kpi
+from streams.catalog import CATALOG, MEASURE_SOURCES, Kpi
 from streams.kpis import ALL
 
 ALERT_SCHEMA_VERSION = "1-0-0"
@@ -69,8 +69,11 @@ class Baseline:
     count: int
     period_seconds: int = 0
 
+    def step(self, window_seconds: int) -> int:
+        return self.period_seconds if self.kind == "same_window" else window_seconds
+
     def starts(self, start: int, window_seconds: int) -> list[int]:
-        step = self.period_seconds if self.kind == "same_window" else window_seconds
+        step = self.step(window_seconds)
         return [start - step * back for back in range(1, self.count + 1)]
 
 
@@ -100,39 +103,10 @@ class AlertRule:
     @property
     def history_seconds(self) -> int:
         """How far back this rule looks, from the start of the window it judges."""
-        step = self.baseline.period_seconds if self.baseline.kind == "same_window" else self.window_seconds
-        return step * self.baseline.count + self.window_seconds * self.for_windows
-
-
-#: Which event type feeds each measure: its bad rows mean the measure is undercounted.
-MEASURE_SOURCES: dict[str, str] = {
-    "page_views": "page_view",
-    "organic_page_views": "page_view",
-    "blog_page_views": "page_view",
-    "sessions": "page_view",
-    "organic_sessions": "page_view",
-    "engagements": "page_engagement",
-    "engaged_ms": "page_engagement",
-    "emails_sent": "email_sent",
-    "emails_delivered": "email_delivered",
-    "email_opens": "email_open",
-    "email_unique_opens": "email_open",
-    "email_machine_opens": "email_open",
-    "email_clicks": "click",
-    "email_unique_clicks": "click",
-    "ad_impressions": "ad_impression",
-    "ad_clicks": "click",
-    "post_impressions": "post_impression",
-    "social_clicks": "click",
-    "other_clicks": "click",
-    "shares": "share",
-    "follows": "follow",
-    "unfollows": "unfollow",
-    "subscribes": "subscribe",
-    "unsubscribes": "unsubscribe",
-    "leads": "lead",
-    "lead_value_cents": "lead",
-}
+        return (
+            self.baseline.step(self.window_seconds) * self.baseline.count
+            + self.window_seconds * self.for_windows
+        )
 
 
 def _duration(value: Any, where: str) -> int:
@@ -317,14 +291,12 @@ class Incident(msgspec.Struct, frozen=True, kw_only=True):
 
 class SeriesState(msgspec.Struct, kw_only=True):
     """What the alert agent keeps per rule and series: recent closed windows, the judgement of
-    each window judged so far, and the open incident. ``applied_offset`` makes replays no-ops."""
+    each window judged so far, and the open incident."""
 
     observations: dict[int, Observation] = msgspec.field(default_factory=dict)
     breaches: dict[int, bool] = msgspec.field(default_factory=dict)
     incident: Incident | None = None
     newest_judged: int | None = None
-    applied_offset: int = -1
-    partition: int = -1
 
 
 @dataclass(frozen=True, slots=True)

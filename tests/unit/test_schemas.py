@@ -13,6 +13,7 @@ import msgspec
 import pytest
 
 from streams.attribution import Attribution
+from streams.catalog import MEASURE_SOURCES, MEASURES, contribution
 from streams.closing import close_cell
 from streams.events import EVENT_TYPES, TYPE_NAMES
 from streams.kpis import ALL, CellKey, CellState, Delta, DeltaAggregator, kpi_updates
@@ -165,3 +166,13 @@ def test_outputs_written_by_the_code_match_their_schemas() -> None:
         for payload in (b"{", b"\xff"):
             row = make_bad_row(Rejection(reason, "why", "$.x"), payload, "raw", 0, 1, "test")
             bad_check.validate(json.loads(encoder.encode(row)))
+
+
+@pytest.mark.parametrize("name", EVENT_TYPES)
+def test_each_measure_is_credited_to_the_event_type_that_adds_it(name: str) -> None:
+    """MEASURE_SOURCES (what alerts read bad rows by) agrees with what the catalog counts."""
+    event = decode_event(json.dumps(example(name)).encode(), 1_000_000)
+    added = contribution(event, Attribution("email", "black_friday", "test"), "/blog/", "p1_reader")
+    measures = {m for m, _ in added.measures} | {u.measure for u in added.uniques}
+    assert {MEASURE_SOURCES[m] for m in measures} <= {name}
+    assert set(MEASURE_SOURCES) == set(MEASURES)
