@@ -22,6 +22,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client.parser import text_string_to_metric_families
+from redis import asyncio as aioredis
 
 from streams.settings import Settings
 
@@ -51,9 +52,14 @@ def base_settings() -> Settings:
     return Settings.from_env(environ)
 
 
+#: Topic prefixes handed out by ``isolated_settings`` in this session, cleaned up at its end.
+ISSUED_PREFIXES: list[str] = []
+
+
 def isolated_settings(**overrides: object) -> Settings:
-    """Settings whose topics, groups and web port belong to one test only."""
+    """Settings whose topics, groups, Redis keys and web port belong to one test only."""
     tag = f"t{uuid.uuid4().hex[:10]}"
+    ISSUED_PREFIXES.append(tag)
     base = base_settings()
     values: dict[str, object] = {
         "topic_prefix": tag,
@@ -65,6 +71,33 @@ def isolated_settings(**overrides: object) -> Settings:
     }
     values.update(overrides)
     return dataclasses.replace(base, **values)  # type: ignore[arg-type]
+
+
+async def remove_test_data(settings: Settings, prefixes: list[str]) -> tuple[int, int]:
+    """Delete the topics and Redis keys under ``prefixes``; return how many of each.
+
+    Tests share one broker and one Redis across sessions, and CI may run on a machine that
+    keeps them on disk: without this, thousands of partitions pile up and the broker takes
+    minutes to load them at its next start.
+    """
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        topics = [t for t in await admin.list_topics() if t.startswith(tuple(prefixes))]
+        for start in range(0, len(topics), 200):
+            await admin.delete_topics(topics[start : start + 200])
+    finally:
+        await admin.close()
+    client = aioredis.Redis.from_url(settings.redis_url)
+    keys = 0
+    try:
+        for prefix in prefixes:
+            batch = [key async for key in client.scan_iter(match=f"{prefix}:*", count=1000)]
+            for start in range(0, len(batch), 1000):
+                keys += await client.delete(*batch[start : start + 1000])
+    finally:
+        await client.aclose()
+    return len(topics), keys
 
 
 def leads_delta(minute: int, campaign: str, leads: int) -> bytes:

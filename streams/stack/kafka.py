@@ -245,8 +245,13 @@ class KafkaBroker:
         pid = read_pid(self.pid_file)
         return pid if pid is not None and pid_alive(pid) else None
 
-    def start(self, wait_seconds: float = 90.0) -> str:
-        """Start the broker unless a healthy one answers; return what was done."""
+    def start(self, stall_seconds: float = 90.0, ceiling_seconds: float = 900.0) -> str:
+        """Start the broker unless a healthy one answers; return what was done.
+
+        A broker with many partitions on disk spends minutes loading their logs before it
+        answers, so the wait goes on while its log keeps growing: it gives up after
+        ``stall_seconds`` without a new log line, or after ``ceiling_seconds`` in all.
+        """
         if self.is_ready():
             return f"reusing the Kafka broker answering at {self.bootstrap}"
         pid = self.running_pid()
@@ -272,8 +277,9 @@ class KafkaBroker:
                 start_new_session=True,
             )
         self.pid_file.write_text(str(process.pid), encoding="utf-8")
-        deadline = time.monotonic() + wait_seconds
-        while time.monotonic() < deadline:
+        started = time.monotonic()
+        last_progress, log_size = started, self.log_file.stat().st_size
+        while True:
             if process.poll() is not None:
                 raise StackError(
                     f"the Kafka broker exited with status {process.returncode}; "
@@ -281,9 +287,16 @@ class KafkaBroker:
                 )
             if self.is_ready(timeout=2.0):
                 return f"started Apache Kafka {self.version} (pid {process.pid}) at {self.bootstrap}"
+            now = time.monotonic()
+            if (size := self.log_file.stat().st_size) != log_size:
+                last_progress, log_size = now, size
+            if now - last_progress > stall_seconds or now - started > ceiling_seconds:
+                break
             time.sleep(0.5)
+        terminate_pid(process.pid, grace_seconds=20)
         raise StackError(
-            f"the Kafka broker did not answer within {wait_seconds:.0f}s; see {self.log_file}:\n"
+            f"the Kafka broker did not answer within {now - started:.0f}s "
+            f"({now - last_progress:.0f}s since its last log line); see {self.log_file}:\n"
             + _tail(self.log_file)
         )
 

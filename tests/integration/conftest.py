@@ -6,6 +6,8 @@ in scripts/test.sh) or starts one. There is no fallback: without a broker these 
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +16,7 @@ import pytest
 from streams.settings import Settings
 from streams.stack.kafka import KafkaBroker
 from streams.stack.redis import LocalRedis
-from tests.support import base_settings
+from tests.support import ISSUED_PREFIXES, base_settings, remove_test_data
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -23,6 +25,8 @@ def local_stack() -> Iterator[Settings]:
     KafkaBroker.from_settings(settings).start()
     LocalRedis.from_settings(settings).start()
     yield settings
+    topics, keys = asyncio.run(remove_test_data(settings, ISSUED_PREFIXES))
+    logging.getLogger(__name__).info("removed %d test topics and %d Redis keys", topics, keys)
 
 
 @pytest.fixture

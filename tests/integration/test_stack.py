@@ -33,7 +33,7 @@ def test_a_taken_port_is_reported_not_overrun(local_stack: Settings, tmp_path: o
             }
         )
         with pytest.raises(StackError, match="taken"):
-            KafkaBroker.from_settings(settings).start(wait_seconds=5)
+            KafkaBroker.from_settings(settings).start(stall_seconds=5)
         with pytest.raises(StackError, match="does not answer Redis"):
             LocalRedis.from_settings(settings).start()
 
