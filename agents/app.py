@@ -9,6 +9,7 @@ import faust
 
 from agents.kpi_table import register_kpi_agent
 from agents.transport import URL_SCHEME
+from streams.alerts import configured_rules
 from streams.attribution import ChannelRules
 from streams.ingest import IngestService
 from streams.metrics import Metrics
@@ -52,8 +53,12 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> faust.App:
     results = app.topic(
         settings.window_results_topic, partitions=settings.partitions, key_type=bytes, value_type=bytes
     )
+    alerts = app.topic(
+        settings.alerts_topic, partitions=settings.partitions, key_type=bytes, value_type=bytes
+    )
+    alert_rules = configured_rules(settings.alert_rules_file, settings.windowing.sizes)
     table = app.Table(KPI_TABLE_NAME, partitions=settings.partitions, key_type=bytes, value_type=bytes)
-    register_kpi_agent(app, deltas, updates, results, table, metrics, settings)
+    register_kpi_agent(app, deltas, updates, results, table, metrics, settings, alerts, alert_rules)
     rules = ChannelRules.load(Path(settings.channel_rules_file) if settings.channel_rules_file else None)
     ingest = IngestService(
         settings,

@@ -1,10 +1,16 @@
-"""The agent that folds cell deltas into the KPI table, closes windows and publishes KPIs.
+"""The agent that folds cell deltas into the KPI table, closes windows, publishes KPIs and
+judges the drop alert rules on every closed window.
 
 The delta topic carries two kinds of message: cell deltas from ingest, and watermark marks
 (ingest's event-time progress per raw partition). Per delta partition the agent keeps a
 ``PartitionWindows`` index and a ``DeltaContinuity``, both rebuilt from the table after every
 assignment; the pure rules live in ``streams.kpis`` (merging), ``streams.closing`` (life
-cycle) and ``streams.continuity`` (no record left out).
+cycle), ``streams.continuity`` (no record left out) and ``streams.alerts`` (judging).
+
+Ingest puts every window of a channel and campaign on one delta partition, so the agent that
+closes a series' windows sees all of them, in order, and judges each one once, counting a window
+without a cell as zero (a source that stopped sending). Each watched series keeps its
+``SeriesState`` in the table next to the cells.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import time
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import faust
@@ -23,6 +30,17 @@ from faust.types import TableT
 from redis.exceptions import RedisError
 
 from agents.gap_reader import DeltaGapReader
+from streams.alerts import (
+    AlertRule,
+    SeriesState,
+    alert_event,
+    is_idle,
+    judge_next,
+    newest_closed_start,
+    observation_of,
+    revise,
+    windows_between,
+)
 from streams.catalog import SUM_MEASURES
 from streams.closing import MarkState, PartitionWindows, close_cell, mark_key, merge_mark
 from streams.continuity import Arrival, DeltaContinuity
@@ -51,6 +69,7 @@ log = logging.getLogger(__name__)
 _message_decoder = msgspec.json.Decoder(Delta | WatermarkMark)
 _state_decoder = msgspec.json.Decoder(CellState)
 _mark_state_decoder = msgspec.json.Decoder(MarkState)
+_series_state_decoder = msgspec.json.Decoder(SeriesState)
 _key_decoder = msgspec.json.Decoder(list[int | str])
 _encoder = msgspec.json.Encoder()
 
@@ -119,12 +138,19 @@ class CampaignSeries:
         return self.labels.has_own_series(campaign)
 
 
+def alert_key(rule: str, channel: str, campaign: str) -> bytes:
+    """Table key of a watched series' alert state (never a cell key: those start with a number)."""
+    return msgspec.json.encode(("alert", rule, channel, campaign))
+
+
 @dataclass(slots=True)
 class DeltaPartition:
     """What the agent knows of one delta partition it owns."""
 
     windows: PartitionWindows
     continuity: DeltaContinuity
+    #: Per rule: the watched series of this partition, by (channel, campaign).
+    alert_series: defaultdict[str, dict[tuple[str, str], SeriesState]]
 
 
 class KpiTableAgent:
@@ -137,10 +163,14 @@ class KpiTableAgent:
         results: faust.TopicT,
         metrics: Metrics,
         settings: Settings,
+        alerts: faust.TopicT,
+        alert_rules: tuple[AlertRule, ...],
     ) -> None:
         self.table = table
         self.updates = updates
         self.results = results
+        self.alerts = alerts
+        self.alert_rules = alert_rules
         self.metrics = metrics
         self.settings = settings
         self.windowing = settings.windowing
@@ -173,13 +203,19 @@ class KpiTableAgent:
         settings = self.settings
         windows = PartitionWindows(self.windowing, settings.grace_seconds, settings.window_retention_seconds)
         continuity = DeltaContinuity()
+        alert_series: defaultdict[str, dict[tuple[str, str], SeriesState]] = defaultdict(dict)
         for raw_key, raw_value in self.table.items():
             key = _key_decoder.decode(raw_key)
-            if isinstance(key[0], str):  # a mark: ["watermark", delta partition, raw partition]
+            if key[0] == "watermark":  # ["watermark", delta partition, raw partition]
                 if key[1] == partition:
                     mark_state = _mark_state_decoder.decode(raw_value)
                     windows.record_mark(mark_state.mark)
                     continuity.applied(mark_state.applied_offset)
+                continue
+            if key[0] == "alert":  # ["alert", rule, channel, campaign]
+                series_state = _series_state_decoder.decode(raw_value)
+                if series_state.partition == partition:
+                    alert_series[str(key[1])][(str(key[2]), str(key[3]))] = series_state
                 continue
             state = _state_decoder.decode(raw_value)
             if state.partition == partition:
@@ -187,15 +223,16 @@ class KpiTableAgent:
                 windows.add(CellKey(int(size), int(start), str(channel), str(campaign)), state)
                 continuity.applied(state.applied_offset)
         log.info(
-            "delta partition %d resumes at offset %d, applied through %d, with %d cells and %d raw "
-            "partition marks",
+            "delta partition %d resumes at offset %d, applied through %d, with %d cells, %d raw "
+            "partition marks and %d watched series",
             partition,
             offset,
             continuity.applied_through,
             len(windows),
             len(windows.marks),
+            sum(len(series) for series in alert_series.values()),
         )
-        return DeltaPartition(windows, continuity)
+        return DeltaPartition(windows, continuity, alert_series)
 
     async def process(self, stream: faust.StreamT[bytes]) -> None:
         # Made here, inside the worker's event loop, which the Redis client binds to.
@@ -241,15 +278,15 @@ class KpiTableAgent:
             log.error("skipping undecodable delta message at %s/%s: %s", partition, offset, exc)
         else:
             if isinstance(message, Delta):
-                await self._on_delta(owned.windows, message, partition, offset, replay)
+                await self._on_delta(owned, message, partition, offset, replay)
             else:
-                await self._on_mark(owned.windows, message, partition, offset)
+                await self._on_mark(owned, message, partition, offset)
         owned.continuity.applied(offset)
 
     async def _on_delta(
-        self, windows: PartitionWindows, delta: Delta, partition: int, offset: int, replay: bool
+        self, owned: DeltaPartition, delta: Delta, partition: int, offset: int, replay: bool
     ) -> None:
-        key = delta.key
+        windows, key = owned.windows, delta.key
         if windows.is_expired(key):
             if replay:  # applied before its cell expired: nothing left to re-send
                 self.metrics.deltas_replayed.inc()
@@ -275,12 +312,12 @@ class KpiTableAgent:
             self.metrics.deltas_applied.inc()
             if state.revision:
                 self.metrics.revisions.inc()
+                self._revise_alert_history(owned, key, state)
             self.campaigns.observe(key, delta.measures, key.window_seconds == self.smallest_window)
         await self._publish(key, state, delta.measures)
 
-    async def _on_mark(
-        self, windows: PartitionWindows, mark: WatermarkMark, partition: int, offset: int
-    ) -> None:
+    async def _on_mark(self, owned: DeltaPartition, mark: WatermarkMark, partition: int, offset: int) -> None:
+        windows = owned.windows
         table_key = mark_key(partition, mark.raw_partition)
         stored = None if (raw := self.table.get(table_key)) is None else _mark_state_decoder.decode(raw)
         merged = merge_mark(stored, mark, offset)
@@ -294,8 +331,10 @@ class KpiTableAgent:
             self.table[table_key] = _encoder.encode(merged)
             windows.record_mark(merged.mark)
         low = windows.low_watermark
-        if low is not None:
-            self.metrics.low_watermark.set(low)
+        if low is None:
+            return
+        self.metrics.low_watermark.set(low)
+        closed: list[CellKey] = []
         for key in windows.due():
             table_cell = key.encode()
             raw_state = self.table.get(table_cell)
@@ -305,10 +344,95 @@ class KpiTableAgent:
             self.table[table_cell] = _encoder.encode(state)
             windows.add(key, state)
             self.metrics.cells_closed.inc()
+            closed.append(key)
             await self._publish(key, state, state.measures)
+        for rule in self.alert_rules:
+            await self._judge(owned, rule, closed, low, partition, offset, replay=merged is None)
         for key in windows.expired():
             self.table.pop(key.encode(), None)
             self.metrics.cells_expired.inc()
+
+    async def _judge(
+        self,
+        owned: DeltaPartition,
+        rule: AlertRule,
+        closed: list[CellKey],
+        low: float,
+        partition: int,
+        offset: int,
+        replay: bool,
+    ) -> None:
+        """Judge every window of ``rule``'s series that the low watermark has closed since the
+        last mark, in order; a window without a cell counts as zero. A series starts being
+        watched with its first closed cell. On a replay of the mark that judged last, the alert
+        events it produced are sent again (their incident id makes repeats recognisable)."""
+        size = rule.window_seconds
+        through = newest_closed_start(self.windowing, size, low, self.settings.grace_seconds)
+        watched = owned.alert_series[rule.name]
+        for key in closed:
+            if key.window_seconds == size and rule.scope.covers(key.channel, key.campaign):
+                series = (key.channel, key.campaign)
+                if series not in watched:
+                    before = self.windowing.start(size, key.window_start - 1)
+                    watched[series] = SeriesState(judged_through=before, partition=partition)
+        for (channel, campaign), state in list(watched.items()):
+            if state.judged_through >= through:
+                if replay and state.judged_by == offset:
+                    for body in state.last_events:
+                        await self.alerts.send(key=alert_key(rule.name, channel, campaign), value=body)
+                continue
+            await self._judge_series(owned, rule, channel, campaign, state, through, offset)
+
+    async def _judge_series(
+        self,
+        owned: DeltaPartition,
+        rule: AlertRule,
+        channel: str,
+        campaign: str,
+        state: SeriesState,
+        through: int,
+        offset: int,
+    ) -> None:
+        size = rule.window_seconds
+        series = (rule.kpi.name, size, channel, campaign)
+        events = []
+        now = datetime.now(UTC)
+        for start in windows_between(self.windowing, size, state.judged_through, through):
+            raw_cell = self.table.get(CellKey(size, start, channel, campaign).encode())
+            measures = None if raw_cell is None else _state_decoder.decode(raw_cell).measures
+            outcome = judge_next(rule, series, state, start, observation_of(rule, measures))
+            events += [alert_event(rule, series, transition, now) for transition in outcome.transitions]
+        state.judged_by = offset
+        state.last_events = [_encoder.encode(event) for event in events]
+        table_key = alert_key(rule.name, channel, campaign)
+        if is_idle(rule, state):
+            self.table.pop(table_key, None)
+            del owned.alert_series[rule.name][(channel, campaign)]
+        else:
+            self.table[table_key] = _encoder.encode(state)
+        for event, body in zip(events, state.last_events, strict=True):
+            self.metrics.alerts.labels(rule.name, event.status, event.cause).inc()
+            log.warning(
+                "alert %s: %s on %s/%s/%s since %s: %s",
+                event.status,
+                rule.name,
+                rule.kpi.name,
+                channel,
+                campaign,
+                event.first_breach_start.isoformat(),
+                event.detail,
+            )
+            await self.alerts.send(key=table_key, value=body)
+
+    def _revise_alert_history(self, owned: DeltaPartition, key: CellKey, state: CellState) -> None:
+        """A closed window's cell changed (a late event): later baselines read the new value."""
+        for rule in self.alert_rules:
+            if rule.window_seconds != key.window_seconds:
+                continue
+            series_state = owned.alert_series[rule.name].get((key.channel, key.campaign))
+            if series_state is not None and key.window_start in series_state.observations:
+                revise(rule, series_state, key.window_start, observation_of(rule, state.measures))
+                self.table[alert_key(rule.name, key.channel, key.campaign)] = _encoder.encode(series_state)
 
     async def _publish(self, key: CellKey, state: CellState, changed: Iterable[str]) -> None:
         """Gauges and the Redis view first, so whoever sees a value on a topic finds them
@@ -364,8 +488,10 @@ def register_kpi_agent(
     table: TableT[bytes, bytes],
     metrics: Metrics,
     settings: Settings,
+    alerts: faust.TopicT,
+    alert_rules: tuple[AlertRule, ...],
 ) -> KpiTableAgent:
-    body = KpiTableAgent(table, updates, results, metrics, settings)
+    body = KpiTableAgent(table, updates, results, metrics, settings, alerts, alert_rules)
 
     async def forget_revoked(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         revoked: set[Any] = args[0]

@@ -19,14 +19,17 @@ import enum
 import hashlib
 import re
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 import yaml
 
-from streams.catalog import CATALOG, MEASURE_SOURCES, Kpi
+from streams.catalog import CATALOG, MEASURE_SOURCES, Kpi, evaluate
+from streams.events import AwareTime
 from streams.kpis import ALL
+from streams.windows import Windowing
 
 ALERT_SCHEMA_VERSION = "1-0-0"
 #: The file the worker loads unless ``MKPI_ALERT_RULES_FILE`` names another one.
@@ -192,6 +195,13 @@ def load_rules(path: Path, window_sizes: tuple[int, ...]) -> tuple[AlertRule, ..
     return rules_from_mapping(data, str(path), window_sizes)
 
 
+def configured_rules(rules_file: str, window_sizes: tuple[int, ...]) -> tuple[AlertRule, ...]:
+    """The rules ``MKPI_ALERT_RULES_FILE`` names: the shipped ones when empty, none for "none"."""
+    if rules_file == "none":
+        return ()
+    return load_rules(Path(rules_file) if rules_file else DEFAULT_RULES_FILE, window_sizes)
+
+
 def rules_from_mapping(data: Any, origin: str, window_sizes: tuple[int, ...]) -> tuple[AlertRule, ...]:
     if not isinstance(data, dict) or not isinstance(data.get("rules", []), list):
         raise AlertRulesError(f"{origin}: expected a mapping with a list under 'rules'")
@@ -287,16 +297,23 @@ def _shown(value: float | None) -> str:
 class Incident(msgspec.Struct, frozen=True, kw_only=True):
     incident_id: str
     first_breach_start: int
+    cause: Cause
+    detail: str
 
 
 class SeriesState(msgspec.Struct, kw_only=True):
-    """What the alert agent keeps per rule and series: recent closed windows, the judgement of
-    each window judged so far, and the open incident."""
+    """What the worker keeps per rule and series: recent closed windows, the judgement of each,
+    the open incident, and the newest window judged (windows are judged once, in order)."""
 
     observations: dict[int, Observation] = msgspec.field(default_factory=dict)
     breaches: dict[int, bool] = msgspec.field(default_factory=dict)
     incident: Incident | None = None
-    newest_judged: int | None = None
+    judged_through: int
+    #: The delta partition the series lives on, and the offset of the watermark mark whose
+    #: judging produced ``last_events``: a replay of that mark sends them again.
+    partition: int
+    judged_by: int = -1
+    last_events: list[bytes] = msgspec.field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -316,30 +333,27 @@ class Outcome:
     judged: Judgement | None = None
 
 
-def incident_id(rule: AlertRule, series: tuple[str, int, str, str], first_breach_start: int) -> str:
+Series = tuple[str, int, str, str]
+
+
+def incident_id(rule: AlertRule, series: Series, first_breach_start: int) -> str:
     text = f"{rule.name}|{'|'.join(map(str, series))}|{first_breach_start}"
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
-def observe(
-    rule: AlertRule,
-    series: tuple[str, int, str, str],
-    state: SeriesState,
-    start: int,
-    observation: Observation,
-    revision: int,
+def judge_next(
+    rule: AlertRule, series: Series, state: SeriesState, start: int, observation: Observation
 ) -> Outcome:
-    """Record a closed window (or its revision) and move the incident along.
+    """Judge the window after ``state.judged_through`` (the caller goes in window order, with
+    a zero observation for a window that saw no event) and move the incident along.
 
-    Windows are judged once, newest first come: a window older than the newest judged one (a
-    partition lagging behind) or a revision only updates the history that later baselines read.
     A window without a baseline or with too little volume neither opens nor closes an incident.
     """
+    if start <= state.judged_through:
+        raise ValueError(f"window {start} judged out of order (judged through {state.judged_through})")
     state.observations[start] = observation
+    state.judged_through = start
     outcome = Outcome()
-    if revision > 0 or (state.newest_judged is not None and start <= state.newest_judged):
-        _forget_old(rule, state, start)
-        return outcome
     window = rule.window_seconds
     found = [
         seen
@@ -348,15 +362,18 @@ def observe(
     ]
     judgement = judge(rule, observation, found)
     outcome.judged = judgement
-    state.newest_judged = start
     if judgement is not None:
         state.breaches[start] = judgement.breached
         if state.incident is None and judgement.breached:
             streak = [start - window * back for back in range(rule.for_windows)]
             if all(state.breaches.get(s) for s in streak):
                 first = streak[-1]
+                assert judgement.cause is not None  # a breach always has one
                 state.incident = Incident(
-                    incident_id=incident_id(rule, series, first), first_breach_start=first
+                    incident_id=incident_id(rule, series, first),
+                    first_breach_start=first,
+                    cause=judgement.cause,
+                    detail=judgement.detail,
                 )
                 outcome.transitions.append(
                     Transition("firing", state.incident, start, judgement, rule.for_windows)
@@ -367,8 +384,46 @@ def observe(
             )
             outcome.transitions.append(Transition("resolved", state.incident, start, judgement, breached))
             state.incident = None
-    _forget_old(rule, state, start)
+    _forget_old(rule, state)
     return outcome
+
+
+def observation_of(rule: AlertRule, measures: dict[str, int] | None) -> Observation:
+    """A window's observation from its cell's measures (None: the series saw no event)."""
+    if measures is None:
+        return Observation(0, None if rule.kpi.denominator is None else 0)
+    value = evaluate(rule.kpi, measures)
+    return Observation(value.numerator, value.denominator)
+
+
+def revise(rule: AlertRule, state: SeriesState, start: int, observation: Observation) -> None:
+    """A late correction of a window already judged: it only changes later baselines."""
+    if start in state.observations:
+        state.observations[start] = observation
+
+
+def is_idle(rule: AlertRule, state: SeriesState) -> bool:
+    """Nothing in the history the rule reads had volume, and no incident is open: the series
+    can be forgotten until its source sends again."""
+    return state.incident is None and not any(
+        o.numerator or o.denominator for o in state.observations.values()
+    )
+
+
+def newest_closed_start(windowing: Windowing, size: int, low_watermark: float, grace_seconds: int) -> int:
+    """The start of the newest window of ``size`` that ``low_watermark`` has closed."""
+    containing = windowing.start(size, low_watermark - grace_seconds)
+    return windowing.start(size, containing - 1)
+
+
+def windows_between(windowing: Windowing, size: int, after: int, through: int) -> list[int]:
+    """Starts of the windows of ``size`` after the one starting at ``after``, up to ``through``."""
+    starts = []
+    start = windowing.end(size, after)
+    while start <= through:
+        starts.append(start)
+        start = windowing.end(size, start)
+    return starts
 
 
 def _near(observations: dict[int, Observation], target: int, window_seconds: int) -> Observation | None:
@@ -382,10 +437,70 @@ def _near(observations: dict[int, Observation], target: int, window_seconds: int
     return None
 
 
-def _forget_old(rule: AlertRule, state: SeriesState, newest: int) -> None:
-    horizon = max(newest, state.newest_judged or newest) - rule.history_seconds - rule.window_seconds
+def _forget_old(rule: AlertRule, state: SeriesState) -> None:
+    horizon = state.judged_through - rule.history_seconds
     for start in [s for s in state.observations if s < horizon]:
         del state.observations[start]
     if state.incident is None:
         for start in [s for s in state.breaches if s < horizon]:
             del state.breaches[start]
+
+
+class AlertEvent(msgspec.Struct, frozen=True, kw_only=True):
+    """A drop alert on <prefix>.alerts: ``firing`` once when an incident opens, ``resolved``
+    once when it closes; both carry the incident's id."""
+
+    schema_version: Annotated[str, msgspec.Meta(pattern="^1-[0-9]+-[0-9]+$")]
+    incident_id: Annotated[
+        str, msgspec.Meta(description="Same on the firing and the resolved event, and on repeats.")
+    ]
+    status: Literal["firing", "resolved"]
+    rule: str
+    severity: Literal["info", "warning", "critical"]
+    cause: Annotated[
+        Literal["kpi_fell", "tracking_broke"],
+        msgspec.Meta(description="tracking_broke: a source stopped sending or its events were rejected."),
+    ]
+    detail: Annotated[str, msgspec.Meta(description="What was seen when the incident opened, for people.")]
+    kpi: str
+    window_seconds: int
+    window_start: Annotated[AwareTime, msgspec.Meta(description="The window that fired or resolved.")]
+    first_breach_start: Annotated[
+        AwareTime, msgspec.Meta(description="The incident's first breached window.")
+    ]
+    scope: Literal["overall", "channel", "campaign"]
+    channel: Annotated[str, msgspec.Meta(description="'*': all channels.")]
+    campaign: Annotated[str, msgspec.Meta(description="'*': all campaigns.")]
+    value: Annotated[float | None, msgspec.Meta(description="The KPI in that window; null: no denominator.")]
+    baseline: Annotated[float, msgspec.Meta(description="What the KPI was expected to be.")]
+    breached_windows: Annotated[int, msgspec.Meta(ge=1)]
+    emitted_at: AwareTime
+
+
+def _recovery(judgement: Judgement) -> str:
+    return f"back to {_shown(judgement.value)} against a baseline of {judgement.baseline:.4g}"
+
+
+def alert_event(rule: AlertRule, series: Series, transition: Transition, now: datetime) -> AlertEvent:
+    kpi, size, channel, campaign = series
+    incident, judgement = transition.incident, transition.judgement
+    return AlertEvent(
+        schema_version=ALERT_SCHEMA_VERSION,
+        incident_id=incident.incident_id,
+        status="firing" if transition.status == "firing" else "resolved",
+        rule=rule.name,
+        severity=rule.severity,  # type: ignore[arg-type]  # checked when the rules load
+        cause=incident.cause.value,
+        detail=incident.detail if transition.status == "firing" else _recovery(judgement),
+        kpi=kpi,
+        window_seconds=size,
+        window_start=datetime.fromtimestamp(transition.window_start, UTC),
+        first_breach_start=datetime.fromtimestamp(incident.first_breach_start, UTC),
+        scope=rule.scope.value,
+        channel=channel,
+        campaign=campaign,
+        value=judgement.value,
+        baseline=judgement.baseline,
+        breached_windows=max(transition.breached_windows, 1),
+        emitted_at=now,
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -14,13 +15,16 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from aiokafka.errors import KafkaConnectionError
 from redis.exceptions import RedisError
 
+from streams.alerts import AlertRulesError
 from streams.attribution import RulesError
+from streams.generator import STORIES
 from streams.settings import ConfigError, Settings
 from streams.stack.kafka import KafkaBroker
 from streams.stack.process import StackError, terminate_pid
@@ -72,6 +76,20 @@ def cmd_generate(settings: Settings, args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"mkpi generate: {exc}", file=sys.stderr)
         return 2
+    messages = scenario.messages(None, lambda: datetime.now(UTC))
+    count: int | None = args.count or None
+    if args.story:
+        story = STORIES[args.story]
+        if args.hours:
+            story = dataclasses.replace(story, hours=args.hours)
+        start = story.start(datetime.now(UTC))
+        messages, count = story.messages(args.seed, start, settings.grace_seconds), None
+        print(f"story {story.name}: {story.description}; {story.hours} hours from {start:%Y-%m-%d %H:%M}Z")
+        for alert in story.expected_alerts(start):
+            print(
+                f"  expect {alert.status} of {alert.rule} for {alert.campaign}, window between "
+                f"{alert.earliest:%m-%d %H:%M}Z and {alert.latest:%m-%d %H:%M}Z"
+            )
 
     async def run() -> GroundTruth:
         await ensure_topics(settings)
@@ -80,12 +98,7 @@ def cmd_generate(settings: Settings, args: argparse.Namespace) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         truth, seconds = await produce_messages(
-            settings,
-            scenario,
-            rate=args.rate or None,
-            count=args.count or None,
-            progress=ProgressBar(args.count or None),
-            stop=stop,
+            settings, messages, rate=args.rate or None, count=count, progress=ProgressBar(count), stop=stop
         )
         print(truth.render() + f"\n  in {seconds:.1f}s ({truth.raw / max(seconds, 1e-9):.0f}/s)")
         return truth
@@ -235,7 +248,15 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--shuffle", type=int, default=50, help="shuffle messages within windows of N")
         p.add_argument("--truth", help="write the expected accounting (JSON) to this file")
 
-    add_generator_options(sub.add_parser("generate", help="send realistic raw events"), 1000.0, 10000, 0.0)
+    generate = sub.add_parser("generate", help="send realistic raw events")
+    add_generator_options(generate, 1000.0, 10000, 0.0)
+    generate.add_argument(
+        "--story",
+        choices=sorted(STORIES),
+        help="hours of event time ending an hour ago, shaped to test drop alerts (--count ignored): "
+        + "; ".join(f"{name}: {story.description}" for name, story in STORIES.items()),
+    )
+    generate.add_argument("--hours", type=int, default=0, help="shorten or lengthen the --story")
     stack = sub.add_parser("stack", help="the local Kafka broker and Redis server")
     stack.add_argument("action", choices=["up", "down", "status", "install"])
     add_generator_options(
@@ -280,7 +301,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"mkpi: {exc}", file=sys.stderr)
         return 2
-    except (StackError, TopicSetupError, RulesError) as exc:
+    except (StackError, TopicSetupError, RulesError, AlertRulesError) as exc:
         print(f"mkpi: {exc}", file=sys.stderr)
         return 1
     except RedisError as exc:

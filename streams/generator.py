@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import json
 import random
 import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
@@ -163,6 +164,21 @@ class GroundTruth:
         return "\n".join(lines)
 
 
+@dataclass(frozen=True, slots=True)
+class OpenDip:
+    """Email opens of one campaign fall to ``share_kept`` of their usual rate (0.4: down 60%)
+    for the emails sent from ``begins`` until ``ends``."""
+
+    campaign: str
+    begins: datetime
+    ends: datetime
+    share_kept: float
+
+    def factor(self, campaign: str, sent_at: datetime) -> float:
+        inside = campaign == self.campaign and self.begins <= sent_at < self.ends
+        return self.share_kept if inside else 1.0
+
+
 class Scenario:
     """Journeys of a fixed population, plus retries, late arrivals and malformed messages."""
 
@@ -174,10 +190,14 @@ class Scenario:
         visitors: int = 5000,
         grace_seconds: int | None = None,
         retention_seconds: int | None = None,
+        journey_weights: dict[str, int] | None = None,
+        open_dip: OpenDip | None = None,
     ) -> None:
         """``grace_seconds`` and ``retention_seconds`` (default: the settings' defaults) should
         match the worker's, so that late journeys land where ``Fractions`` says they do."""
         self.random = random.Random(seed)
+        self.journey_weights = journey_weights or JOURNEY_WEIGHTS
+        self.open_dip = open_dip
         self.fractions = fractions or Fractions()
         self.fractions.validate()
         defaults = Settings()
@@ -288,7 +308,8 @@ class Scenario:
         if self.random.random() < 0.03:
             return _labelled(events, "email")  # bounced
         events.append(self._base("email_delivered", at + timedelta(seconds=2), utm=utm, email=email))
-        if self.random.random() < 0.12:
+        opens = self.open_dip.factor(utm["campaign"], at) if self.open_dip else 1.0
+        if self.random.random() < 0.12 * opens:
             events.append(
                 self._base(
                     "email_open",
@@ -299,7 +320,7 @@ class Scenario:
                     user_agent=MACHINE_OPEN_AGENT,
                 )
             )
-        if self.random.random() < 0.3:
+        if self.random.random() < 0.3 * opens:
             for repeat in range(self.random.choice((1, 1, 2))):
                 open_at = at + timedelta(seconds=60 + 30 * repeat)
                 events.append(
@@ -427,7 +448,7 @@ class Scenario:
 
     # -- the stream ------------------------------------------------------------------------
     def _journey(self, now: datetime) -> list[dict[str, Any]]:
-        kind = self.random.choices(list(JOURNEY_WEIGHTS), list(JOURNEY_WEIGHTS.values()))[0]
+        kind = self.random.choices(list(self.journey_weights), list(self.journey_weights.values()))[0]
         start = now - timedelta(seconds=JOURNEY_SPAN)  # journeys end now
         journeys: dict[str, Callable[[datetime], list[dict[str, Any]]]] = {
             "visit": self._journey_visit,
@@ -557,25 +578,124 @@ class ProgressBar:
             self.out.write("\n")
 
 
+@dataclass(frozen=True, slots=True)
+class ExpectedAlert:
+    """An alert a story must produce under the shipped rules (deploy/alerts/rules.yml): its
+    window start lies between ``earliest`` and ``latest``."""
+
+    rule: str
+    campaign: str
+    status: str
+    earliest: datetime
+    latest: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Story:
+    """A named course of traffic over simulated hours, with the alerts it should produce.
+
+    Traffic is email-heavy, so every campaign has a few hundred deliveries an hour: enough for
+    the shipped email open rate rule's volume guard and for its noise to stay far below the
+    rule's threshold. ``dip`` = (first hour, hours, share of opens kept) makes one campaign's
+    email opens fall for a while, then recover.
+    """
+
+    name: str
+    description: str
+    hours: int
+    journeys_per_hour: int = 700
+    campaigns: int = 2
+    dip: tuple[int, int, float] | None = None
+    journey_weights: tuple[tuple[str, int], ...] = (("email", 70), ("visit", 15), ("ad", 10), ("social", 5))
+
+    def start(self, now: datetime) -> datetime:
+        """The first hour: the story ends an hour before ``now`` (within the event age limit)."""
+        return (now - timedelta(hours=self.hours + 1)).replace(minute=0, second=0, microsecond=0)
+
+    def open_dip(self, start: datetime) -> OpenDip | None:
+        if self.dip is None:
+            return None
+        first_hour, hours, share_kept = self.dip
+        begins = start + timedelta(hours=first_hour)
+        return OpenDip(CAMPAIGNS[0], begins, begins + timedelta(hours=hours), share_kept)
+
+    def scenario(self, seed: int, grace_seconds: int | None = None) -> Scenario:
+        return Scenario(
+            seed,
+            campaigns=self.campaigns,
+            fractions=Fractions(duplicates=0.02, late=0.02, shuffle_window=20),
+            grace_seconds=grace_seconds,
+            journey_weights=dict(self.journey_weights),
+        )
+
+    def messages(self, seed: int, start: datetime, grace_seconds: int | None = None) -> Iterator[Message]:
+        """The story's messages, journeys evenly spread over its hours of event time."""
+        scenario = self.scenario(seed, grace_seconds)
+        scenario.open_dip = self.open_dip(start)
+        step = 3600 / self.journeys_per_hour
+        journeys = self.hours * self.journeys_per_hour
+        # The scenario reads the clock once per journey, whose events end at that reading.
+        first = start + timedelta(seconds=JOURNEY_SPAN)
+        readings = itertools.count()
+        read = 0
+
+        def clock() -> datetime:
+            nonlocal read
+            read = next(readings)
+            return first + timedelta(seconds=read * step)
+
+        for message in scenario.messages(None, clock):
+            if read >= journeys:
+                return
+            yield message
+
+    def expected_alerts(self, start: datetime) -> list[ExpectedAlert]:
+        """The email open rate rule fires for the campaign within two windows of the dip, and
+        resolves within two windows of its end; nothing else alerts."""
+        dip = self.open_dip(start)
+        if dip is None:
+            return []
+        hour = timedelta(hours=1)
+        rule = "email-open-rate-drop"
+        return [
+            ExpectedAlert(rule, dip.campaign, "firing", dip.begins, dip.begins + hour),
+            ExpectedAlert(rule, dip.campaign, "resolved", dip.ends, dip.ends + hour),
+        ]
+
+
+STORIES = {
+    story.name: story
+    for story in (
+        Story("steady-week", "a week of steady traffic: no alert", hours=7 * 24 - 2),
+        Story(
+            "drop",
+            "email opens of the first campaign fall 60% for two hours, then recover",
+            hours=12,
+            dip=(7, 2, 0.4),
+        ),
+    )
+}
+
+
 async def produce_messages(
     settings: Settings,
-    scenario: Scenario,
+    messages: Iterable[Message],
     *,
     rate: float | None,
     count: int | None,
     progress: ProgressBar | None = None,
     stop: asyncio.Event | None = None,
 ) -> tuple[GroundTruth, float]:
-    """Send the scenario's messages to the raw topic; ``rate`` is messages per second (None: flat
-    out). Returns the ground truth of what was sent and the seconds it took."""
+    """Send ``messages`` (at most ``count``) to the raw topic; ``rate`` is messages per second
+    (None: flat out). Returns the ground truth of what was sent and the seconds it took."""
     truth = GroundTruth()
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, linger_ms=10, acks="all")
     await producer.start()
     started = time.monotonic()
     try:
         pending: list[asyncio.Future[Any]] = []
-        for index, message in enumerate(scenario.messages(count, _now)):
-            if stop is not None and stop.is_set():
+        for index, message in enumerate(messages):
+            if (stop is not None and stop.is_set()) or (count is not None and index >= count):
                 break
             if rate:
                 ahead = (index / rate) - (time.monotonic() - started)

@@ -33,7 +33,7 @@ from streams.attribution import Attribution, ChannelRules
 from streams.catalog import Contribution, contribution
 from streams.dedup import RedisSightings, Sighting
 from streams.events import TYPE_NAMES, AwareTime, PageView, RawEvent
-from streams.kpis import CellKey, Delta, DeltaAggregator, published_cells
+from streams.kpis import CellKey, Delta, DeltaAggregator, published_cells, series_partition
 from streams.metrics import Metrics
 from streams.privacy import Pseudonymizer
 from streams.settings import Settings
@@ -662,8 +662,14 @@ class IngestService(Service):
         """The body of a flush transaction. Marks go after the deltas: on every delta partition,
         a raw partition's mark follows all the deltas made from it before that mark."""
         settings, encode = self.settings, self._encoder.encode
+        partitions = len(self._delta_partitions)
         for delta in pending.deltas:
-            await self.producer.send(settings.deltas_topic, key=delta.key.encode(), value=encode(delta))
+            await self.producer.send(
+                settings.deltas_topic,
+                key=delta.key.encode(),
+                value=encode(delta),
+                partition=series_partition(delta.channel, delta.campaign, partitions),
+            )
         for bad_row in pending.bad_rows:
             await self.producer.send(settings.bad_rows_topic, value=encode(bad_row))
         for late in pending.late_events:

@@ -9,6 +9,7 @@ a cell are derived from that one cell, so ratios never need data from another pa
 
 from __future__ import annotations
 
+import zlib
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -38,6 +39,13 @@ class CellKey(NamedTuple):
 
     def encode(self) -> bytes:
         return _encode_key(self)
+
+
+def series_partition(channel: str, campaign: str, partitions: int) -> int:
+    """The delta partition of every cell of a channel and campaign, whatever its window: all
+    windows of a series meet in one place, in order, which drop alerts need (they compare a
+    window with the ones before it). A stable hash, the same in every process."""
+    return zlib.crc32(_encode_key((channel, campaign))) % partitions
 
 
 def _encode_key(key: tuple[object, ...]) -> bytes:

@@ -149,6 +149,12 @@ class Metrics:
             "Records found in those gaps: delta messages Faust's stream never delivered, applied late.",
             registry=self.registry,
         )
+        self.alerts = Counter(
+            "mkpi_alerts_total",
+            "Drop alert events published on <prefix>.alerts.",
+            ["rule", "status", "cause"],
+            registry=self.registry,
+        )
         self.deltas_after_retention = Counter(
             "mkpi_deltas_after_retention_total",
             "Deltas for windows already past retention (dropped; should stay 0: see the logs).",

@@ -13,6 +13,7 @@ from typing import Any
 
 import msgspec
 
+from streams.alerts import AlertEvent
 from streams.events import RawEvent
 from streams.ingest import IngestReport, LateEvent
 from streams.kpis import Delta, KpiUpdate
@@ -73,8 +74,18 @@ SCHEMA_FILES: tuple[SchemaFile, ...] = (
         Delta | WatermarkMark,
         "kpi_delta",
         "Internal, on <prefix>.kpi-deltas: an increment of one cell from one ingest flush "
-        "(kind delta, keyed by cell), or a raw partition's event-time watermark (kind watermark, "
-        "sent to every partition after the deltas of the same flush).",
+        "(kind delta, keyed by cell, on the partition of its channel and campaign), or a raw "
+        "partition's event-time watermark (kind watermark, sent to every partition after the "
+        "deltas of the same flush).",
+    ),
+    SchemaFile(
+        "outputs/alert-1-0-0.json",
+        AlertEvent,
+        "alert",
+        'A drop alert on <prefix>.alerts, keyed by the JSON array ["alert", rule, channel, '
+        "campaign]: one firing event when an incident opens, one resolved event when it closes, "
+        "with the same incident_id. After a worker restart an event may come again with the same "
+        "incident_id and status; keep one.",
     ),
 )
 

@@ -71,6 +71,9 @@ class Settings:
     insecure_dev_mode: bool = False
     #: A TOML file of channel rules replacing the built-in ones (streams/channel_rules.toml).
     channel_rules_file: str = ""
+    #: A YAML file of drop alert rules replacing the shipped ones (deploy/alerts/rules.yml);
+    #: "none" turns in-stream alerts off.
+    alert_rules_file: str = ""
     #: Your own site's domains (comma-separated): referrers from them are internal navigation.
     site_domains: str = ""
     #: Campaigns with their own Prometheus series (by recent volume); the rest count as "other".
@@ -110,6 +113,10 @@ class Settings:
     @property
     def late_events_topic(self) -> str:
         return f"{self.topic_prefix}.late-events"
+
+    @property
+    def alerts_topic(self) -> str:
+        return f"{self.topic_prefix}.alerts"
 
     @property
     def bad_rows_topic(self) -> str:
@@ -269,6 +276,8 @@ class Settings:
                 bad(name, "must be a positive number of seconds")
         if self.channel_rules_file and not Path(self.channel_rules_file).is_file():
             bad("channel_rules_file", "no such file")
+        if self.alert_rules_file not in ("", "none") and not Path(self.alert_rules_file).is_file():
+            bad("alert_rules_file", "no such file (or 'none' to turn drop alerts off)")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             bad("log_level", "one of debug, info, warning, error")
         parts = self.kafka_version.split(".")

@@ -34,6 +34,7 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         TopicSpec(settings.kpi_updates_topic, n, {"cleanup.policy": "compact"}),
         TopicSpec(settings.window_results_topic, n, {}),
         TopicSpec(settings.late_events_topic, n, {}),
+        TopicSpec(settings.alerts_topic, n, {}),
     ]
 
 

@@ -66,7 +66,11 @@ async def wait_for_results(
 
 async def test_windows_close_on_event_time_revise_and_report_late_events(tmp_path: Path) -> None:
     settings = isolated_settings(
-        window_sizes="60", grace_seconds=5, window_retention_seconds=120, idle_timeout_seconds=3
+        window_sizes="60",
+        grace_seconds=5,
+        window_retention_seconds=120,
+        idle_timeout_seconds=3,
+        alert_rules_file="none",  # the shipped rules watch hour and day windows
     )
     first = (int(time.time()) // 60 - 10) * 60  # ten minutes ago: window A
     await ensure_topics(settings)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -14,11 +16,17 @@ from streams.alerts import (
     Cause,
     Observation,
     SeriesState,
+    is_idle,
     judge,
+    judge_next,
     load_rules,
-    observe,
+    newest_closed_start,
+    observation_of,
+    revise,
     rules_from_mapping,
+    windows_between,
 )
+from streams.windows import Windowing
 
 SIZES = (60, 3600, 86400)
 HOUR = 3600
@@ -46,14 +54,18 @@ def opens(unique_opens: int, delivered: int = 200, rejected: int = 0) -> Observa
 SERIES = ("email_open_rate", HOUR, "*", "black_friday")
 
 
+def fresh(first: int = 0, size: int = HOUR) -> SeriesState:
+    return SeriesState(judged_through=first - size, partition=0)
+
+
 def feed(
     alert: AlertRule, state: SeriesState, hours: list[Observation], first: int = 0
 ) -> list[tuple[int, str]]:
-    """Observe consecutive hourly windows; the (window start, status) of every alert event."""
+    """Judge consecutive hourly windows; the (window start, status) of every alert event."""
     events = []
     for index, observation in enumerate(hours):
         start = first + index * HOUR
-        outcome = observe(alert, SERIES, state, start, observation, revision=0)
+        outcome = judge_next(alert, SERIES, state, start, observation)
         events += [(start, t.status) for t in outcome.transitions]
     return events
 
@@ -142,7 +154,7 @@ def test_a_real_fall_and_broken_tracking_are_told_apart() -> None:
 
 
 def test_one_firing_per_incident_and_one_resolved() -> None:
-    state = SeriesState()
+    state = fresh()
     steady, dropped = opens(60), opens(20)
     events = feed(rule(), state, [steady] * 4 + [dropped] * 3 + [steady] * 2)
     assert events == [(4 * HOUR, "firing"), (7 * HOUR, "resolved")]
@@ -150,37 +162,80 @@ def test_one_firing_per_incident_and_one_resolved() -> None:
 
 def test_for_windows_needs_that_many_breaches_in_a_row() -> None:
     alert = rule(for_windows=2, baseline={"kind": "trailing", "count": 2})
-    state = SeriesState()
+    state = fresh()
     steady, dropped = opens(60), opens(20)
     # One breach alone, then two in a row (the trailing baseline still holds a steady hour).
     events = feed(alert, state, [steady, steady, dropped, steady, steady, dropped, dropped, steady, steady])
     assert events == [(6 * HOUR, "firing"), (7 * HOUR, "resolved")]
 
 
-def test_a_window_judged_late_or_revised_only_feeds_baselines() -> None:
+def test_windows_are_judged_once_in_order_and_revisions_only_feed_baselines() -> None:
     alert = rule()
-    state = SeriesState()
+    state = fresh()
     feed(alert, state, [opens(60)] * 4)
-    late = observe(alert, SERIES, state, 2 * HOUR, opens(1), revision=0)
-    revised = observe(alert, SERIES, state, 3 * HOUR, opens(1), revision=1)
-    assert late.transitions == [] and late.judged is None
-    assert revised.transitions == [] and state.observations[3 * HOUR] == opens(1)
+    with pytest.raises(ValueError, match="out of order"):
+        judge_next(alert, SERIES, state, 2 * HOUR, opens(1))
+    revise(alert, state, 3 * HOUR, opens(1))
+    assert state.observations[3 * HOUR] == opens(1) and state.incident is None
+    # The revised hour now drags the trailing baseline down: 20 opens no longer breach it.
+    outcome = judge_next(alert, SERIES, state, 4 * HOUR, opens(35))
+    assert outcome.judged is not None and not outcome.judged.breached
+
+
+def test_a_silent_window_counts_as_zero_and_breaks_tracking() -> None:
+    alert = rule()
+    state = fresh()
+    feed(alert, state, [opens(60)] * 3)
+    outcome = judge_next(alert, SERIES, state, 3 * HOUR, observation_of(alert, None))
+    assert [t.status for t in outcome.transitions] == ["firing"]
+    assert outcome.transitions[0].incident.cause is Cause.TRACKING_BROKE
+    assert not is_idle(alert, state)
+
+
+def test_a_series_without_volume_in_its_history_is_idle() -> None:
+    alert = rule()
+    state = fresh()
+    feed(alert, state, [opens(60)] + [observation_of(alert, None)] * 3)
+    assert not is_idle(alert, state)  # its one busy hour was followed by a breach: incident open
+    quiet = fresh()
+    feed(alert, quiet, [opens(0, delivered=0)] * 6)
+    assert is_idle(alert, quiet)
+
+
+def test_closed_windows_follow_the_watermark_and_the_time_zone() -> None:
+    windowing = Windowing((60, 3600, 86400), ZoneInfo("Europe/Berlin"))
+    # Low watermark 10:00:30 with 60 s grace: the minute 09:58 is the newest closed one.
+    low = 10 * HOUR + 30
+    assert newest_closed_start(windowing, 60, low, 60) == 10 * HOUR - 120
+    assert newest_closed_start(windowing, HOUR, low, 60) == 8 * HOUR
+    assert windows_between(windowing, HOUR, 5 * HOUR, 8 * HOUR) == [6 * HOUR, 7 * HOUR, 8 * HOUR]
+    # Berlin switched to summer time on 2026-03-29: that day lasts 23 hours.
+    march_28 = int(datetime(2026, 3, 28, tzinfo=ZoneInfo("Europe/Berlin")).timestamp())
+    days = windows_between(windowing, 86400, march_28, march_28 + 3 * 86400)
+    assert [d - march_28 for d in days] == [86400, 2 * 86400 - HOUR, 3 * 86400 - HOUR]
+
+
+def test_an_observation_is_the_kpis_numerator_and_denominator() -> None:
+    alert = rule()
+    measures = {"email_unique_opens": 30, "emails_delivered": 100, "email_opens": 45}
+    assert observation_of(alert, measures) == Observation(30, 100)
+    assert observation_of(rule(kpi="leads"), None) == Observation(0, None)
 
 
 def test_same_window_baseline_reads_the_days_before_and_tolerates_dst() -> None:
     alert = rule(baseline={"kind": "same_window", "period": "1d", "count": 2}, window="1d")
-    state = SeriesState()
+    state = fresh()
     day = 86400
     series = ("email_open_rate", day, "*", "black_friday")
-    observe(alert, series, state, 0, opens(60), revision=0)
-    observe(alert, series, state, day - HOUR, opens(60), revision=0)  # a 23-hour day before
-    outcome = observe(alert, series, state, 2 * day - HOUR, opens(20), revision=0)
+    judge_next(alert, series, state, 0, opens(60))
+    judge_next(alert, series, state, day - HOUR, opens(60))  # a 23-hour day before
+    outcome = judge_next(alert, series, state, 2 * day - HOUR, opens(20))
     assert outcome.judged is not None and outcome.judged.baseline == pytest.approx(0.3)
     assert [t.status for t in outcome.transitions] == ["firing"]
 
 
 def test_history_is_bounded_by_what_rules_look_back_on() -> None:
     alert = rule()
-    state = SeriesState()
+    state = fresh()
     feed(alert, state, [opens(60)] * 100)
     assert len(state.observations) <= 3 + 1 + 2

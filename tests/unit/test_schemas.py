@@ -50,6 +50,7 @@ def test_every_event_type_has_an_example_that_schema_and_model_accept(name: str)
         ("internal/kpi_delta-1-1-0.json", "kpi_delta"),
         ("internal/kpi_delta-1-1-0.json", "watermark"),
         ("outputs/late_event-1-0-0.json", "late_event"),
+        ("outputs/alert-1-0-0.json", "alert"),
     ],
 )
 def test_output_examples_match_their_schema(schema: str, name: str) -> None:
