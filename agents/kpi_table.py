@@ -401,6 +401,9 @@ class KpiTableAgent:
             raw_cell = self.table.get(CellKey(size, start, channel, campaign).encode())
             measures = None if raw_cell is None else _state_decoder.decode(raw_cell).measures
             outcome = judge_next(rule, series, state, start, observation_of(rule, measures))
+            judged = outcome.judged
+            result = "unjudged" if judged is None else "breach" if judged.breached else "ok"
+            self.metrics.alert_judgements.labels(rule.name, result).inc()
             events += [alert_event(rule, series, transition, now) for transition in outcome.transitions]
         state.judged_by = offset
         state.last_events = [_encoder.encode(event) for event in events]

@@ -155,6 +155,13 @@ class Metrics:
             ["rule", "status", "cause"],
             registry=self.registry,
         )
+        self.alert_judgements = Counter(
+            "mkpi_alert_judgements_total",
+            "Closed windows judged by each drop alert rule: result is ok, breach, or unjudged "
+            "(no baseline window yet, or too little volume in it).",
+            ["rule", "result"],
+            registry=self.registry,
+        )
         self.deltas_after_retention = Counter(
             "mkpi_deltas_after_retention_total",
             "Deltas for windows already past retention (dropped; should stay 0: see the logs).",
