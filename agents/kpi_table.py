@@ -32,6 +32,7 @@ from redis.exceptions import RedisError
 from agents.gap_reader import DeltaGapReader
 from streams.alerts import (
     AlertRule,
+    Cause,
     SeriesState,
     alert_event,
     is_idle,
@@ -171,6 +172,12 @@ class KpiTableAgent:
         self.results = results
         self.alerts = alerts
         self.alert_rules = alert_rules
+        for rule in alert_rules:  # every series from the start, so increase() sees the first one
+            for status in ("firing", "resolved"):
+                for cause in Cause:
+                    metrics.alerts.labels(rule.name, status, cause.value)
+            for result in ("ok", "breach", "unjudged"):
+                metrics.alert_judgements.labels(rule.name, result)
         self.metrics = metrics
         self.settings = settings
         self.windowing = settings.windowing
