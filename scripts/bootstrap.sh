@@ -15,6 +15,10 @@ command -v "$PYTHON" >/dev/null || die "$PYTHON is missing: mkpi needs Python 3.
 
 debian_packages=()
 [ -x /usr/bin/redis-server ] || command -v redis-server >/dev/null || debian_packages+=(redis-server)
+# Debian's Chromium, for the live board's browser test (MKPI_WITH_CHROMIUM=0 skips it).
+if [ "${MKPI_WITH_CHROMIUM:-1}" = 1 ] && [ ! -x /usr/bin/chromium ]; then
+  debian_packages+=(chromium)
+fi
 if [ "${MKPI_WITH_PROMTOOL:-1}" = 1 ] && [ ! -x .tools/promtool ]; then
   debian_packages_download=(prometheus)
 else

@@ -73,6 +73,21 @@ class RedisView:
                 pipe.hset(self._latest_key(key.window_seconds), field, body)
         await pipe.execute()
 
+    async def window_values(
+        self, window_seconds: int, starts: list[int], fields: list[str]
+    ) -> dict[int, list[KpiUpdate]]:
+        """The values of the series ``fields`` in each window of ``starts``, in one round trip."""
+        if not fields:
+            return {start: [] for start in starts}
+        pipe = self.client.pipeline(transaction=False)
+        for start in starts:
+            pipe.hmget(f"{self.prefix}:window:{window_seconds}:{start}", fields)
+        replies = await pipe.execute()
+        return {
+            start: [_update_decoder.decode(body) for body in bodies if body is not None]
+            for start, bodies in zip(starts, replies, strict=True)
+        }
+
     async def latest(self, query: ViewQuery) -> list[KpiUpdate]:
         stored = await self.client.hgetall(self._latest_key(query.window_seconds))
         updates = [_update_decoder.decode(body) for body in stored.values()]

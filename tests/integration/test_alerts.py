@@ -53,7 +53,9 @@ async def run_story(story: Story, log_dir: Path) -> Played:
     each rule judged."""
     # No minute windows: the shipped rules watch hours and days, and hours of event time read at
     # once would close thousands of minute cells, which only slows the run down.
-    settings = isolated_settings(window_sizes="3600,86400", idle_timeout_seconds=5)
+    # Windows close on event time only: an idle partition's watermark would creep on after the
+    # story (1 s per s) and judge the silence after it.
+    settings = isolated_settings(window_sizes="3600,86400", idle_timeout_seconds=86400)
     start = story.start(datetime.now(UTC))
     messages = list(story.messages(SEED, start, settings.grace_seconds))
     await ensure_topics(settings)
@@ -108,4 +110,6 @@ async def test_a_steady_week_yields_no_alert(tmp_path: Path) -> None:
     # campaign's hours after the first, and the days after the first of each channel with volume.
     assert played.judgements[(OPEN_RATE_RULE, "ok")] >= 2 * (STORIES["steady-week"].hours - 2)
     assert played.judgements.get(("lead-conversion-drop", "ok"), 0) >= 5, played.judgements
-    assert not any(result == "breach" for _, result in played.judgements)
+    assert not any(result == "breach" and n for (_, result), n in played.judgements.items()), (
+        played.judgements
+    )
