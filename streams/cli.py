@@ -147,6 +147,7 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
             return 1
         print(
             "\nmkpi is running.\n"
+            f"  live board:   {settings.web_url}/board\n"
             f"  metrics:      {settings.web_url}/metrics   (look for mkpi_kpi_current)\n"
             f"  worker log:   {log_path}\n"
             f"  query:        mkpi query --kpi organic_traffic   or   {settings.web_url}/api/kpis\n"
