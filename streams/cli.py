@@ -260,9 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--hours", type=int, default=0, help="shorten or lengthen the --story")
     stack = sub.add_parser("stack", help="the local Kafka broker and Redis server")
     stack.add_argument("action", choices=["up", "down", "status", "install"])
-    add_generator_options(
-        sub.add_parser("run", help="stack + worker + generator, until Ctrl-C"), 200.0, 0, 0.02
-    )
+    run = sub.add_parser("run", help="stack + worker + generator, until Ctrl-C")
+    add_generator_options(run, 200.0, 0, 0.02)
+    run.set_defaults(story=None, hours=0)  # live traffic, never a story
     query = sub.add_parser("query", help="the newest KPI values from the Redis view, as a table")
     query.add_argument(
         "--window", type=int, help="window size in seconds (default: the smallest; 0: running totals)"

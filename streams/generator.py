@@ -60,6 +60,7 @@ AD_SOURCES: tuple[tuple[str, str, str, str, int], ...] = (
 )
 CHANNEL_LABEL = "_expected_channel"  # carried on generated events until they are serialized
 DELAY_LABEL = "_delay_seconds"  # likewise: how long a late journey was held back
+BAD_LABEL = "_expected_bad_row"  # likewise, on an event sent broken: the reason it must get
 JOURNEY_SPAN = 240  # seconds from a journey's first step to its last
 CAMPAIGNS = ("spring_sale", "black_friday", "webinar_q4", "brand", "retargeting_cart", "launch_v2")
 PAGES = (
@@ -166,17 +167,18 @@ class GroundTruth:
 
 @dataclass(frozen=True, slots=True)
 class OpenDip:
-    """Email opens of one campaign fall to ``share_kept`` of their usual rate (0.4: down 60%)
-    for the emails sent from ``begins`` until ``ends``."""
+    """For the emails of one campaign sent from ``begins`` until ``ends``: opens fall to
+    ``share_kept`` of their usual rate (0.4: down 60%), or, when ``broken``, keep their rate but
+    every one arrives broken (``machine_open`` as a string), a bad row: tracking broke."""
 
     campaign: str
     begins: datetime
     ends: datetime
-    share_kept: float
+    share_kept: float = 1.0
+    broken: bool = False
 
-    def factor(self, campaign: str, sent_at: datetime) -> float:
-        inside = campaign == self.campaign and self.begins <= sent_at < self.ends
-        return self.share_kept if inside else 1.0
+    def applies(self, campaign: str, sent_at: datetime) -> bool:
+        return campaign == self.campaign and self.begins <= sent_at < self.ends
 
 
 class Scenario:
@@ -308,31 +310,31 @@ class Scenario:
         if self.random.random() < 0.03:
             return _labelled(events, "email")  # bounced
         events.append(self._base("email_delivered", at + timedelta(seconds=2), utm=utm, email=email))
-        opens = self.open_dip.factor(utm["campaign"], at) if self.open_dip else 1.0
+        dip = self.open_dip if self.open_dip and self.open_dip.applies(utm["campaign"], at) else None
+        opens = dip.share_kept if dip else 1.0
+        broken = {BAD_LABEL: "schema_violation"} if dip and dip.broken else {}
         if self.random.random() < 0.12 * opens:
-            events.append(
-                self._base(
-                    "email_open",
-                    at + timedelta(seconds=4),
-                    utm=utm,
-                    email=email,
-                    machine_open=True,
-                    user_agent=MACHINE_OPEN_AGENT,
-                )
+            machine = self._base(
+                "email_open",
+                at + timedelta(seconds=4),
+                utm=utm,
+                email=email,
+                machine_open=True,
+                user_agent=MACHINE_OPEN_AGENT,
             )
+            events.append(machine | broken | ({"machine_open": "yes"} if broken else {}))
         if self.random.random() < 0.3 * opens:
             for repeat in range(self.random.choice((1, 1, 2))):
                 open_at = at + timedelta(seconds=60 + 30 * repeat)
-                events.append(
-                    self._base(
-                        "email_open",
-                        open_at,
-                        utm=utm,
-                        email=email,
-                        machine_open=False,
-                        user_agent=HUMAN_OPEN_AGENT,
-                    )
+                human = self._base(
+                    "email_open",
+                    open_at,
+                    utm=utm,
+                    email=email,
+                    machine_open=False,
+                    user_agent=HUMAN_OPEN_AGENT,
                 )
+                events.append(human | broken | ({"machine_open": "no"} if broken else {}))
             if self.random.random() < 0.15:
                 events.append(
                     self._base(
@@ -494,15 +496,18 @@ class Scenario:
             for event in self._journey(now):
                 channel = event.pop(CHANNEL_LABEL)
                 delay = event.pop(DELAY_LABEL, 0.0)
+                expect = event.pop(BAD_LABEL, VALID)
                 payload = json.dumps(event, separators=(",", ":")).encode()
                 key = event["event_id"].encode()
-                group.append(Message(payload, VALID, event["type"], channel, key, delay))
+                group.append(Message(payload, expect, event["type"], channel, key, delay))
                 if self.random.random() < self.fractions.duplicates:
                     if self.random.random() < 0.5:
                         retry = payload  # the same bytes resent
                     else:
                         retry = json.dumps(event | {"sent_at": now.isoformat()}).encode()
-                    group.append(Message(retry, DUPLICATE, event["type"], channel, key, delay))
+                    # a retried bad row is a bad row again: only valid events are deduplicated
+                    again = DUPLICATE if expect == VALID else expect
+                    group.append(Message(retry, again, event["type"], channel, key, delay))
             yield group
 
     def messages(self, count: int | None, clock: Callable[[], datetime]) -> Iterator[Message]:
@@ -588,6 +593,7 @@ class ExpectedAlert:
     status: str
     earliest: datetime
     latest: datetime
+    cause: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -596,8 +602,8 @@ class Story:
 
     Traffic is email-heavy, so every campaign has a few hundred deliveries an hour: enough for
     the shipped email open rate rule's volume guard and for its noise to stay far below the
-    rule's threshold. ``dip`` = (first hour, hours, share of opens kept) makes one campaign's
-    email opens fall for a while, then recover.
+    rule's threshold. ``dip`` = (first hour, hours, share of opens kept, opens broken) makes
+    one campaign's email opens fall, or arrive as bad rows, for a while, then recover.
     """
 
     name: str
@@ -605,7 +611,7 @@ class Story:
     hours: int
     journeys_per_hour: int = 700
     campaigns: int = 2
-    dip: tuple[int, int, float] | None = None
+    dip: tuple[int, int, float, bool] | None = None
     journey_weights: tuple[tuple[str, int], ...] = (("email", 70), ("visit", 15), ("ad", 10), ("social", 5))
 
     def start(self, now: datetime) -> datetime:
@@ -615,9 +621,9 @@ class Story:
     def open_dip(self, start: datetime) -> OpenDip | None:
         if self.dip is None:
             return None
-        first_hour, hours, share_kept = self.dip
+        first_hour, hours, share_kept, broken = self.dip
         begins = start + timedelta(hours=first_hour)
-        return OpenDip(CAMPAIGNS[0], begins, begins + timedelta(hours=hours), share_kept)
+        return OpenDip(CAMPAIGNS[0], begins, begins + timedelta(hours=hours), share_kept, broken)
 
     def scenario(self, seed: int, grace_seconds: int | None = None) -> Scenario:
         return Scenario(
@@ -656,10 +662,10 @@ class Story:
         if dip is None:
             return []
         hour = timedelta(hours=1)
-        rule = "email-open-rate-drop"
+        rule, cause = "email-open-rate-drop", "tracking_broke" if dip.broken else "kpi_fell"
         return [
-            ExpectedAlert(rule, dip.campaign, "firing", dip.begins, dip.begins + hour),
-            ExpectedAlert(rule, dip.campaign, "resolved", dip.ends, dip.ends + hour),
+            ExpectedAlert(rule, dip.campaign, "firing", dip.begins, dip.begins + hour, cause),
+            ExpectedAlert(rule, dip.campaign, "resolved", dip.ends, dip.ends + hour, cause),
         ]
 
 
@@ -671,7 +677,13 @@ STORIES = {
             "drop",
             "email opens of the first campaign fall 60% for two hours, then recover",
             hours=12,
-            dip=(7, 2, 0.4),
+            dip=(7, 2, 0.4, False),
+        ),
+        Story(
+            "broken-tracking",
+            "for two hours every email open of the first campaign arrives broken (a bad row)",
+            hours=12,
+            dip=(7, 2, 1.0, True),
         ),
     )
 }
