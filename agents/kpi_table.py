@@ -35,11 +35,9 @@ from streams.alerts import (
     Cause,
     SeriesState,
     alert_event,
-    is_idle,
     judge_next,
     newest_closed_start,
     observation_of,
-    revise,
     windows_between,
 )
 from streams.catalog import SUM_MEASURES
@@ -415,7 +413,7 @@ class KpiTableAgent:
         state.judged_by = offset
         state.last_events = [_encoder.encode(event) for event in events]
         table_key = alert_key(rule.name, channel, campaign)
-        if is_idle(rule, state):
+        if state.is_idle():
             self.table.pop(table_key, None)
             del owned.alert_series[rule.name][(channel, campaign)]
         else:
@@ -441,7 +439,7 @@ class KpiTableAgent:
                 continue
             series_state = owned.alert_series[rule.name].get((key.channel, key.campaign))
             if series_state is not None and key.window_start in series_state.observations:
-                revise(rule, series_state, key.window_start, observation_of(rule, state.measures))
+                series_state.revise(key.window_start, observation_of(rule, state.measures))
                 self.table[alert_key(rule.name, key.channel, key.campaign)] = _encoder.encode(series_state)
 
     async def _publish(self, key: CellKey, state: CellState, changed: Iterable[str]) -> None:

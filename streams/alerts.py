@@ -315,6 +315,18 @@ class SeriesState(msgspec.Struct, kw_only=True):
     judged_by: int = -1
     last_events: list[bytes] = msgspec.field(default_factory=list)
 
+    def revise(self, start: int, observation: Observation) -> None:
+        """A late correction of a window already judged: it only changes later baselines."""
+        if start in self.observations:
+            self.observations[start] = observation
+
+    def is_idle(self) -> bool:
+        """Nothing in the history its rule reads had volume, and no incident is open: the
+        series can be forgotten until its source sends again."""
+        return self.incident is None and not any(
+            o.numerator or o.denominator for o in self.observations.values()
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class Transition:
@@ -394,20 +406,6 @@ def observation_of(rule: AlertRule, measures: dict[str, int] | None) -> Observat
         return Observation(0, None if rule.kpi.denominator is None else 0)
     value = evaluate(rule.kpi, measures)
     return Observation(value.numerator, value.denominator)
-
-
-def revise(rule: AlertRule, state: SeriesState, start: int, observation: Observation) -> None:
-    """A late correction of a window already judged: it only changes later baselines."""
-    if start in state.observations:
-        state.observations[start] = observation
-
-
-def is_idle(rule: AlertRule, state: SeriesState) -> bool:
-    """Nothing in the history the rule reads had volume, and no incident is open: the series
-    can be forgotten until its source sends again."""
-    return state.incident is None and not any(
-        o.numerator or o.denominator for o in state.observations.values()
-    )
 
 
 def newest_closed_start(windowing: Windowing, size: int, low_watermark: float, grace_seconds: int) -> int:

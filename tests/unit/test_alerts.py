@@ -16,13 +16,11 @@ from streams.alerts import (
     Cause,
     Observation,
     SeriesState,
-    is_idle,
     judge,
     judge_next,
     load_rules,
     newest_closed_start,
     observation_of,
-    revise,
     rules_from_mapping,
     windows_between,
 )
@@ -175,7 +173,7 @@ def test_windows_are_judged_once_in_order_and_revisions_only_feed_baselines() ->
     feed(alert, state, [opens(60)] * 4)
     with pytest.raises(ValueError, match="out of order"):
         judge_next(alert, SERIES, state, 2 * HOUR, opens(1))
-    revise(alert, state, 3 * HOUR, opens(1))
+    state.revise(3 * HOUR, opens(1))
     assert state.observations[3 * HOUR] == opens(1) and state.incident is None
     # The revised hour now drags the trailing baseline down: 20 opens no longer breach it.
     outcome = judge_next(alert, SERIES, state, 4 * HOUR, opens(35))
@@ -189,17 +187,17 @@ def test_a_silent_window_counts_as_zero_and_breaks_tracking() -> None:
     outcome = judge_next(alert, SERIES, state, 3 * HOUR, observation_of(alert, None))
     assert [t.status for t in outcome.transitions] == ["firing"]
     assert outcome.transitions[0].incident.cause is Cause.TRACKING_BROKE
-    assert not is_idle(alert, state)
+    assert not state.is_idle()
 
 
 def test_a_series_without_volume_in_its_history_is_idle() -> None:
     alert = rule()
     state = fresh()
     feed(alert, state, [opens(60)] + [observation_of(alert, None)] * 3)
-    assert not is_idle(alert, state)  # its one busy hour was followed by a breach: incident open
+    assert not state.is_idle()  # its one busy hour was followed by a breach: incident open
     quiet = fresh()
     feed(alert, quiet, [opens(0, delivered=0)] * 6)
-    assert is_idle(alert, quiet)
+    assert quiet.is_idle()
 
 
 def test_closed_windows_follow_the_watermark_and_the_time_zone() -> None:
