@@ -19,7 +19,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -150,6 +150,8 @@ class DeltaPartition:
     continuity: DeltaContinuity
     #: Per rule: the watched series of this partition, by (channel, campaign).
     alert_series: defaultdict[str, dict[tuple[str, str], SeriesState]]
+    #: Per rule: the newest window start judged on this partition since it was assigned.
+    alert_through: dict[str, int] = field(default_factory=dict)
 
 
 class KpiTableAgent:
@@ -373,13 +375,19 @@ class KpiTableAgent:
         events it produced are sent again (their incident id makes repeats recognisable)."""
         size = rule.window_seconds
         through = newest_closed_start(self.windowing, size, low, self.settings.grace_seconds)
+        rule_cells = [
+            key
+            for key in closed
+            if key.window_seconds == size and rule.scope.covers(key.channel, key.campaign)
+        ]
+        if not replay and not rule_cells and owned.alert_through.get(rule.name) == through:
+            return  # the usual mark: no window of this size closed since the last one
+        owned.alert_through[rule.name] = through
         watched = owned.alert_series[rule.name]
-        for key in closed:
-            if key.window_seconds == size and rule.scope.covers(key.channel, key.campaign):
-                series = (key.channel, key.campaign)
-                if series not in watched:
-                    before = self.windowing.start(size, key.window_start - 1)
-                    watched[series] = SeriesState(judged_through=before, partition=partition)
+        for key in rule_cells:
+            if (key.channel, key.campaign) not in watched:
+                before = self.windowing.start(size, key.window_start - 1)
+                watched[(key.channel, key.campaign)] = SeriesState(judged_through=before, partition=partition)
         for (channel, campaign), state in list(watched.items()):
             if state.judged_through >= through:
                 if replay and state.judged_by == offset:
