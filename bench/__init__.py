@@ -1,0 +1,1 @@
+"""Side-by-side throughput benchmark of the pipeline against the Python Kafka client's ceiling."""

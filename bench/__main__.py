@@ -1,0 +1,306 @@
+"""``python -m bench``: contenders side by side on one pre-loaded topic of realistic events.
+
+Pre-loads ``--events`` generated events (every type, spread over the last two hours of event
+time) once, then runs each contender on that same topic, one after the other, each in its own
+process: A and A2 (``bench.contenders``), and C, the project's worker computing the whole
+catalog. Reports events/s, CPU seconds per million events and peak RSS of each, the changelog
+messages C wrote per million events, and the ratios C/A and C/A2. Writes the JSON to
+``--out`` and appends a markdown table with the machine's description to
+``docs/benchmarks/README.md``.
+
+Not done yet (issue 6): contender B (naive Faust) and freshness at 50% and 80% load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import os
+import platform
+import secrets
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from prometheus_client.parser import text_string_to_metric_families
+
+from streams.generator import Fractions, Scenario
+from streams.settings import Settings
+from streams.topics import ensure_topics
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "docs" / "benchmarks"
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@dataclasses.dataclass
+class Result:
+    name: str
+    events: int
+    seconds: float
+    cpu_seconds: float
+    peak_rss_mb: float
+    changelog_messages: int | None = None
+    deltas: int | None = None
+
+    @property
+    def events_per_second(self) -> float:
+        return self.events / self.seconds
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "events": self.events,
+            "seconds": round(self.seconds, 2),
+            "events_per_second": round(self.events_per_second),
+            "cpu_seconds_per_million": round(self.cpu_seconds / self.events * 1e6, 1),
+            "peak_rss_mb": round(self.peak_rss_mb, 1),
+            "changelog_messages_per_million": None
+            if self.changelog_messages is None
+            else round(self.changelog_messages / self.events * 1e6),
+            "deltas_per_million": None if self.deltas is None else round(self.deltas / self.events * 1e6),
+        }
+
+
+async def preload(settings: Settings, events: int, campaigns: int, seed: int) -> None:
+    """``events`` messages on the raw topic, journeys spread evenly over two hours ending now."""
+    scenario = Scenario(seed, campaigns=campaigns, fractions=Fractions(duplicates=0.02, malformed=0.002))
+    start = datetime.now(UTC) - timedelta(hours=2)
+    step = 7200 / (events / 4)  # about four messages per journey
+    ticks = iter(range(10**12))
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap, linger_ms=20, max_batch_size=512 * 1024, acks=1
+    )
+    await producer.start()
+    try:
+        pending = []
+        clock = lambda: min(start + timedelta(seconds=next(ticks) * step), datetime.now(UTC))  # noqa: E731
+        for message in scenario.messages(events, clock):
+            pending.append(await producer.send(settings.raw_topic, message.payload, key=message.key))
+            if len(pending) >= 20_000:
+                await asyncio.gather(*pending)
+                pending.clear()
+        await asyncio.gather(*pending)
+    finally:
+        await producer.stop()
+
+
+def run_contender(name: str, settings: Settings, events: int) -> Result:
+    command = [sys.executable, "-m", "bench.contenders", name, settings.kafka_bootstrap, settings.raw_topic]
+    process = subprocess.Popen([*command, str(events)], cwd=REPO, stdout=subprocess.PIPE)
+    assert process.stdout is not None
+    output = process.stdout.read()
+    _, status, usage = os.wait4(process.pid, 0)
+    if status != 0:
+        raise SystemExit(f"contender {name} failed with status {status}")
+    measured = json.loads(output)
+    return Result(
+        name, measured["events"], measured["seconds"], usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
+    )
+
+
+def _metrics(url: str) -> dict[str, float]:
+    with urllib.request.urlopen(f"{url}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    totals: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            totals[sample.name] = totals.get(sample.name, 0.0) + sample.value
+    return totals
+
+
+def _process_cpu_and_peak(pid: int) -> tuple[float, float]:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    cpu = (int(fields[11]) + int(fields[12])) / TICKS
+    peak_kb = next(
+        int(line.split()[1])
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+        if line.startswith("VmHWM")
+    )
+    return cpu, peak_kb / 1024
+
+
+async def changelog_messages(settings: Settings) -> int:
+    topic = f"{settings.app_id}-kpi-values-changelog"
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(topic, p) for p in range(settings.partitions)]  # as Faust made it
+        ends = await consumer.end_offsets(partitions)
+        return sum(ends.values())
+    finally:
+        await consumer.stop()
+
+
+def run_pipeline(settings: Settings, events: int, log_path: Path) -> Result:
+    """C: a worker on the pre-loaded topic, from its first ingested message until every event
+    is accounted for and every delta folded into the KPI table."""
+    env = {**os.environ, **settings.as_environment()}
+    with open(log_path, "ab") as log:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "streams.cli", "worker"], cwd=REPO, env=env, stdout=log, stderr=log
+        )
+    try:
+        started = cpu_at_start = None
+        deadline = time.monotonic() + 3600
+        while time.monotonic() < deadline:
+            if worker.poll() is not None:
+                raise SystemExit(f"the worker exited with {worker.returncode}; see {log_path}")
+            try:
+                totals = _metrics(settings.web_url)
+            except OSError:
+                time.sleep(0.5)
+                continue
+            ingested = totals.get("mkpi_ingest_messages_total", 0.0)
+            if started is None and ingested > 0:
+                started, (cpu_at_start, _) = time.monotonic(), _process_cpu_and_peak(worker.pid)
+            folded = totals.get("mkpi_deltas_applied_total", 0.0) + totals.get(
+                "mkpi_deltas_replayed_total", 0.0
+            )
+            if ingested >= events and folded >= totals.get("mkpi_ingest_deltas_total", 0.0):
+                cpu, peak = _process_cpu_and_peak(worker.pid)
+                assert started is not None and cpu_at_start is not None
+                seconds = time.monotonic() - started
+                written = asyncio.run(changelog_messages(settings))
+                deltas = int(totals.get("mkpi_ingest_deltas_total", 0.0))
+                return Result("c", events, seconds, cpu - cpu_at_start, peak, written, deltas)
+            time.sleep(1)  # each scrape costs the worker CPU: not too often
+        raise SystemExit(f"the worker did not finish within an hour; see {log_path}")
+    finally:
+        worker.terminate()
+        worker.wait(60)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def machine() -> str:
+    model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    memory_kb = next(
+        int(line.split()[1])
+        for line in Path("/proc/meminfo").read_text().splitlines()
+        if line.startswith("MemTotal")
+    )
+    memory = f"{memory_kb / 1024 / 1024:.1f} GiB"
+    return f"{os.cpu_count()} cores ({model}), {memory}, Python {platform.python_version()}"
+
+
+def markdown(report: dict[str, Any]) -> str:
+    lines = [
+        f"## {report['date']}: {report['events']:,} events, {report['partitions']} partitions",
+        "",
+        f"Machine: {report['machine']}. Commit {report['commit']}.",
+        "",
+        "| contender | events/s | CPU s per 1M events | peak RSS MB | changelog messages per 1M events "
+        "| deltas per 1M events |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, result in report["contenders"].items():
+        changelog, deltas = result["changelog_messages_per_million"], result["deltas_per_million"]
+        lines.append(
+            f"| {name} | {result['events_per_second']:,} | {result['cpu_seconds_per_million']} | "
+            f"{result['peak_rss_mb']} | {'' if changelog is None else f'{changelog:,}'} "
+            f"| {'' if deltas is None else f'{deltas:,}'} |"
+        )
+    ratios = ", ".join(f"{k} = {v}" for k, v in report["ratios"].items())
+    return "\n".join([*lines, "", f"Ratios: {ratios}.", "", ""])
+
+
+async def delete_topics(settings: Settings) -> None:
+    """The run's topics go when it ends: thousands of partitions left behind slow the broker."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        await admin.delete_topics(
+            [t for t in await admin.list_topics() if t.startswith(settings.topic_prefix)]
+        )
+    finally:
+        await admin.close()
+
+
+def run_all(settings: Settings, events: int) -> dict[str, Result]:
+    results = {}
+    for name in ("a", "a2"):
+        print(f"running {name} ...", flush=True)
+        results[name] = run_contender(name, settings, events)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    log_path = Path(tempfile.gettempdir()) / f"{settings.topic_prefix}-worker.log"
+    print(f"running c (the worker; its log: {log_path}) ...", flush=True)
+    results["c"] = run_pipeline(settings, events, log_path)
+    return results
+
+
+def summary(settings: Settings, events: int, results: dict[str, Result]) -> dict[str, Any]:
+    c = results["c"].events_per_second
+    git = ["git", "-C", str(REPO)]
+    commit = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout
+    changed = subprocess.run([*git, "status", "--porcelain"], capture_output=True, text=True).stdout
+    return {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "commit": commit.strip() + (" with uncommitted changes" if changed.strip() else ""),
+        "events": events,
+        "partitions": settings.partitions,
+        "contenders": {name: result.as_json() for name, result in results.items()},
+        "ratios": {
+            "c_over_a": round(c / results["a"].events_per_second, 4),
+            "c_over_a2": round(c / results["a2"].events_per_second, 4),
+            "c_over_b": None,
+        },
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--campaigns", type=int, default=50)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--out", default=str(RESULTS / "latest.json"), help="where the JSON goes")
+    args = parser.parse_args()
+
+    base = Settings.from_env({k: v for k, v in os.environ.items() if k.startswith("MKPI_")})
+    prefix = f"bench{uuid.uuid4().hex[:8]}"
+    settings = dataclasses.replace(
+        base,
+        topic_prefix=prefix,
+        raw_topic=f"{prefix}.raw",
+        worker_name=f"{prefix}-c",
+        pseudonymization_key=base.pseudonymization_key or secrets.token_hex(32),
+        web_port=free_port(),
+    )
+    try:
+        asyncio.run(ensure_topics(settings))
+        print(f"pre-loading {args.events:,} events on {settings.raw_topic} ...", flush=True)
+        asyncio.run(preload(settings, args.events, args.campaigns, args.seed))
+        results = run_all(settings, args.events)
+    finally:
+        asyncio.run(delete_topics(settings))
+    report = summary(settings, args.events, results)
+    Path(args.out).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    with open(RESULTS / "README.md", "a", encoding="utf-8") as table:
+        table.write(markdown(report))
+    print(markdown(report))
+
+
+if __name__ == "__main__":
+    main()
