@@ -2,13 +2,16 @@
 
 Pre-loads ``--events`` generated events (every type, spread over the last two hours of event
 time) once, then runs each contender on that same topic, one after the other, each in its own
-process: A and A2 (``bench.contenders``), and C, the project's worker computing the whole
+process: A and A2 (``bench.contenders``), B, and C, the project's worker computing the whole
 catalog. Reports events/s, CPU seconds per million events and peak RSS of each, the changelog
-messages C wrote per million events, and the ratios C/A and C/A2. Writes the JSON to
+messages C wrote per million events, and the ratios C/A, C/A2 and C/B. Writes the JSON to
 ``--out`` and appends a markdown table with the machine's description to
 ``docs/benchmarks/README.md``.
 
-Not done yet (issue 6): contender B (naive Faust) and freshness at 50% and 80% load.
+B (``bench.naive_faust``) is the naive Faust design: every raw event through a Faust stream, one
+windowed-table update per event and measure.
+
+Not done yet (issue 6): freshness at 50% and 80% load, and the campaign-count curve.
 """
 
 from __future__ import annotations
@@ -96,14 +99,17 @@ async def preload(settings: Settings, events: int, campaigns: int, seed: int) ->
 
 
 def run_contender(name: str, settings: Settings, events: int) -> Result:
-    command = [sys.executable, "-m", "bench.contenders", name, settings.kafka_bootstrap, settings.raw_topic]
-    process = subprocess.Popen([*command, str(events)], cwd=REPO, stdout=subprocess.PIPE)
+    """A, A2 or B in a process of its own; the line of output that starts with ``{"events"``
+    is its measurement (Faust logs to standard output too)."""
+    program = ["bench.naive_faust"] if name == "b" else ["bench.contenders", name]
+    command = [sys.executable, "-m", *program, settings.kafka_bootstrap, settings.raw_topic, str(events)]
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE)
     assert process.stdout is not None
-    output = process.stdout.read()
+    output = [line for line in process.stdout.read().decode().splitlines() if line.startswith('{"events"')]
     _, status, usage = os.wait4(process.pid, 0)
-    if status != 0:
+    if status != 0 or not output:
         raise SystemExit(f"contender {name} failed with status {status}")
-    measured = json.loads(output)
+    measured = json.loads(output[-1])
     return Result(
         name, measured["events"], measured["seconds"], usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
     )
@@ -240,7 +246,7 @@ async def delete_topics(settings: Settings) -> None:
 
 def run_all(settings: Settings, events: int) -> dict[str, Result]:
     results = {}
-    for name in ("a", "a2"):
+    for name in ("a", "a2", "b"):
         print(f"running {name} ...", flush=True)
         results[name] = run_contender(name, settings, events)
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -265,7 +271,7 @@ def summary(settings: Settings, events: int, results: dict[str, Result]) -> dict
         "ratios": {
             "c_over_a": round(c / results["a"].events_per_second, 4),
             "c_over_a2": round(c / results["a2"].events_per_second, 4),
-            "c_over_b": None,
+            "c_over_b": round(c / results["b"].events_per_second, 4),
         },
     }
 
