@@ -33,7 +33,7 @@ from streams.windows import Windowing
 
 ALERT_SCHEMA_VERSION = "1-0-0"
 #: The file the worker loads unless ``MKPI_ALERT_RULES_FILE`` names another one.
-DEFAULT_RULES_FILE = Path(__file__).resolve().parent.parent / "deploy" / "alerts" / "rules.yml"
+DEFAULT_RULES_FILE = Path(__file__).with_name("alert_rules.yml")
 
 _KPIS = {kpi.name: kpi for kpi in CATALOG}
 _DURATION = re.compile(r"^([1-9][0-9]*)([smhdw])$")

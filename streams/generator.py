@@ -585,7 +585,7 @@ class ProgressBar:
 
 @dataclass(frozen=True, slots=True)
 class ExpectedAlert:
-    """An alert a story must produce under the shipped rules (deploy/alerts/rules.yml): its
+    """An alert a story must produce under the shipped rules (streams/alert_rules.yml): its
     window start lies between ``earliest`` and ``latest``."""
 
     rule: str

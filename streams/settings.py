@@ -71,7 +71,7 @@ class Settings:
     insecure_dev_mode: bool = False
     #: A TOML file of channel rules replacing the built-in ones (streams/channel_rules.toml).
     channel_rules_file: str = ""
-    #: A YAML file of drop alert rules replacing the shipped ones (deploy/alerts/rules.yml);
+    #: A YAML file of drop alert rules replacing the shipped ones (streams/alert_rules.yml);
     #: "none" turns in-stream alerts off.
     alert_rules_file: str = ""
     #: Your own site's domains (comma-separated): referrers from them are internal navigation.
