@@ -25,7 +25,7 @@ from redis.exceptions import RedisError
 from streams.alerts import AlertRulesError
 from streams.attribution import RulesError
 from streams.generator import STORIES
-from streams.settings import ConfigError, Settings
+from streams.settings import ConfigError, Settings, without_password
 from streams.stack.kafka import KafkaBroker
 from streams.stack.process import StackError, terminate_pid
 from streams.stack.redis import LocalRedis
@@ -306,7 +306,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"mkpi: {exc}", file=sys.stderr)
         return 1
     except RedisError as exc:
-        print(f"mkpi: cannot use Redis at {settings.redis_url} ({exc}); fix MKPI_REDIS_URL", file=sys.stderr)
+        print(
+            f"mkpi: cannot use Redis at {without_password(settings.redis_url)} ({exc}); fix MKPI_REDIS_URL",
+            file=sys.stderr,
+        )
         return 1
     except KafkaConnectionError as exc:
         print(

@@ -31,6 +31,16 @@ def _default_stack_dir() -> str:
     return str(Path.home() / ".cache" / "mkpi")
 
 
+def without_password(url: str) -> str:
+    """``url`` with the password of its user part masked, for messages and logs."""
+    parsed = urlparse(url)
+    if parsed.password is None:
+        return url
+    user = f"{parsed.username}:" if parsed.username else ":"
+    host = parsed.netloc.rpartition("@")[2]
+    return parsed._replace(netloc=f"{user}***@{host}").geturl()
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Settings:
     """Everything a worker, the generator and the local stack need."""
@@ -66,7 +76,7 @@ class Settings:
     #: How long sessions, unique opens and unique clicks are remembered to count them once.
     unique_horizon_seconds: int = 30 * 86400
     #: HMAC key for pseudonymizing user and anonymous ids and email addresses (secret).
-    pseudonymization_key: str = ""
+    pseudonymization_key: str = dataclasses.field(default="", repr=False)
     #: Allows a built-in, public pseudonymization key. Never in production.
     insecure_dev_mode: bool = False
     #: A TOML file of channel rules replacing the built-in ones (streams/channel_rules.toml).
@@ -185,13 +195,16 @@ class Settings:
     SECRET_FIELDS = frozenset({"pseudonymization_key"})
 
     def redacted(self) -> dict[str, str]:
-        """Every setting as text, secrets masked: safe to print or log."""
-        return {
+        """Every setting as text, secrets masked (and a password in the Redis URL): safe to
+        print or log."""
+        shown = {
             field.name: "***"
             if field.name in self.SECRET_FIELDS and getattr(self, field.name)
             else str(getattr(self, field.name))
             for field in dataclasses.fields(self)
         }
+        shown["redis_url"] = without_password(self.redis_url)
+        return shown
 
     def validate_for_worker(self) -> None:
         """What only a worker needs: a pseudonymization key, or an explicit dev mode."""

@@ -12,7 +12,7 @@ from urllib.parse import urlparse
 import redis
 import redis.exceptions
 
-from streams.settings import Settings
+from streams.settings import Settings, without_password
 from streams.stack.process import StackError, pid_alive, port_is_open, read_pid, terminate_pid
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -54,10 +54,10 @@ class LocalRedis:
 
     def start(self, wait_seconds: float = 20.0) -> str:
         if self.is_ready():
-            return f"reusing the Redis server answering at {self.url}"
+            return f"reusing the Redis server answering at {without_password(self.url)}"
         if self.host not in LOOPBACK_HOSTS:
             raise StackError(
-                f"no Redis answers at {self.url}, and it is not on loopback, so it is not "
+                f"no Redis answers at {without_password(self.url)}, and it is not on loopback, so it is not "
                 "this project's to start; fix MKPI_REDIS_URL"
             )
         if port_is_open(self.host, self.port):
@@ -102,7 +102,7 @@ class LocalRedis:
                     f"redis-server exited with status {process.returncode}; see {self.home}/redis.log"
                 )
             if self.is_ready():
-                return f"started redis-server (pid {process.pid}) at {self.url}"
+                return f"started redis-server (pid {process.pid}) at {without_password(self.url)}"
             time.sleep(0.2)
         raise StackError(f"redis-server did not answer PING within {wait_seconds:.0f}s")
 

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.settings import ConfigError, Settings
+from streams.settings import ConfigError, Settings, without_password
 
 DEV = {"MKPI_INSECURE_DEV_MODE": "true"}
 
@@ -102,3 +102,18 @@ def test_day_time_zone_must_be_a_real_zone() -> None:
     )
     with pytest.raises(ConfigError, match="MKPI_DAY_TIME_ZONE"):
         Settings.from_env({**DEV, "MKPI_DAY_TIME_ZONE": "Mars/Olympus"})
+
+
+def test_secrets_stay_out_of_repr_and_of_the_redis_url_shown() -> None:
+    settings = Settings.from_env(
+        {
+            "MKPI_PSEUDONYMIZATION_KEY": "super-secret-value-123",
+            "MKPI_REDIS_URL": "rediss://mkpi:p4ss-w0rd@redis.internal:6380/0",
+        }
+    )
+    assert "super-secret-value-123" not in repr(settings)
+    shown = settings.redacted()
+    assert shown["redis_url"] == "rediss://mkpi:***@redis.internal:6380/0"
+    assert "p4ss-w0rd" not in repr(shown)
+    assert without_password("redis://:only-a-password@10.0.0.5:6379/0") == "redis://:***@10.0.0.5:6379/0"
+    assert without_password("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
