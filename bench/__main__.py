@@ -11,7 +11,11 @@ messages C wrote per million events, and the ratios C/A, C/A2 and C/B. Writes th
 B (``bench.naive_faust``) is the naive Faust design: every raw event through a Faust stream, one
 windowed-table update per event and measure.
 
-Not done yet (issue 6): freshness at 50% and 80% load, and the campaign-count curve.
+Freshness: on a fresh worker, realistic events at 50% and then 80% of C's measured rate, with a
+probe (a page view of a campaign of its own) every half second; a probe's freshness is the time
+from its send to its campaign's page views update on the KPI update topic.
+
+Not done yet (issue 6): the campaign-count curve.
 """
 
 from __future__ import annotations
@@ -148,14 +152,115 @@ async def changelog_messages(settings: Settings) -> int:
         await consumer.stop()
 
 
+def start_worker(settings: Settings, log_path: Path) -> subprocess.Popen[bytes]:
+    env = {**os.environ, **settings.as_environment()}
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "streams.cli", "worker"], cwd=REPO, env=env, stdout=log, stderr=log
+        )
+
+
+PROBES_PER_SECOND = 2
+
+
+async def probe_freshness(settings: Settings, rate: float, seconds: float, seed: int) -> dict[str, Any]:
+    """Realistic events at ``rate`` per second for ``seconds``, plus a probe (a page view of a
+    campaign of its own) every half second; a probe's freshness is the time from its send to
+    the first page views update of its campaign on the KPI update topic."""
+    scenario = Scenario(seed, campaigns=50)
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, linger_ms=5, acks=1)
+    consumer = AIOKafkaConsumer(
+        settings.kpi_updates_topic, bootstrap_servers=settings.kafka_bootstrap, auto_offset_reset="latest"
+    )
+    sent: dict[str, float] = {}
+    seen: dict[str, float] = {}
+    await producer.start()
+    await consumer.start()
+    await consumer.getmany(timeout_ms=500)  # joined, at the end of the topic
+
+    async def send() -> None:
+        events = scenario.messages(None, lambda: datetime.now(UTC))
+        started, produced = time.monotonic(), 0
+        while (elapsed := time.monotonic() - started) < seconds:
+            while produced < elapsed * rate:
+                message = next(events)
+                await producer.send(settings.raw_topic, message.payload, key=message.key)
+                produced += 1
+            if len(sent) < elapsed * PROBES_PER_SECOND:
+                campaign = f"probe{len(sent):05d}"
+                await producer.send(
+                    settings.raw_topic, scenario.probe(campaign, datetime.now(UTC)), key=campaign.encode()
+                )
+                sent[campaign] = time.time()
+            await asyncio.sleep(0.002)
+
+    async def watch(sending: asyncio.Task[None]) -> None:
+        deadline = None
+        while deadline is None or (time.monotonic() < deadline and len(seen) < len(sent)):
+            if deadline is None and sending.done():
+                deadline = time.monotonic() + 30
+            for records in (await consumer.getmany(timeout_ms=200)).values():
+                now = time.time()
+                for record in records:
+                    kpi, _, _, channel, campaign = json.loads(record.key or b"[]")
+                    if kpi == "page_views" and channel == "*" and campaign in sent and campaign not in seen:
+                        seen[campaign] = now
+
+    try:
+        sending = asyncio.create_task(send())
+        await asyncio.gather(sending, watch(sending))
+    finally:
+        await producer.stop()
+        await consumer.stop()
+    delays = sorted(seen[c] - sent[c] for c in seen)
+    return {
+        "rate": round(rate),
+        "probes": len(sent),
+        "missing": len(sent) - len(seen),
+        "p50_seconds": round(delays[len(delays) // 2], 3) if delays else None,
+        "p99_seconds": round(delays[min(len(delays) - 1, int(len(delays) * 0.99))], 3) if delays else None,
+    }
+
+
+def measure_freshness(base: Settings, max_rate: float, seconds: float, seed: int) -> dict[str, Any]:
+    """Freshness at 50% and 80% of C's measured rate, on a worker of its own, fresh topics."""
+    results = {}
+    for share in (50, 80):
+        settings = bench_settings(base)
+        try:
+            asyncio.run(ensure_topics(settings))
+            log_path = Path(tempfile.gettempdir()) / f"{settings.topic_prefix}-worker.log"
+            print(f"freshness at {share}% of C's rate (worker log: {log_path}) ...", flush=True)
+            worker = start_worker(settings, log_path)
+            try:
+                wait_healthy(settings, worker, log_path)
+                rate = max_rate * share / 100
+                results[f"at_{share}_percent"] = asyncio.run(probe_freshness(settings, rate, seconds, seed))
+            finally:
+                worker.terminate()
+                worker.wait(60)
+        finally:
+            asyncio.run(delete_topics(settings))
+    return results
+
+
+def wait_healthy(settings: Settings, worker: subprocess.Popen[bytes], log_path: Path) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if worker.poll() is not None:
+            raise SystemExit(f"the worker exited with {worker.returncode}; see {log_path}")
+        try:
+            with urllib.request.urlopen(f"{settings.web_url}/healthz", timeout=2):
+                return
+        except OSError:
+            time.sleep(0.5)
+    raise SystemExit(f"the worker did not become healthy; see {log_path}")
+
+
 def run_pipeline(settings: Settings, events: int, log_path: Path) -> Result:
     """C: a worker on the pre-loaded topic, from its first ingested message until every event
     is accounted for and every delta folded into the KPI table."""
-    env = {**os.environ, **settings.as_environment()}
-    with open(log_path, "ab") as log:
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "streams.cli", "worker"], cwd=REPO, env=env, stdout=log, stderr=log
-        )
+    worker = start_worker(settings, log_path)
     try:
         started = cpu_at_start = None
         deadline = time.monotonic() + 3600
@@ -185,6 +290,19 @@ def run_pipeline(settings: Settings, events: int, log_path: Path) -> Result:
     finally:
         worker.terminate()
         worker.wait(60)
+
+
+def bench_settings(base: Settings) -> Settings:
+    """Topics, worker name and web port of one run of its own."""
+    prefix = f"bench{uuid.uuid4().hex[:8]}"
+    return dataclasses.replace(
+        base,
+        topic_prefix=prefix,
+        raw_topic=f"{prefix}.raw",
+        worker_name=f"{prefix}-c",
+        pseudonymization_key=base.pseudonymization_key or secrets.token_hex(32),
+        web_port=free_port(),
+    )
 
 
 def free_port() -> int:
@@ -229,7 +347,14 @@ def markdown(report: dict[str, Any]) -> str:
             f"| {'' if deltas is None else f'{deltas:,}'} |"
         )
     ratios = ", ".join(f"{k} = {v}" for k, v in report["ratios"].items())
-    return "\n".join([*lines, "", f"Ratios: {ratios}.", "", ""])
+    lines += ["", f"Ratios: {ratios}."]
+    for name, measured in report.get("freshness", {}).items():
+        lines.append(
+            f"Freshness {name.replace('_', ' ')} ({measured['rate']:,} events/s): p50 "
+            f"{measured['p50_seconds']} s, p99 {measured['p99_seconds']} s over {measured['probes']} "
+            f"probes ({measured['missing']} never seen)."
+        )
+    return "\n".join([*lines, "", ""])
 
 
 async def delete_topics(settings: Settings) -> None:
@@ -282,18 +407,13 @@ def main() -> None:
     parser.add_argument("--campaigns", type=int, default=50)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--out", default=str(RESULTS / "latest.json"), help="where the JSON goes")
+    parser.add_argument(
+        "--freshness-seconds", type=float, default=60, help="seconds per freshness run (0: skip them)"
+    )
     args = parser.parse_args()
 
     base = Settings.from_env({k: v for k, v in os.environ.items() if k.startswith("MKPI_")})
-    prefix = f"bench{uuid.uuid4().hex[:8]}"
-    settings = dataclasses.replace(
-        base,
-        topic_prefix=prefix,
-        raw_topic=f"{prefix}.raw",
-        worker_name=f"{prefix}-c",
-        pseudonymization_key=base.pseudonymization_key or secrets.token_hex(32),
-        web_port=free_port(),
-    )
+    settings = bench_settings(base)
     try:
         asyncio.run(ensure_topics(settings))
         print(f"pre-loading {args.events:,} events on {settings.raw_topic} ...", flush=True)
@@ -302,6 +422,10 @@ def main() -> None:
     finally:
         asyncio.run(delete_topics(settings))
     report = summary(settings, args.events, results)
+    if args.freshness_seconds:
+        report["freshness"] = measure_freshness(
+            base, results["c"].events_per_second, args.freshness_seconds, args.seed
+        )
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     with open(RESULTS / "README.md", "a", encoding="utf-8") as table:
         table.write(markdown(report))

@@ -228,6 +228,21 @@ class Scenario:
         event.update({k: v for k, v in fields.items() if v is not None})
         return event
 
+    def probe(self, campaign: str, at: datetime) -> bytes:
+        """One valid page view of a campaign of its own: the benchmark times how long it takes
+        to show on the KPI update topic."""
+        utm = {"source": "bench", "medium": "probe", "campaign": campaign}
+        visitor = self.random.choice(self.visitors)
+        event = self._base(
+            "page_view",
+            at,
+            page=self._page(path="/"),
+            anonymous_id=visitor,
+            session_id=f"{visitor}-probe",
+            utm=utm,
+        )
+        return json.dumps(event, separators=(",", ":")).encode()
+
     def _weighted(self, options: tuple[tuple[Any, ...], ...]) -> tuple[Any, ...]:
         return self.random.choices(options, [option[-1] for option in options])[0]
 
