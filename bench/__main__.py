@@ -42,6 +42,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client.parser import text_string_to_metric_families
 
+from streams.cli import wait_for_http
 from streams.generator import Fractions, Scenario
 from streams.settings import Settings
 from streams.topics import ensure_topics
@@ -233,7 +234,8 @@ def measure_freshness(base: Settings, max_rate: float, seconds: float, seed: int
             print(f"freshness at {share}% of C's rate (worker log: {log_path}) ...", flush=True)
             worker = start_worker(settings, log_path)
             try:
-                wait_healthy(settings, worker, log_path)
+                if not wait_for_http(f"{settings.web_url}/healthz", worker, timeout=120):
+                    raise SystemExit(f"the worker did not become healthy; see {log_path}")
                 rate = max_rate * share / 100
                 results[f"at_{share}_percent"] = asyncio.run(probe_freshness(settings, rate, seconds, seed))
             finally:
@@ -242,19 +244,6 @@ def measure_freshness(base: Settings, max_rate: float, seconds: float, seed: int
         finally:
             asyncio.run(delete_topics(settings))
     return results
-
-
-def wait_healthy(settings: Settings, worker: subprocess.Popen[bytes], log_path: Path) -> None:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if worker.poll() is not None:
-            raise SystemExit(f"the worker exited with {worker.returncode}; see {log_path}")
-        try:
-            with urllib.request.urlopen(f"{settings.web_url}/healthz", timeout=2):
-                return
-        except OSError:
-            time.sleep(0.5)
-    raise SystemExit(f"the worker did not become healthy; see {log_path}")
 
 
 def run_pipeline(settings: Settings, events: int, log_path: Path) -> Result:

@@ -20,9 +20,10 @@ from aiokafka import AIOKafkaConsumer
 
 from streams.attribution import ChannelRules
 from streams.events import TYPE_NAMES
+from streams.settings import Settings
 from streams.validation import Rejection, decode_event
 
-MAX_EVENT_BYTES = 64 * 1024
+MAX_EVENT_BYTES = Settings().max_event_bytes  # the worker's default limit
 
 
 async def consume(bootstrap: str, topic: str, count: int, decode: bool) -> dict[str, float]:

@@ -25,9 +25,10 @@ import faust
 
 from streams.attribution import ChannelRules
 from streams.catalog import contribution
+from streams.settings import Settings
 from streams.validation import Rejection, decode_event
 
-MAX_EVENT_BYTES = 64 * 1024
+MAX_EVENT_BYTES = Settings().max_event_bytes  # the worker's default limit
 
 
 def build(bootstrap: str, topic: str, count: int) -> faust.App:

@@ -142,7 +142,7 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
             stderr=subprocess.STDOUT,
         )
     try:
-        if not _wait_for_http(f"{settings.web_url}/healthz", worker, timeout=120):
+        if not wait_for_http(f"{settings.web_url}/healthz", worker, timeout=120):
             print(f"the worker did not become healthy; see {log_path}", file=sys.stderr)
             return 1
         print(
@@ -163,7 +163,8 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
         worker.wait()
 
 
-def _wait_for_http(url: str, process: subprocess.Popen[bytes], timeout: float) -> bool:
+def wait_for_http(url: str, process: subprocess.Popen[bytes], timeout: float) -> bool:
+    """Whether ``url`` answered 200 before ``process`` exited or ``timeout`` passed."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and process.poll() is None:
         try:
