@@ -80,6 +80,8 @@ async def remove_test_data(settings: Settings, prefixes: list[str]) -> tuple[int
     keeps them on disk: without this, thousands of partitions pile up and the broker takes
     minutes to load them at its next start.
     """
+    if not prefixes:
+        return 0, 0
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
     await admin.start()
     try:
@@ -91,10 +93,21 @@ async def remove_test_data(settings: Settings, prefixes: list[str]) -> tuple[int
     client = aioredis.Redis.from_url(settings.redis_url)
     keys = 0
     try:
+        # One pass over the keyspace for every prefix (it may hold millions of keys).
+        wanted = tuple(f"{prefix}:".encode() for prefix in prefixes)
+        shared = prefixes[0]
         for prefix in prefixes:
-            batch = [key async for key in client.scan_iter(match=f"{prefix}:*", count=1000)]
-            for start in range(0, len(batch), 1000):
-                keys += await client.delete(*batch[start : start + 1000])
+            while not prefix.startswith(shared):
+                shared = shared[:-1]
+        batch: list[bytes] = []
+        async for key in client.scan_iter(match=f"{shared}*", count=10_000):
+            if key.startswith(wanted):
+                batch.append(key)
+            if len(batch) >= 1000:
+                keys += await client.delete(*batch)
+                batch.clear()
+        if batch:
+            keys += await client.delete(*batch)
     finally:
         await client.aclose()
     return len(topics), keys
