@@ -43,7 +43,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from streams.cli import wait_for_http
-from streams.generator import Fractions, Scenario
+from streams.generator import Fractions, Scenario, produce_messages
 from streams.settings import Settings
 from streams.topics import ensure_topics
 
@@ -86,21 +86,8 @@ async def preload(settings: Settings, events: int, campaigns: int, seed: int) ->
     start = datetime.now(UTC) - timedelta(hours=2)
     step = 7200 / (events / 4)  # about four messages per journey
     ticks = iter(range(10**12))
-    producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap, linger_ms=20, max_batch_size=512 * 1024, acks=1
-    )
-    await producer.start()
-    try:
-        pending = []
-        clock = lambda: min(start + timedelta(seconds=next(ticks) * step), datetime.now(UTC))  # noqa: E731
-        for message in scenario.messages(events, clock):
-            pending.append(await producer.send(settings.raw_topic, message.payload, key=message.key))
-            if len(pending) >= 20_000:
-                await asyncio.gather(*pending)
-                pending.clear()
-        await asyncio.gather(*pending)
-    finally:
-        await producer.stop()
+    clock = lambda: min(start + timedelta(seconds=next(ticks) * step), datetime.now(UTC))  # noqa: E731
+    await produce_messages(settings, scenario.messages(events, clock), rate=None, count=events)
 
 
 def run_contender(name: str, settings: Settings, events: int) -> Result:
