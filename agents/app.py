@@ -43,22 +43,9 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> faust.App:
     deltas = app.topic(
         settings.deltas_topic, partitions=settings.partitions, key_type=bytes, value_type=bytes
     )
-    updates = app.topic(
-        settings.kpi_updates_topic,
-        partitions=settings.partitions,
-        compacting=True,
-        key_type=bytes,
-        value_type=bytes,
-    )
-    results = app.topic(
-        settings.window_results_topic, partitions=settings.partitions, key_type=bytes, value_type=bytes
-    )
-    alerts = app.topic(
-        settings.alerts_topic, partitions=settings.partitions, key_type=bytes, value_type=bytes
-    )
     alert_rules = configured_rules(settings.alert_rules_file, settings.windowing.sizes)
     table = app.Table(KPI_TABLE_NAME, partitions=settings.partitions, key_type=bytes, value_type=bytes)
-    register_kpi_agent(app, deltas, updates, results, table, metrics, settings, alerts, alert_rules)
+    register_kpi_agent(app, deltas, table, metrics, settings, alert_rules)
     rules = ChannelRules.load(Path(settings.channel_rules_file) if settings.channel_rules_file else None)
     ingest = IngestService(
         settings,

@@ -1,8 +1,10 @@
 """The agent that folds cell deltas into the KPI table, closes windows, publishes KPIs and
 judges the drop alert rules on every closed window.
 
-The delta topic carries two kinds of message: cell deltas from ingest, and watermark marks
-(ingest's event-time progress per raw partition). Per delta partition the agent keeps a
+Each message of the delta topic is a batch from one ingest flush: cell deltas, then watermark
+marks (ingest's event-time progress per raw partition). The agent folds a whole message into
+the table, then publishes what it changed at once: one Redis round trip for the view, one for
+unique visitors, and one produce batch per output topic. Per delta partition the agent keeps a
 ``PartitionWindows`` index and a ``DeltaContinuity``, both rebuilt from the table after every
 assignment; the pure rules live in ``streams.kpis`` (merging), ``streams.closing`` (life
 cycle), ``streams.continuity`` (no record left out) and ``streams.alerts`` (judging).
@@ -30,6 +32,7 @@ from faust.types import TableT
 from redis.exceptions import RedisError
 
 from agents.gap_reader import DeltaGapReader
+from agents.outputs import OutputMessage, OutputPublisher
 from streams.alerts import (
     AlertRule,
     Cause,
@@ -49,6 +52,7 @@ from streams.kpis import (
     CellKey,
     CellState,
     Delta,
+    DeltaBatch,
     KpiKey,
     KpiUpdate,
     apply_delta,
@@ -65,7 +69,7 @@ from streams.watermarks import WatermarkMark
 
 log = logging.getLogger(__name__)
 
-_message_decoder = msgspec.json.Decoder(Delta | WatermarkMark)
+_batch_decoder = msgspec.json.Decoder(DeltaBatch)
 _state_decoder = msgspec.json.Decoder(CellState)
 _mark_state_decoder = msgspec.json.Decoder(MarkState)
 _series_state_decoder = msgspec.json.Decoder(SeriesState)
@@ -143,6 +147,15 @@ def alert_key(rule: str, channel: str, campaign: str) -> bytes:
 
 
 @dataclass(slots=True)
+class Outputs:
+    """What one delta message publishes: cells with the measures whose KPIs changed (all of
+    them for a final result), then alert events (table key, encoded event)."""
+
+    cells: list[tuple[CellKey, CellState, Iterable[str]]] = field(default_factory=list)
+    alerts: list[tuple[bytes, bytes]] = field(default_factory=list)
+
+
+@dataclass(slots=True)
 class DeltaPartition:
     """What the agent knows of one delta partition it owns."""
 
@@ -160,17 +173,12 @@ class KpiTableAgent:
     def __init__(
         self,
         table: TableT[bytes, bytes],
-        updates: faust.TopicT,
-        results: faust.TopicT,
         metrics: Metrics,
         settings: Settings,
-        alerts: faust.TopicT,
         alert_rules: tuple[AlertRule, ...],
     ) -> None:
         self.table = table
-        self.updates = updates
-        self.results = results
-        self.alerts = alerts
+        self.publisher = OutputPublisher(settings)
         self.alert_rules = alert_rules
         for rule in alert_rules:  # every series from the start, so increase() sees the first one
             for status in ("firing", "resolved"):
@@ -246,6 +254,7 @@ class KpiTableAgent:
         client = aioredis.Redis.from_url(self.settings.redis_url, socket_timeout=5)
         self.view = RedisView(client, self.settings.topic_prefix)
         self.visitors = VisitorSketches(client, self.settings.app_id)
+        await self.publisher.start()
         try:
             async for event in stream.events():
                 partition, offset = event.message.partition, event.message.offset
@@ -255,6 +264,7 @@ class KpiTableAgent:
                 await self._on_record(owned, partition, offset, event.value)
         finally:
             await self.gap_reader.stop()
+            await self.publisher.stop()
 
     async def _read_gap(self, owned: DeltaPartition, partition: int, offset: int) -> None:
         """Apply what lies between the last applied record and ``offset`` before going on."""
@@ -277,21 +287,25 @@ class KpiTableAgent:
     async def _on_record(
         self, owned: DeltaPartition, partition: int, offset: int, value: bytes | None
     ) -> None:
+        """Fold one delta message into the table (synchronously: every table write of the
+        message happens before any output is awaited), then publish what it changed."""
         replay = owned.continuity.arrival(offset) is Arrival.REPLAY
         try:
-            message = _message_decoder.decode(value or b"")
+            batch = _batch_decoder.decode(value or b"")
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             self.metrics.deltas_invalid.inc()
             log.error("skipping undecodable delta message at %s/%s: %s", partition, offset, exc)
         else:
-            if isinstance(message, Delta):
-                await self._on_delta(owned, message, partition, offset, replay)
-            else:
-                await self._on_mark(owned, message, partition, offset)
+            outputs = Outputs()
+            for delta in batch.deltas:
+                self._on_delta(owned, delta, partition, offset, replay, outputs)
+            if batch.marks:
+                self._on_marks(owned, batch.marks, partition, offset, outputs)
+            await self._publish(partition, outputs)
         owned.continuity.applied(offset)
 
-    async def _on_delta(
-        self, owned: DeltaPartition, delta: Delta, partition: int, offset: int, replay: bool
+    def _on_delta(
+        self, owned: DeltaPartition, delta: Delta, partition: int, offset: int, replay: bool, outputs: Outputs
     ) -> None:
         windows, key = owned.windows, delta.key
         if windows.is_expired(key):
@@ -321,22 +335,33 @@ class KpiTableAgent:
                 self.metrics.revisions.inc()
                 self._revise_alert_history(owned, key, state)
             self.campaigns.observe(key, delta.measures, key.window_seconds == self.smallest_window)
-        await self._publish(key, state, delta.measures)
+        outputs.cells.append((key, state, delta.measures))
 
-    async def _on_mark(self, owned: DeltaPartition, mark: WatermarkMark, partition: int, offset: int) -> None:
+    def _on_marks(
+        self,
+        owned: DeltaPartition,
+        marks: list[WatermarkMark],
+        partition: int,
+        offset: int,
+        outputs: Outputs,
+    ) -> None:
         windows = owned.windows
-        table_key = mark_key(partition, mark.raw_partition)
-        stored = None if (raw := self.table.get(table_key)) is None else _mark_state_decoder.decode(raw)
-        merged = merge_mark(stored, mark, offset)
-        if merged is None:
-            # A replay: re-send the final results this mark produced before the crash.
+        replayed = False
+        for mark in marks:
+            table_key = mark_key(partition, mark.raw_partition)
+            stored = None if (raw := self.table.get(table_key)) is None else _mark_state_decoder.decode(raw)
+            merged = merge_mark(stored, mark, offset)
+            if merged is None:
+                replayed = True
+            else:
+                self.table[table_key] = _encoder.encode(merged)
+                windows.record_mark(merged.mark)
+        if replayed:
+            # Re-send the final results these marks produced before the crash.
             for key in sorted(windows.closed_by(offset)):
                 if (raw_state := self.table.get(key.encode())) is not None:
                     state = _state_decoder.decode(raw_state)
-                    await self._publish(key, state, state.measures)
-        else:
-            self.table[table_key] = _encoder.encode(merged)
-            windows.record_mark(merged.mark)
+                    outputs.cells.append((key, state, state.measures))
         low = windows.low_watermark
         if low is None:
             return
@@ -352,14 +377,14 @@ class KpiTableAgent:
             windows.add(key, state)
             self.metrics.cells_closed.inc()
             closed.append(key)
-            await self._publish(key, state, state.measures)
+            outputs.cells.append((key, state, state.measures))
         for rule in self.alert_rules:
-            await self._judge(owned, rule, closed, low, partition, offset, replay=merged is None)
+            self._judge(owned, rule, closed, low, partition, offset, replayed, outputs)
         for key in windows.expired():
             self.table.pop(key.encode(), None)
             self.metrics.cells_expired.inc()
 
-    async def _judge(
+    def _judge(
         self,
         owned: DeltaPartition,
         rule: AlertRule,
@@ -368,11 +393,12 @@ class KpiTableAgent:
         partition: int,
         offset: int,
         replay: bool,
+        outputs: Outputs,
     ) -> None:
         """Judge every window of ``rule``'s series that the low watermark has closed since the
         last mark, in order; a window without a cell counts as zero. A series starts being
-        watched with its first closed cell. On a replay of the mark that judged last, the alert
-        events it produced are sent again (their incident id makes repeats recognisable)."""
+        watched with its first closed cell. On a replay of the message that judged last, the
+        alert events it produced are sent again (their incident id makes repeats recognisable)."""
         size = rule.window_seconds
         through = newest_closed_start(self.windowing, size, low, self.settings.grace_seconds)
         rule_cells = [
@@ -391,12 +417,12 @@ class KpiTableAgent:
         for (channel, campaign), state in list(watched.items()):
             if state.judged_through >= through:
                 if replay and state.judged_by == offset:
-                    for body in state.last_events:
-                        await self.alerts.send(key=alert_key(rule.name, channel, campaign), value=body)
+                    table_key = alert_key(rule.name, channel, campaign)
+                    outputs.alerts.extend((table_key, body) for body in state.last_events)
                 continue
-            await self._judge_series(owned, rule, channel, campaign, state, through, offset)
+            self._judge_series(owned, rule, channel, campaign, state, through, offset, outputs)
 
-    async def _judge_series(
+    def _judge_series(
         self,
         owned: DeltaPartition,
         rule: AlertRule,
@@ -405,6 +431,7 @@ class KpiTableAgent:
         state: SeriesState,
         through: int,
         offset: int,
+        outputs: Outputs,
     ) -> None:
         size = rule.window_seconds
         series = (rule.kpi.name, size, channel, campaign)
@@ -438,7 +465,7 @@ class KpiTableAgent:
                 event.first_breach_start.isoformat(),
                 event.detail,
             )
-            await self.alerts.send(key=table_key, value=body)
+            outputs.alerts.append((table_key, body))
 
     def _revise_alert_history(self, owned: DeltaPartition, key: CellKey, state: CellState) -> None:
         """A closed window's cell changed (a late event): later baselines read the new value."""
@@ -450,44 +477,60 @@ class KpiTableAgent:
                 series_state.revise(key.window_start, observation_of(rule, state.measures))
                 self.table[alert_key(rule.name, key.channel, key.campaign)] = _encoder.encode(series_state)
 
-    async def _publish(self, key: CellKey, state: CellState, changed: Iterable[str]) -> None:
+    async def _publish(self, partition: int, outputs: Outputs) -> None:
         """Gauges and the Redis view first, so whoever sees a value on a topic finds them
-        already there; then the latest-value topic, and the results topic once closed."""
-        window_end = (
-            None
-            if key.window_seconds == ALL_TIME
-            else self.windowing.end(key.window_seconds, key.window_start)
-        )
-        updates = kpi_updates(key, state, changed, window_end)
-        if "page_views" in changed:
-            updates.extend(await self._unique_visitors(key, state, window_end))
-        if self.campaigns.has_gauges(key.campaign):
-            for kpi_key, update in updates:
+        already there; then one batch per topic: the latest values, the results of closed
+        windows, and the alert events."""
+        now = datetime.now(UTC)
+        updates: list[tuple[KpiKey, KpiUpdate]] = []
+        counted: list[tuple[CellKey, CellState, int | None]] = []
+        for key, state, changed in outputs.cells:
+            window_end = (
+                None
+                if key.window_seconds == ALL_TIME
+                else self.windowing.end(key.window_seconds, key.window_start)
+            )
+            updates += kpi_updates(key, state, changed, window_end, now)
+            if "page_views" in changed:
+                counted.append((key, state, window_end))
+        if counted:
+            updates += await self._unique_visitors(counted, now)
+        for kpi_key, update in updates:
+            if self.campaigns.has_gauges(kpi_key.campaign):
                 self.current.observe(kpi_key, update.value)
                 if update.final:
                     self.last_closed.observe(kpi_key, update.value)
-        await self._write_view(updates)
-        for kpi_key, update in updates:
-            body = _encoder.encode(update)
-            await self.updates.send(key=kpi_key.encode(), value=body)
-            if update.final:
-                await self.results.send(key=kpi_key.encode(), value=body)
+        encoded = [(kpi_key, _encoder.encode(update), update.final) for kpi_key, update in updates]
+        await self._write_view([(kpi_key, body) for kpi_key, body, _ in encoded])
+        settings = self.settings
+        messages: list[OutputMessage] = []
+        for kpi_key, body, final in encoded:
+            raw_key = kpi_key.encode()
+            messages.append((settings.kpi_updates_topic, raw_key, body))
+            if final:
+                messages.append((settings.window_results_topic, raw_key, body))
+        messages += [(settings.alerts_topic, key, body) for key, body in outputs.alerts]
+        if messages:
+            await self.publisher.publish(partition, messages)
 
     async def _unique_visitors(
-        self, key: CellKey, state: CellState, window_end: int | None
+        self, cells: list[tuple[CellKey, CellState, int | None]], now: datetime
     ) -> list[tuple[KpiKey, KpiUpdate]]:
-        """The cell's unique visitors, or nothing while Redis does not answer (the next page
-        view of the cell publishes it)."""
+        """The unique visitors of cells with new page views, or nothing while Redis does not
+        answer (the next page view of a cell publishes it)."""
         assert self.visitors is not None
         try:
-            count = await self.visitors.count([key])
+            counts = await self.visitors.count_each([key for key, _, _ in cells])
         except (RedisError, OSError) as exc:
             self.metrics.view_errors.inc()
-            log.warning("could not count the unique visitors of %s (%s)", key, exc)
+            log.warning("could not count the unique visitors of %d cells (%s)", len(cells), exc)
             return []
-        return [unique_visitors_update(key, state, count, window_end)]
+        return [
+            unique_visitors_update(key, state, count, window_end, now)
+            for (key, state, window_end), count in zip(cells, counts, strict=True)
+        ]
 
-    async def _write_view(self, updates: list[tuple[KpiKey, KpiUpdate]]) -> None:
+    async def _write_view(self, updates: list[tuple[KpiKey, bytes]]) -> None:
         assert self.view is not None
         try:
             await self.view.write(updates)
@@ -499,15 +542,12 @@ class KpiTableAgent:
 def register_kpi_agent(
     app: faust.App,
     deltas: faust.TopicT,
-    updates: faust.TopicT,
-    results: faust.TopicT,
     table: TableT[bytes, bytes],
     metrics: Metrics,
     settings: Settings,
-    alerts: faust.TopicT,
     alert_rules: tuple[AlertRule, ...],
 ) -> KpiTableAgent:
-    body = KpiTableAgent(table, updates, results, metrics, settings, alerts, alert_rules)
+    body = KpiTableAgent(table, metrics, settings, alert_rules)
 
     async def forget_revoked(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         revoked: set[Any] = args[0]

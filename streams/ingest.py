@@ -33,7 +33,7 @@ from streams.attribution import Attribution, ChannelRules
 from streams.catalog import Contribution, contribution
 from streams.dedup import RedisSightings, Sighting
 from streams.events import TYPE_NAMES, AwareTime, PageView, RawEvent
-from streams.kpis import CellKey, Delta, DeltaAggregator, published_cells, series_partition
+from streams.kpis import CellKey, Delta, DeltaAggregator, delta_batches, published_cells
 from streams.metrics import Metrics
 from streams.privacy import Pseudonymizer
 from streams.settings import Settings
@@ -659,25 +659,15 @@ class IngestService(Service):
                     self.metrics.partition_watermark.labels(str(mark.raw_partition)).set(mark.watermark)
 
     async def _publish(self, pending: Flushable) -> None:
-        """The body of a flush transaction. Marks go after the deltas: on every delta partition,
-        a raw partition's mark follows all the deltas made from it before that mark."""
+        """The body of a flush transaction: its deltas and marks in a few messages per delta
+        partition (see ``delta_batches``), bad rows, late events, the report and the offsets."""
         settings, encode = self.settings, self._encoder.encode
-        partitions = len(self._delta_partitions)
-        for delta in pending.deltas:
-            await self.producer.send(
-                settings.deltas_topic,
-                key=delta.key.encode(),
-                value=encode(delta),
-                partition=series_partition(delta.channel, delta.campaign, partitions),
-            )
+        for partition, batch in delta_batches(pending.deltas, pending.marks, len(self._delta_partitions)):
+            await self.producer.send(settings.deltas_topic, value=encode(batch), partition=partition)
         for bad_row in pending.bad_rows:
             await self.producer.send(settings.bad_rows_topic, value=encode(bad_row))
         for late in pending.late_events:
             await self.producer.send(settings.late_events_topic, value=encode(late))
-        for mark in pending.marks:
-            body = encode(mark)
-            for partition in self._delta_partitions:
-                await self.producer.send(settings.deltas_topic, value=body, partition=partition)
         if pending.has_messages:
             await self.producer.send(settings.accounting_topic, value=encode(self._report(pending)))
         if pending.commits:

@@ -16,9 +16,8 @@ import msgspec
 from streams.alerts import AlertEvent
 from streams.events import RawEvent
 from streams.ingest import IngestReport, LateEvent
-from streams.kpis import Delta, KpiUpdate
+from streams.kpis import DeltaBatch, KpiUpdate
 from streams.validation import BadRow
-from streams.watermarks import WatermarkMark
 
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
@@ -70,13 +69,13 @@ SCHEMA_FILES: tuple[SchemaFile, ...] = (
         "over the topic (read_committed), it accounts for every raw message exactly once.",
     ),
     SchemaFile(
-        "internal/kpi_delta-1-1-0.json",
-        Delta | WatermarkMark,
+        "internal/kpi_delta-2-0-0.json",
+        DeltaBatch,
         "kpi_delta",
-        "Internal, on <prefix>.kpi-deltas: an increment of one cell from one ingest flush "
-        "(kind delta, keyed by cell, on the partition of its channel and campaign), or a raw "
-        "partition's event-time watermark (kind watermark, sent to every partition after the "
-        "deltas of the same flush).",
+        "Internal, on <prefix>.kpi-deltas, no key: a batch of one ingest flush for one partition. "
+        "deltas: increments of cells whose channel and campaign hash to this partition (at most "
+        "500 per message); marks: the event-time watermarks of the raw partitions the flush read, "
+        "in the flush's last message to every partition, applied after its deltas.",
     ),
     SchemaFile(
         "outputs/alert-1-0-0.json",

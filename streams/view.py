@@ -10,6 +10,7 @@ A series lives on one partition of the delta topic, so one worker writes it.
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -22,7 +23,6 @@ HISTORY_SECONDS = 7 * 86400
 FIELD_SEPARATOR = "|"
 
 _update_decoder = msgspec.json.Decoder(KpiUpdate)
-_encoder = msgspec.json.Encoder()
 
 
 def series_field(key: KpiKey) -> str:
@@ -58,19 +58,26 @@ class RedisView:
     def _latest_key(self, window_seconds: int) -> str:
         return f"{self.prefix}:latest:{window_seconds}"
 
-    async def write(self, updates: Iterable[tuple[KpiKey, KpiUpdate]]) -> None:
-        """Store the updates of one cell in one round trip."""
-        pipe = self.client.pipeline(transaction=False)
-        for key, update in updates:
-            body = _encoder.encode(update)
+    async def write(self, updates: Iterable[tuple[KpiKey, bytes]]) -> None:
+        """Store encoded KPI updates in one round trip: one HSET per window and one per
+        window size's latest values, whatever the number of updates."""
+        windows: defaultdict[str, dict[str, bytes]] = defaultdict(dict)
+        latest: defaultdict[str, dict[str, bytes]] = defaultdict(dict)
+        for key, body in updates:
             field = series_field(key)
-            window_key = f"{self.prefix}:window:{key.window_seconds}:{key.window_start}"
-            pipe.hset(window_key, field, body)
-            pipe.expire(window_key, HISTORY_SECONDS)
+            windows[f"{self.prefix}:window:{key.window_seconds}:{key.window_start}"][field] = body
             series = (key.kpi, key.window_seconds, key.channel, key.campaign)
             if key.window_start >= self._newest.get(series, key.window_start):
                 self._newest[series] = key.window_start
-                pipe.hset(self._latest_key(key.window_seconds), field, body)
+                latest[self._latest_key(key.window_seconds)][field] = body
+        if not windows:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for window_key, fields in windows.items():
+            pipe.hset(window_key, mapping=fields)  # type: ignore[arg-type]
+            pipe.expire(window_key, HISTORY_SECONDS)
+        for latest_key, fields in latest.items():
+            pipe.hset(latest_key, mapping=fields)  # type: ignore[arg-type]
         await pipe.execute()
 
     async def window_values(

@@ -44,6 +44,9 @@ class VisitorSketches:
             pipe.expire(key, ttl_seconds[cell.window_seconds])
         await pipe.execute()
 
-    async def count(self, cells: Iterable[CellKey]) -> int:
-        """Distinct visitors over the union of ``cells``."""
-        return int(await self.client.pfcount(*(self.key(cell) for cell in cells)))
+    async def count_each(self, cells: list[CellKey]) -> list[int]:
+        """Distinct visitors of each cell, in one round trip."""
+        pipe = self.client.pipeline(transaction=False)
+        for cell in cells:
+            pipe.pfcount(self.key(cell))
+        return [int(count) for count in await pipe.execute()]

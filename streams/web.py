@@ -36,7 +36,11 @@ class WebServer(Service):
         return self.settings.web_url
 
     async def _metrics(self, request: web.Request) -> web.Response:
-        body = generate_latest(self.metrics.registry)
+        """The Prometheus exposition; ``?name[]=<sample name>`` (repeatable) restricts it to
+        those metrics, as prometheus_client's own handlers do: cheap enough to poll often."""
+        names = request.query.getall("name[]", [])
+        registry = self.metrics.registry
+        body = generate_latest(registry.restricted_registry(names) if names else registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def _health(self, request: web.Request) -> web.Response:

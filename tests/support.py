@@ -115,17 +115,14 @@ async def remove_test_data(settings: Settings, prefixes: list[str]) -> tuple[int
 
 def leads_delta(minute: int, campaign: str, leads: int) -> bytes:
     """A delta message as ingest writes it: ``leads`` leads in a minute window, all channels."""
-    return json.dumps(
-        {
-            "kind": "delta",
-            "schema_version": "1-1-0",
-            "window_seconds": 60,
-            "window_start": minute,
-            "channel": "*",
-            "campaign": campaign,
-            "measures": {"leads": leads},
-        }
-    ).encode()
+    delta = {
+        "window_seconds": 60,
+        "window_start": minute,
+        "channel": "*",
+        "campaign": campaign,
+        "measures": {"leads": leads},
+    }
+    return json.dumps({"schema_version": "2-0-0", "deltas": [delta]}).encode()
 
 
 class WorkerProcess:
@@ -185,13 +182,13 @@ class WorkerProcess:
         with urllib.request.urlopen(f"{self.settings.web_url}{path}", timeout=10) as response:
             return json.loads(response.read())
 
-    def metrics_text(self) -> str:
-        with urllib.request.urlopen(f"{self.settings.web_url}/metrics", timeout=5) as response:
+    def metrics_text(self, query: str = "") -> str:
+        with urllib.request.urlopen(f"{self.settings.web_url}/metrics{query}", timeout=5) as response:
             return str(response.read().decode())
 
-    def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-        """Every sample on /metrics, keyed by (name, sorted labels)."""
-        text = self.metrics_text()
+    def metrics(self, query: str = "") -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        """Every sample on /metrics (``query``: e.g. ``?name[]=...``), keyed by (name, sorted labels)."""
+        text = self.metrics_text(query)
         samples: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
         for family in text_string_to_metric_families(text):
             for sample in family.samples:

@@ -1,4 +1,5 @@
 from collections import Counter
+from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 from streams.attribution import Attribution
@@ -7,14 +8,18 @@ from streams.closing import close_cell
 from streams.kpis import (
     ALL,
     ALL_TIME,
+    DELTAS_PER_MESSAGE,
     CellKey,
     CellState,
     Delta,
     DeltaAggregator,
     KpiKey,
     apply_delta,
+    delta_batches,
     kpi_updates,
+    series_partition,
 )
+from streams.watermarks import WatermarkMark
 from streams.windows import Windowing, parse_sizes
 
 UTC_WINDOWS = Windowing((60, 3600, 86400), ZoneInfo("UTC"))
@@ -43,7 +48,6 @@ def test_aggregator_rolls_cells_up_to_channel_campaign_and_overall_in_every_wind
 
 def test_apply_delta_skips_replays_at_or_below_the_applied_offset() -> None:
     delta = Delta(
-        schema_version="1-0-0",
         window_seconds=60,
         window_start=0,
         channel=ALL,
@@ -61,7 +65,6 @@ def test_apply_delta_skips_replays_at_or_below_the_applied_offset() -> None:
 
 def test_a_delta_for_a_closed_window_makes_the_next_revision() -> None:
     delta = Delta(
-        schema_version="1-1-0",
         window_seconds=60,
         window_start=0,
         channel=ALL,
@@ -132,6 +135,23 @@ def test_day_windows_follow_the_time_zone_including_daylight_saving_days() -> No
     assert tehran.start(86400, 1_795_737_600) == 1_795_725_000  # 2026-11-27 00:00+03:30
 
 
+def test_day_starts_are_local_midnights_in_zones_with_odd_offsets_and_across_dst_changes() -> None:
+    """The quarter-hour cache in ``Windowing.start`` agrees with a direct computation."""
+    for name in (
+        "Asia/Tehran",
+        "Asia/Kathmandu",
+        "Australia/Lord_Howe",
+        "Pacific/Chatham",
+        "America/St_Johns",
+    ):
+        zone = ZoneInfo(name)
+        windowing = Windowing((86400,), zone)
+        for instant in range(1_774_000_000, 1_776_000_000, 417):  # March-April 2026, every 7 minutes
+            local = datetime.fromtimestamp(instant, UTC).astimezone(zone)
+            midnight = int(datetime(local.year, local.month, local.day, tzinfo=zone).timestamp())
+            assert windowing.start(86400, instant) == midnight, (name, instant)
+
+
 def test_window_sizes_must_divide_a_day() -> None:
     assert parse_sizes("3600, 60,86400") == (60, 3600, 86400)
     for bad in ("", "7", "0", "90000"):
@@ -154,3 +174,34 @@ def test_subscriber_measures_also_count_in_the_running_total_cells() -> None:
         (ALL, "(none)"): {"subscribes": 1, "unsubscribes": 1},
         (ALL, ALL): {"subscribes": 1, "unsubscribes": 1},
     }
+
+
+def test_delta_batches_put_each_series_on_its_partition_with_the_marks_after_its_deltas() -> None:
+    deltas = [
+        Delta(
+            window_seconds=60,
+            window_start=60 * i,
+            channel=f"c{i % 7}",
+            campaign=f"k{i % 5}",
+            measures={"leads": 1},
+        )
+        for i in range(3 * DELTAS_PER_MESSAGE)
+    ]
+    mark = WatermarkMark(schema_version="1-0-0", raw_partition=0, raw_partitions=1, watermark=5.0, idle=False)
+    batches = delta_batches(deltas, [mark], partitions=4)
+    sent = [(partition, delta) for partition, batch in batches for delta in batch.deltas]
+    assert sorted(sent, key=lambda pair: pair[1].window_start) == [
+        (series_partition(d.channel, d.campaign, 4), d) for d in deltas
+    ], "every delta once, on its series' partition"
+    assert all(len(batch.deltas) <= DELTAS_PER_MESSAGE for _, batch in batches)
+    for partition in range(4):
+        mine = [batch for p, batch in batches if p == partition]
+        assert mine, f"partition {partition} gets a message (with the marks) even without deltas"
+        assert mine[-1].marks == [mark] and all(not batch.marks for batch in mine[:-1])
+
+
+def test_a_flush_without_marks_sends_only_to_partitions_with_deltas() -> None:
+    delta = Delta(window_seconds=60, window_start=0, channel="email", campaign="a", measures={"leads": 2})
+    ((partition, batch),) = delta_batches([delta], [], partitions=6)
+    assert partition == series_partition("email", "a", 6)
+    assert batch.deltas == [delta] and batch.marks == []

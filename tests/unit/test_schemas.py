@@ -16,9 +16,10 @@ from streams.attribution import Attribution
 from streams.catalog import MEASURE_SOURCES, MEASURES, contribution
 from streams.closing import close_cell
 from streams.events import EVENT_TYPES, TYPE_NAMES
-from streams.kpis import ALL, CellKey, CellState, Delta, DeltaAggregator, kpi_updates
+from streams.kpis import ALL, CellKey, CellState, DeltaAggregator, delta_batches, kpi_updates
 from streams.schema_export import stale_files
 from streams.validation import BadReason, Rejection, decode_event, make_bad_row
+from streams.watermarks import WatermarkMark
 from streams.windows import Windowing
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
@@ -47,8 +48,7 @@ def test_every_event_type_has_an_example_that_schema_and_model_accept(name: str)
     [
         ("outputs/kpi_update-1-1-0.json", "kpi_update"),
         ("outputs/bad_row-1-0-0.json", "bad_row"),
-        ("internal/kpi_delta-1-1-0.json", "kpi_delta"),
-        ("internal/kpi_delta-1-1-0.json", "watermark"),
+        ("internal/kpi_delta-2-0-0.json", "kpi_delta"),
         ("outputs/late_event-1-0-0.json", "late_event"),
         ("outputs/alert-1-0-0.json", "alert"),
     ],
@@ -158,10 +158,14 @@ def test_outputs_written_by_the_code_match_their_schemas() -> None:
     )
     aggregator = DeltaAggregator(Windowing((60, 86400), ZoneInfo("Asia/Tehran")))
     aggregator.add(1_795_761_930.0, Attribution("organic_search", "spring_sale", "r"), [("page_views", 1)])
-    delta_check = validator("internal/kpi_delta-1-1-0.json")
-    deltas: list[Delta] = aggregator.drain()
-    for delta in deltas:
-        delta_check.validate(json.loads(encoder.encode(delta)))
+    delta_check = validator("internal/kpi_delta-2-0-0.json")
+    marks = [
+        WatermarkMark(schema_version="1-0-0", raw_partition=0, raw_partitions=1, watermark=None, idle=True)
+    ]
+    batches = delta_batches(aggregator.drain(), marks, 3)
+    assert {partition for partition, _ in batches} == {0, 1, 2}, "every partition gets the marks"
+    for _, batch in batches:
+        delta_check.validate(json.loads(encoder.encode(batch)))
     bad_check = validator("outputs/bad_row-1-0-0.json")
     for reason in BadReason:
         for payload in (b"{", b"\xff"):
