@@ -45,6 +45,8 @@ class Attribution:
 
 Predicate = Callable[[Touch], bool]
 
+TOUCH_CACHE_SIZE = 100_000
+
 
 def site_of(referrer: str | None) -> str:
     if not referrer:
@@ -95,6 +97,9 @@ class ChannelRules:
         self.intrinsic = intrinsic
         self.lists = lists
         self.version = version
+        #: Touches repeat (a campaign's links, a search engine's referrer): each is matched
+        #: against the rules once, until the cache is full, then it starts over.
+        self._by_touch: dict[Touch, Attribution] = {}
 
     @classmethod
     def load(cls, path: Path | None = None) -> ChannelRules:
@@ -134,6 +139,14 @@ class ChannelRules:
         return cls(rules, intrinsic, lists, version)
 
     def attribute_touch(self, touch: Touch) -> Attribution:
+        known = self._by_touch.get(touch)
+        if known is None:
+            if len(self._by_touch) >= TOUCH_CACHE_SIZE:
+                self._by_touch.clear()
+            known = self._by_touch[touch] = self._match(touch)
+        return known
+
+    def _match(self, touch: Touch) -> Attribution:
         campaign = touch.campaign or NO_CAMPAIGN
         for rule in self.rules:
             if rule.matches(touch):

@@ -9,6 +9,7 @@ opens and clicks) are measures too: an event adds 1 only on the first sighting o
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from streams.attribution import Attribution
@@ -250,6 +251,8 @@ def evaluate(kpi: Kpi, measures: dict[str, int]) -> KpiValue:
     return KpiValue(kpi.name, value, numerator, denominator)
 
 
-def affected(changed: set[str]) -> list[Kpi]:
-    """The KPIs whose value depends on any of the ``changed`` measures."""
-    return [kpi for kpi in CATALOG if kpi.inputs & changed]
+@functools.lru_cache(maxsize=1024)
+def affected(changed: frozenset[str]) -> tuple[Kpi, ...]:
+    """The KPIs whose value depends on any of the ``changed`` measures (few distinct sets
+    occur: the measures of an event type or of a cell)."""
+    return tuple(kpi for kpi in CATALOG if kpi.inputs & changed)

@@ -279,14 +279,13 @@ def kpi_updates(
 ) -> list[tuple[KpiKey, KpiUpdate]]:
     """The KPI values of a cell that depend on the ``changed`` measures (all of a cell's
     measures for its final result)."""
+    window = _window_times(key, window_end)
     updated_at = now or datetime.now(UTC)
     updates = []
-    for kpi in affected(set(changed)):
+    for kpi in affected(frozenset(changed)):
         value = evaluate(kpi, state.measures)
         updates.append(
-            _update(
-                key, state, kpi.name, value.value, value.numerator, value.denominator, window_end, updated_at
-            )
+            _update(key, state, kpi.name, value.value, value.numerator, value.denominator, window, updated_at)
         )
     return updates
 
@@ -295,9 +294,15 @@ def unique_visitors_update(
     key: CellKey, state: CellState, visitors: int, window_end: int | None, now: datetime | None = None
 ) -> tuple[KpiKey, KpiUpdate]:
     """The approximate distinct visitors of a cell (a HyperLogLog count, see streams.visitors)."""
+    window = _window_times(key, window_end)
     return _update(
-        key, state, UNIQUE_VISITORS, float(visitors), visitors, None, window_end, now or datetime.now(UTC)
+        key, state, UNIQUE_VISITORS, float(visitors), visitors, None, window, now or datetime.now(UTC)
     )
+
+
+def _window_times(key: CellKey, window_end: int | None) -> tuple[datetime, datetime | None]:
+    start = datetime.fromtimestamp(key.window_start, UTC)
+    return start, None if window_end is None else datetime.fromtimestamp(window_end, UTC)
 
 
 def _update(
@@ -307,7 +312,7 @@ def _update(
     value: float | None,
     numerator: int,
     denominator: int | None,
-    window_end: int | None,
+    window: tuple[datetime, datetime | None],
     updated_at: datetime,
 ) -> tuple[KpiKey, KpiUpdate]:
     return (
@@ -316,8 +321,8 @@ def _update(
             schema_version=KPI_SCHEMA_VERSION,
             kpi=kpi,
             window_seconds=key.window_seconds,
-            window_start=datetime.fromtimestamp(key.window_start, UTC),
-            window_end=None if window_end is None else datetime.fromtimestamp(window_end, UTC),
+            window_start=window[0],
+            window_end=window[1],
             channel=key.channel,
             campaign=key.campaign,
             value=value,

@@ -123,3 +123,11 @@ def test_invalid_rules_files_are_refused_with_where_and_why(change: dict[str, ob
     data = {**tomllib.loads(DEFAULT_RULES_FILE.read_text()), **change}
     with pytest.raises(RulesError, match=message):
         ChannelRules.from_mapping(data)
+
+
+def test_repeated_touches_keep_their_own_channel_while_cached() -> None:
+    rules = ChannelRules.load()
+    touches = [touch_of(Utm(source="google", medium="cpc"), None), touch_of(None, "https://www.google.com/")]
+    first = [rules.attribute_touch(t) for t in touches]
+    assert [a.channel for a in first] == ["paid_search", "organic_search"]
+    assert [rules.attribute_touch(t) for t in reversed(touches)] == list(reversed(first))
