@@ -53,6 +53,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 PROCESSOR = "mkpi-ingest"
+#: Distinct (window, channel, campaign) cells whose published names ingest keeps at hand.
+NAMED_CELLS_CACHE_SIZE = 50_000
 
 
 class LateEvent(msgspec.Struct, frozen=True, kw_only=True):
@@ -206,6 +208,7 @@ class BatchIngestor:
         self.visitors: defaultdict[CellKey, set[str]] = defaultdict(set)
         self._positions: dict[TopicPartition, int] = {}
         self._sent_marks: dict[int, tuple[float | None, bool]] = {}
+        self._named: dict[tuple[int, int, str, str], list[tuple[CellKey, str, int]]] = {}
 
     def assign(self, tp: TopicPartition, committed: int | None, watermark: float | None) -> None:
         """Take over a raw partition from its committed offset and watermark."""
@@ -311,14 +314,27 @@ class BatchIngestor:
     ) -> tuple[tuple[CellKey, str, int], ...]:
         """The published cells a distinct count is decided in, with a Redis name and how long
         to remember it: until no event of that window can still be accepted."""
-        cells = []
+        cells: list[tuple[CellKey, str, int]] = []
         for size, start in self.windowing.starts(at.timestamp()):
-            if size in missed:
-                continue
-            horizon = size + self.settings.max_event_age_seconds + self.settings.max_event_future_seconds
-            for cell in published_cells(size, start, attribution.channel, attribution.campaign):
-                cells.append((cell, cell.encode().decode(), horizon))
+            if size not in missed:
+                cells += self._named_cells(size, start, attribution.channel, attribution.campaign)
         return tuple(cells)
+
+    def _named_cells(
+        self, size: int, start: int, channel: str, campaign: str
+    ) -> list[tuple[CellKey, str, int]]:
+        """``published_cells`` with their Redis names and horizon; the same few come back for
+        every event of a window, so they are made once (the cache starts over when full)."""
+        finest = (size, start, channel, campaign)
+        named = self._named.get(finest)
+        if named is None:
+            if len(self._named) >= NAMED_CELLS_CACHE_SIZE:
+                self._named.clear()
+            horizon = size + self.settings.max_event_age_seconds + self.settings.max_event_future_seconds
+            named = self._named[finest] = [
+                (cell, cell.encode().decode(), horizon) for cell in published_cells(*finest)
+            ]
+        return named
 
     def apply(self, screened: Screened, verdicts: list[bool]) -> None:
         """Fold a screened batch in; ``verdicts`` answer ``sightings(screened)`` in order."""

@@ -120,9 +120,9 @@ class Lateness:
     retention_seconds: int
 
     def missed_sizes(self, event_time: float, watermark: float | None) -> tuple[int, ...]:
-        if watermark is None:
-            return ()
         after_end = self.grace_seconds + self.retention_seconds
+        if watermark is None or event_time + after_end > watermark:
+            return ()  # every window ends after the event: none of them can be missed
         return tuple(
             size
             for size, start in self.windowing.starts(event_time)
