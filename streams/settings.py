@@ -64,7 +64,11 @@ class Settings:
     #: watermark advances with the wall clock.
     idle_timeout_seconds: int = 30
     blog_path_prefix: str = "/blog/"
-    flush_interval_seconds: float = 0.5
+    #: How often ingest publishes deltas and commits while it keeps up with the raw topic...
+    flush_interval_seconds: float = 0.2
+    #: ...and while it has a backlog (more than a batch of records waiting): longer flushes
+    #: pre-aggregate more events per cell.
+    backlog_flush_interval_seconds: float = 1.0
     ingest_max_records: int = 5000
     max_event_bytes: int = 65536
     #: Events older than this (by corrected event time, against the wall clock) are bad rows.
@@ -261,6 +265,11 @@ class Settings:
             bad("blog_path_prefix", "must start with '/'")
         if not 0.01 <= self.flush_interval_seconds <= 60:
             bad("flush_interval_seconds", "must be between 0.01 and 60 seconds")
+        if not self.flush_interval_seconds <= self.backlog_flush_interval_seconds <= 60:
+            bad(
+                "backlog_flush_interval_seconds",
+                "must be between MKPI_FLUSH_INTERVAL_SECONDS and 60 seconds",
+            )
         if not 1 <= self.ingest_max_records <= 1_000_000:
             bad("ingest_max_records", "must be between 1 and 1,000,000")
         if not 64 <= self.max_event_bytes <= 10_000_000:

@@ -46,6 +46,14 @@ def test_value_errors_name_the_variable() -> None:
         assert variable in message
 
 
+def test_the_backlog_flush_interval_cannot_be_shorter_than_the_usual_one() -> None:
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env(
+            {**DEV, "MKPI_FLUSH_INTERVAL_SECONDS": "2", "MKPI_BACKLOG_FLUSH_INTERVAL_SECONDS": "1"}
+        )
+    assert "MKPI_BACKLOG_FLUSH_INTERVAL_SECONDS" in str(caught.value)
+
+
 def test_file_settings_apply_and_environment_wins(tmp_path: Path) -> None:
     config = tmp_path / "mkpi.toml"
     config.write_text('partitions = 12\ntopic_prefix = "fromfile"\n')
