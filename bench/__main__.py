@@ -15,7 +15,9 @@ Freshness: on a fresh worker, realistic events at 50% and then 80% of C's measur
 probe (a page view of a campaign of its own) every half second; a probe's freshness is the time
 from its send to its campaign's page views update on the KPI update topic.
 
-Not done yet (issue 6): the campaign-count curve.
+Campaign curve: C alone, on fresh topics, for each of ``--campaign-curve`` campaign counts
+(10, 1,000 and 100,000 by default) on ``--curve-events`` events: how throughput, memory and
+deltas per event change with the number of campaigns.
 """
 
 from __future__ import annotations
@@ -336,6 +338,20 @@ def markdown(report: dict[str, Any]) -> str:
         )
     ratios = ", ".join(f"{k} = {v}" for k, v in report["ratios"].items())
     lines += ["", f"Ratios: {ratios}."]
+    if curve := report.get("campaign_curve"):
+        lines += [
+            "",
+            f"C alone on {curve[0]['events']:,} events, by number of campaigns:",
+            "",
+            "| campaigns | events/s | CPU s per 1M events | peak RSS MB | deltas per 1M events |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {p['campaigns']:,} | {p['events_per_second']:,} | {p['cpu_seconds_per_million']} | "
+            f"{p['peak_rss_mb']} | {p['deltas_per_million']:,} |"
+            for p in curve
+        ]
+        lines.append("")
     for name, measured in report.get("freshness", {}).items():
         lines.append(
             f"Freshness {name.replace('_', ' ')} ({measured['rate']:,} events/s): p50 "
@@ -358,6 +374,24 @@ async def delete_topics(settings: Settings) -> None:
 
 
 CONTENDERS = ("a", "a2", "b", "c")
+
+
+def campaign_curve(
+    base: Settings, events: int, campaign_counts: list[int], seed: int
+) -> list[dict[str, Any]]:
+    """C alone on ``events`` events spread over each number of campaigns, fresh topics each."""
+    points = []
+    for campaigns in campaign_counts:
+        settings = bench_settings(base)
+        try:
+            asyncio.run(ensure_topics(settings))
+            print(f"campaign curve: {campaigns:,} campaigns, pre-loading {events:,} events ...", flush=True)
+            asyncio.run(preload(settings, events, campaigns, seed))
+            log_path = Path(tempfile.gettempdir()) / f"{settings.topic_prefix}-worker.log"
+            points.append({"campaigns": campaigns, **run_pipeline(settings, events, log_path).as_json()})
+        finally:
+            asyncio.run(delete_topics(settings))
+    return points
 
 
 def run_all(settings: Settings, events: int, contenders: list[str]) -> dict[str, Result]:
@@ -406,6 +440,12 @@ def main() -> None:
         "--freshness-seconds", type=float, default=60, help="seconds per freshness run (0: skip them)"
     )
     parser.add_argument(
+        "--campaign-curve",
+        default="10,1000,100000",
+        help="campaign counts C runs alone on --curve-events events each, comma-separated ('': skip)",
+    )
+    parser.add_argument("--curve-events", type=int, default=300_000)
+    parser.add_argument(
         "--contenders",
         default=",".join(CONTENDERS),
         help="which to run, comma-separated; a run of fewer than all is printed, not recorded",
@@ -429,6 +469,9 @@ def main() -> None:
         report["freshness"] = measure_freshness(
             base, results["c"].events_per_second, args.freshness_seconds, args.seed
         )
+    if args.campaign_curve:
+        counts = [int(n) for n in args.campaign_curve.split(",")]
+        report["campaign_curve"] = campaign_curve(base, args.curve_events, counts, args.seed)
     if len(contenders) == len(CONTENDERS):
         RESULTS.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
