@@ -29,7 +29,6 @@ import faust
 import msgspec
 import redis.asyncio as aioredis
 from faust.types import TableT
-from redis.exceptions import RedisError
 
 from agents.gap_reader import DeltaGapReader
 from agents.outputs import OutputMessage, OutputPublisher
@@ -62,6 +61,7 @@ from streams.kpis import (
 )
 from streams.labels import CampaignLabels
 from streams.metrics import Metrics
+from streams.redis_wait import until_redis_answers
 from streams.settings import Settings
 from streams.view import RedisView
 from streams.visitors import VisitorSketches
@@ -516,27 +516,27 @@ class KpiTableAgent:
     async def _unique_visitors(
         self, cells: list[tuple[CellKey, CellState, int | None]], now: datetime
     ) -> list[tuple[KpiKey, KpiUpdate]]:
-        """The unique visitors of cells with new page views, or nothing while Redis does not
-        answer (the next page view of a cell publishes it)."""
-        assert self.visitors is not None
-        try:
-            counts = await self.visitors.count_each([key for key, _, _ in cells])
-        except (RedisError, OSError) as exc:
-            self.metrics.view_errors.inc()
-            log.warning("could not count the unique visitors of %d cells (%s)", len(cells), exc)
-            return []
+        """The unique visitors of cells with new page views (waiting for Redis if it is down)."""
+        visitors = self.visitors
+        assert visitors is not None
+        keys = [key for key, _, _ in cells]
+        counts = await until_redis_answers(
+            lambda: visitors.count_each(keys),
+            "unique visitor counts",
+            self.metrics.redis_up,
+            self.metrics.view_errors,
+        )
         return [
             unique_visitors_update(key, state, count, window_end, now)
             for (key, state, window_end), count in zip(cells, counts, strict=True)
         ]
 
     async def _write_view(self, updates: list[tuple[KpiKey, bytes]]) -> None:
-        assert self.view is not None
-        try:
-            await self.view.write(updates)
-        except (RedisError, OSError) as exc:
-            self.metrics.view_errors.inc()
-            log.warning("could not update the Redis view (%s); the topics have the values", exc)
+        view = self.view
+        assert view is not None
+        await until_redis_answers(
+            lambda: view.write(updates), "the Redis view", self.metrics.redis_up, self.metrics.view_errors
+        )
 
 
 def register_kpi_agent(

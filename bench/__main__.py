@@ -16,7 +16,7 @@ probe (a page view of a campaign of its own) every half second; a probe's freshn
 from its send to its campaign's page views update on the KPI update topic.
 
 Campaign curve: C alone, on fresh topics, for each of ``--campaign-curve`` campaign counts
-(10, 1,000 and 100,000 by default) on ``--curve-events`` events: how throughput, memory and
+(10, 1,000, 10,000 and 100,000 by default) on ``--curve-events`` events: how throughput, memory and
 deltas per event change with the number of campaigns.
 """
 
@@ -42,12 +42,12 @@ from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from streams.cli import wait_for_http
 from streams.generator import Fractions, Scenario, produce_messages
 from streams.settings import Settings
+from streams.stack.cleanup import remove_run_data
 from streams.topics import ensure_topics
 
 REPO = Path(__file__).resolve().parent.parent
@@ -243,7 +243,7 @@ def measure_freshness(base: Settings, max_rate: float, seconds: float, seed: int
                 worker.terminate()
                 worker.wait(60)
         finally:
-            asyncio.run(delete_topics(settings))
+            remove_data(settings)
     return results
 
 
@@ -361,16 +361,10 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join([*lines, "", ""])
 
 
-async def delete_topics(settings: Settings) -> None:
-    """The run's topics go when it ends: thousands of partitions left behind slow the broker."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-    await admin.start()
-    try:
-        await admin.delete_topics(
-            [t for t in await admin.list_topics() if t.startswith(settings.topic_prefix)]
-        )
-    finally:
-        await admin.close()
+def remove_data(settings: Settings) -> None:
+    """The run's topics and Redis keys go when it ends (a million events leave ten million
+    duplicate-check keys behind)."""
+    asyncio.run(remove_run_data(settings, [settings.topic_prefix]))
 
 
 CONTENDERS = ("a", "a2", "b", "c")
@@ -390,7 +384,7 @@ def campaign_curve(
             log_path = Path(tempfile.gettempdir()) / f"{settings.topic_prefix}-worker.log"
             points.append({"campaigns": campaigns, **run_pipeline(settings, events, log_path).as_json()})
         finally:
-            asyncio.run(delete_topics(settings))
+            remove_data(settings)
     return points
 
 
@@ -441,7 +435,7 @@ def main() -> None:
     )
     parser.add_argument(
         "--campaign-curve",
-        default="10,1000,100000",
+        default="10,1000,10000,100000",
         help="campaign counts C runs alone on --curve-events events each, comma-separated ('': skip)",
     )
     parser.add_argument("--curve-events", type=int, default=300_000)
@@ -463,7 +457,7 @@ def main() -> None:
         asyncio.run(preload(settings, args.events, args.campaigns, args.seed))
         results = run_all(settings, args.events, contenders)
     finally:
-        asyncio.run(delete_topics(settings))
+        remove_data(settings)
     report = summary(settings, args.events, results)
     if args.freshness_seconds and "c" in results:
         report["freshness"] = measure_freshness(

@@ -43,13 +43,17 @@ def _configure_logging(settings: Settings) -> None:
 
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     settings.validate_for_worker()
-    import faust
-
     from agents.app import create_app
+    from agents.worker import BoundedShutdownWorker
 
     asyncio.run(ensure_topics(settings))
     app = create_app(settings)
-    worker = faust.Worker(app, loglevel=settings.log_level, quiet=True)
+    worker = BoundedShutdownWorker(
+        app,
+        shutdown_timeout_seconds=settings.shutdown_timeout_seconds,
+        loglevel=settings.log_level,
+        quiet=True,
+    )
     worker.execute_from_commandline()
     return 0
 

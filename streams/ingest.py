@@ -15,10 +15,10 @@ import json
 import logging
 import time
 from collections import Counter, defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Annotated, TypeVar
+from typing import Annotated
 
 import msgspec
 import redis.asyncio as aioredis
@@ -27,7 +27,6 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError, ProducerFenced
 from mode import Service
-from redis.exceptions import RedisError
 
 from streams.attribution import Attribution, ChannelRules
 from streams.catalog import Contribution, contribution
@@ -36,6 +35,7 @@ from streams.events import TYPE_NAMES, AwareTime, PageView, RawEvent
 from streams.kpis import CellKey, Delta, DeltaAggregator, delta_batches, published_cells
 from streams.metrics import Metrics
 from streams.privacy import Pseudonymizer
+from streams.redis_wait import until_redis_answers
 from streams.settings import Settings
 from streams.validation import (
     BadReason,
@@ -50,7 +50,6 @@ from streams.visitors import VisitorSketches, visitor_of
 from streams.watermarks import WATERMARK_SCHEMA_VERSION, Lateness, PartitionWatermarks, WatermarkMark
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 PROCESSOR = "mkpi-ingest"
 #: Distinct (window, channel, campaign) cells whose published names ingest keeps at hand.
@@ -622,26 +621,9 @@ class IngestService(Service):
     async def _check_duplicates(self, screened: Screened) -> list[bool]:
         """Ask Redis which events are client retries and which uniques are new."""
         sightings = self.ingestor.sightings(screened)
-        return await self._until_redis_answers(
-            "the duplicate check", lambda: self.first_sightings.counts(sightings)
+        return await until_redis_answers(
+            lambda: self.first_sightings.counts(sightings), "the duplicate check", self.metrics.redis_up
         )
-
-    async def _until_redis_answers(self, purpose: str, call: Callable[[], Awaitable[T]]) -> T:
-        """Wait out a Redis outage, holding the batch: ingest pauses rather than guess."""
-        delay = 0.5
-        while True:
-            try:
-                answer = await call()
-            except (RedisError, OSError) as exc:
-                self.metrics.redis_up.set(0)
-                log.warning(
-                    "Redis unavailable for %s (%s); ingest paused, retrying in %.1fs", purpose, exc, delay
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-                continue
-            self.metrics.redis_up.set(1)
-            return answer
 
     async def flush(self) -> None:
         """Publish pending deltas and bad rows and commit their offsets in one transaction."""
@@ -651,8 +633,10 @@ class IngestService(Service):
             pending = self.ingestor.take()
             started = time.perf_counter()
             # Before the deltas are visible: the agent counts a cell's visitors when it gets them.
-            await self._until_redis_answers(
-                "unique visitors", lambda: self.visitor_sketches.add(pending.visitors, self._visitor_ttls)
+            await until_redis_answers(
+                lambda: self.visitor_sketches.add(pending.visitors, self._visitor_ttls),
+                "unique visitors",
+                self.metrics.redis_up,
             )
             try:
                 async with self.producer.transaction():

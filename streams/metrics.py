@@ -57,7 +57,7 @@ class Metrics:
         )
         self.redis_up = Gauge(
             "mkpi_redis_up",
-            "1 when the last Redis call of ingest succeeded, 0 while Redis is unreachable.",
+            "1 when the worker's last Redis call succeeded, 0 while Redis is unreachable (paused).",
             registry=self.registry,
         )
         self.deltas_applied = Counter(
@@ -72,8 +72,8 @@ class Metrics:
         )
         self.view_errors = Counter(
             "mkpi_redis_view_errors_total",
-            "Redis calls of the KPI agent that failed: view writes (the KPI topics still have the "
-            "values) and unique-visitor counts (published with the cell's next page view).",
+            "Redis calls of the KPI agent that failed (view writes and unique-visitor counts); each "
+            "is retried until Redis answers.",
             registry=self.registry,
         )
         self.deltas_invalid = Counter(

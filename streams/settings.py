@@ -70,6 +70,8 @@ class Settings:
     #: pre-aggregate more events per cell.
     backlog_flush_interval_seconds: float = 1.0
     ingest_max_records: int = 5000
+    #: After SIGTERM, the worker exits after this long even if its graceful stop has not ended.
+    shutdown_timeout_seconds: int = 45
     max_event_bytes: int = 65536
     #: Events older than this (by corrected event time, against the wall clock) are bad rows.
     max_event_age_seconds: int = 7 * 86400
@@ -270,6 +272,8 @@ class Settings:
                 "backlog_flush_interval_seconds",
                 "must be between MKPI_FLUSH_INTERVAL_SECONDS and 60 seconds",
             )
+        if not 1 <= self.shutdown_timeout_seconds <= 3600:
+            bad("shutdown_timeout_seconds", "must be between 1 and 3600 seconds")
         if not 1 <= self.ingest_max_records <= 1_000_000:
             bad("ingest_max_records", "must be between 1 and 1,000,000")
         if not 64 <= self.max_event_bytes <= 10_000_000:

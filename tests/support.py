@@ -22,7 +22,6 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client.parser import text_string_to_metric_families
-from redis import asyncio as aioredis
 
 from streams.settings import Settings
 
@@ -71,46 +70,6 @@ def isolated_settings(**overrides: object) -> Settings:
     }
     values.update(overrides)
     return dataclasses.replace(base, **values)  # type: ignore[arg-type]
-
-
-async def remove_test_data(settings: Settings, prefixes: list[str]) -> tuple[int, int]:
-    """Delete the topics and Redis keys under ``prefixes``; return how many of each.
-
-    Tests share one broker and one Redis across sessions, and CI may run on a machine that
-    keeps them on disk: without this, thousands of partitions pile up and the broker takes
-    minutes to load them at its next start.
-    """
-    if not prefixes:
-        return 0, 0
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-    await admin.start()
-    try:
-        topics = [t for t in await admin.list_topics() if t.startswith(tuple(prefixes))]
-        for start in range(0, len(topics), 200):
-            await admin.delete_topics(topics[start : start + 200])
-    finally:
-        await admin.close()
-    client = aioredis.Redis.from_url(settings.redis_url)
-    keys = 0
-    try:
-        # One pass over the keyspace for every prefix (it may hold millions of keys).
-        wanted = tuple(f"{prefix}:".encode() for prefix in prefixes)
-        shared = prefixes[0]
-        for prefix in prefixes:
-            while not prefix.startswith(shared):
-                shared = shared[:-1]
-        batch: list[bytes] = []
-        async for key in client.scan_iter(match=f"{shared}*", count=10_000):
-            if key.startswith(wanted):
-                batch.append(key)
-            if len(batch) >= 1000:
-                keys += await client.delete(*batch)
-                batch.clear()
-        if batch:
-            keys += await client.delete(*batch)
-    finally:
-        await client.aclose()
-    return len(topics), keys
 
 
 def leads_delta(minute: int, campaign: str, leads: int) -> bytes:
@@ -213,9 +172,15 @@ def run_cli(settings: Settings, *args: str) -> str:
 async def produce(
     settings: Settings, topic: str, payloads: list[bytes | None], keys: list[bytes | None] | None = None
 ) -> None:
-    """Send ``payloads`` in order, keyed by ``keys`` (Kafka's default partitioner) if given."""
+    """Send ``payloads`` in order, keyed by ``keys`` (Kafka's default partitioner) if given.
+    Idempotent, so a batch retried (a new topic's leader is not elected yet) cannot land after
+    the batch behind it: expectations follow each partition's order."""
     producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap, acks="all", linger_ms=5, max_request_size=4 * 1024 * 1024
+        bootstrap_servers=settings.kafka_bootstrap,
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=5,
+        max_request_size=4 * 1024 * 1024,
     )
     await producer.start()
     try:

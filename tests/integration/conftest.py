@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 
 from streams.settings import Settings
+from streams.stack.cleanup import remove_run_data
 from streams.stack.kafka import KafkaBroker
 from streams.stack.redis import LocalRedis
-from tests.support import ISSUED_PREFIXES, base_settings, remove_test_data
+from tests.support import ISSUED_PREFIXES, base_settings
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -25,7 +26,7 @@ def local_stack() -> Iterator[Settings]:
     KafkaBroker.from_settings(settings).start()
     LocalRedis.from_settings(settings).start()
     yield settings
-    topics, keys = asyncio.run(remove_test_data(settings, ISSUED_PREFIXES))
+    topics, keys = asyncio.run(remove_run_data(settings, ISSUED_PREFIXES))
     logging.getLogger(__name__).info("removed %d test topics and %d Redis keys", topics, keys)
 
 

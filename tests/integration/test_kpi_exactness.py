@@ -2,8 +2,10 @@
 
 200,000 generated events over six simulated hours (5% retries, 5% late within grace, 2% late
 past grace but within retention, 1% past retention, 1% malformed, shuffled) go through a
-worker, and in the sigkill run through a worker killed with SIGKILL and restarted three
-times. The expected numerators and denominators are computed here from the messages as
+worker; in the sigkill runs through a worker killed with SIGKILL and restarted three times;
+in the three-worker run through three workers on six partitions; in the chaos runs through
+three workers while one is killed with SIGKILL, the broker restarts and Redis is stopped for
+30 seconds (the chaos script: ``CHAOS_TESTS=1`` adds the long modes). The expected numerators and denominators are computed here from the messages as
 produced, the generator's hand-written channel labels and the rules README states (KPI
 definitions, lateness against the raw partition's watermark); the code under test is not
 used to compute them. Compared: the accounting topic, the latest-value topic, the window
@@ -18,6 +20,7 @@ import itertools
 import json
 import math
 import os
+import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -31,6 +34,9 @@ import redis.asyncio as aioredis
 from aiokafka.partitioner import DefaultPartitioner
 
 from streams.generator import DUPLICATE, VALID, Fractions, Message, Scenario
+from streams.settings import Settings
+from streams.stack.kafka import KafkaBroker
+from streams.stack.redis import LocalRedis
 from streams.topics import ensure_topics
 from tests.support import (
     WorkerProcess,
@@ -296,14 +302,72 @@ def merged_metrics(workers: list[WorkerProcess]) -> dict[tuple[str, Any], float]
 
 
 CHAOS = os.environ.get("CHAOS_TESTS") == "1"
-#: (messages, SIGKILL-and-restart cycles, workers at the end); CI runs the short SIGKILL
-#: mode, the chaos tier the full size with kills.
+
+
+@dataclass(frozen=True)
+class Run:
+    messages: int
+    #: SIGKILL-and-restart cycles of a lone worker before the last workers start.
+    kills: int = 0
+    #: Workers at the end.
+    workers: int = 1
+    partitions: int = 3
+    #: While the last workers run: SIGTERM, then SIGKILL, one of them, restart the broker, stop
+    #: Redis for REDIS_OUTAGE_SECONDS; each while they count a part of the messages.
+    faults: bool = False
+
+
+#: CI runs the short modes; the chaos tier (CHAOS_TESTS=1) the full sizes. "sigkill short",
+#: "three workers" and "chaos short" read the same 60,000 messages on six partitions, so one
+#: worker (at the end) and three give identical results: each equals the same expectation.
 RUNS = {
-    "steady": (200_000, 0, 1),
-    "sigkill short": (60_000, 3, 1),
-    "sigkill": (200_000, 3, 1),
-    "two workers": (60_000, 0, 2),
+    "steady": Run(200_000),
+    "sigkill short": Run(60_000, kills=3, partitions=6),
+    "sigkill": Run(200_000, kills=3),
+    "three workers": Run(60_000, workers=3, partitions=6),
+    "chaos short": Run(60_000, workers=3, partitions=6, faults=True),
+    "chaos": Run(200_000, workers=3, partitions=6, faults=True),
 }
+REDIS_OUTAGE_SECONDS = 30
+
+
+async def inject_faults(settings: Settings, workers: list[WorkerProcess], messages: list[Message]) -> None:
+    """The messages in five parts, each produced just before (or, for Redis, during) a fault
+    that hits the workers while they count it: a SIGTERM of a worker (which must end gracefully
+    within the shutdown bound), kill -9 of a worker, a broker restart, and Redis stopped for
+    REDIS_OUTAGE_SECONDS. A stopped or killed worker is started again."""
+    broker, redis = KafkaBroker.from_settings(settings), LocalRedis.from_settings(settings)
+    size = math.ceil(len(messages) / 5)
+    parts = [messages[i : i + size] for i in range(0, len(messages), size)]
+    produced = 0
+
+    async def send(part: list[Message]) -> None:
+        nonlocal produced
+        await produce(settings, settings.raw_topic, [m.payload for m in part], [m.key for m in part])
+        produced += len(part)
+
+    await send(parts[0])
+    await wait_for_accounting(settings, produced, timeout=300)
+    await send(parts[1])
+    started = time.monotonic()
+    assert workers[1].stop(timeout=settings.shutdown_timeout_seconds + 30) == 0, workers[1].log_tail()
+    assert time.monotonic() - started < settings.shutdown_timeout_seconds, "a graceful stop, in time"
+    workers[1].start()
+    await wait_for_accounting(settings, produced, timeout=300)
+    await send(parts[2])
+    workers[0].kill()
+    workers[0].start()
+    await wait_for_accounting(settings, produced, timeout=300)
+    await send(parts[3])
+    await asyncio.to_thread(broker.stop)
+    await asyncio.sleep(5)
+    await asyncio.to_thread(broker.start)
+    await wait_for_accounting(settings, produced, timeout=300)
+    await asyncio.to_thread(redis.stop, keep_data=True)
+    await send(parts[4])
+    await asyncio.sleep(REDIS_OUTAGE_SECONDS)
+    assert any(w.metrics("?name[]=mkpi_redis_up")[("mkpi_redis_up", ())] == 0 for w in workers), "paused"
+    await asyncio.to_thread(redis.start)
 
 
 @pytest.mark.parametrize(
@@ -312,24 +376,29 @@ RUNS = {
         "steady",
         "sigkill short",
         pytest.param("sigkill", marks=pytest.mark.skipif(not CHAOS, reason="chaos tier (CHAOS_TESTS=1)")),
-        "two workers",
+        "three workers",
+        "chaos short",
+        pytest.param("chaos", marks=pytest.mark.skipif(not CHAOS, reason="chaos tier (CHAOS_TESTS=1)")),
     ],
 )
 @pytest.mark.timeout(900)  # its own waits bound it; 200,000 events take ~2.5 min alone on 2 cores
 async def test_every_kpi_of_every_window_is_exact(tmp_path: Path, run: str) -> None:
-    count, kills, worker_count = RUNS[run]
+    plan = RUNS[run]
+    count, kills, worker_count = plan.messages, plan.kills, plan.workers
     settings = isolated_settings(
         grace_seconds=GRACE,
         window_retention_seconds=RETENTION,
         idle_timeout_seconds=20,
         day_time_zone=day_zone_with_midnight_hours_ago(),
+        partitions=plan.partitions,
     )
     messages = generate(77, count)
     expected = expected_results(messages, settings.partitions, ZoneInfo(settings.day_time_zone))
     assert {key[0] for key in expected.parts} == set(DEFINITIONS), "the data exercises every KPI"
     assert expected.outcomes["late"] and expected.late_by_window["3600"], "some events are past retention"
     await ensure_topics(settings)
-    await produce(settings, settings.raw_topic, [m.payload for m in messages], [m.key for m in messages])
+    if not plan.faults:
+        await produce(settings, settings.raw_topic, [m.payload for m in messages], [m.key for m in messages])
 
     for cycle in range(kills):
         victim = WorkerProcess(settings, tmp_path, f"killed-{cycle}")
@@ -347,6 +416,8 @@ async def test_every_kpi_of_every_window_is_exact(tmp_path: Path, run: str) -> N
     for worker in workers:
         worker.start()
     try:
+        if plan.faults:
+            await inject_faults(settings, workers, messages)
         totals = await wait_for_accounting(settings, count, timeout=600)
         assert totals["outcomes"] == expected.outcomes, workers[0].log_tail()
         assert totals["late_by_window"] == expected.late_by_window
@@ -410,7 +481,8 @@ async def test_every_kpi_of_every_window_is_exact(tmp_path: Path, run: str) -> N
 
         # /metrics: the raw counters (minute windows), and the last closed window per series.
         samples = merged_metrics(workers)
-        if kills == 0:  # a restarted worker counts from zero
+        restarted = kills or plan.faults
+        if not restarted:  # a restarted worker counts from zero
             known = {measure for measure, _, _ in expected.minute_measures}
             counters = {
                 (labels[2][1], labels[1][1], labels[0][1]): value
@@ -429,7 +501,7 @@ async def test_every_kpi_of_every_window_is_exact(tmp_path: Path, run: str) -> N
         for (kpi, size, channel, campaign), start in newest_closed.items():
             labels = (("campaign", campaign), ("channel", channel), ("kpi", kpi), ("window", f"{size}s"))
             starts = samples.get(("mkpi_kpi_last_closed_window_start_seconds", labels))
-            if starts is None and kills:
+            if starts is None and restarted:
                 continue  # closed before the last restart: that process's gauges are gone
             assert starts is not None and starts >= start, (kpi, size, channel, campaign, starts, start)
             shown[(kpi, size, int(starts), channel, campaign)] = samples[("mkpi_kpi_last_closed", labels)]
