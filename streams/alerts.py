@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import math
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -39,6 +40,7 @@ _KPIS = {kpi.name: kpi for kpi in CATALOG}
 _DURATION = re.compile(r"^([1-9][0-9]*)([smhdw])$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 SEVERITIES = ("info", "warning", "critical")
+DEFAULT_NOISE_SIGMAS = 3.0
 
 
 class AlertRulesError(ValueError):
@@ -93,6 +95,10 @@ class AlertRule:
     for_windows: int
     severity: str
     tracking_floor: float
+    #: A breach must also fall this many standard deviations of Poisson noise below the count
+    #: the baseline expects (its numerator, scaled to the window's volume for a ratio): a 50%
+    #: drop of a rate behind 15 leads a day happens by chance every few weeks per channel.
+    noise_sigmas: float
     #: Event types whose bad rows point at broken tracking for this KPI.
     source_types: frozenset[str]
 
@@ -133,7 +139,7 @@ def _rule(raw: Any, where: str, window_sizes: tuple[int, ...]) -> AlertRule:
         raise AlertRulesError(f"{where}: a rule is a mapping of settings")
     known = {
         "name", "kpi", "window", "scope", "baseline", "drop", "min_volume", "for_windows",
-        "severity", "tracking_floor",
+        "severity", "tracking_floor", "noise_sigmas",
     }  # fmt: skip
     if unknown := set(raw) - known:
         raise AlertRulesError(f"{where}: unknown settings {sorted(unknown)}; known: {sorted(known)}")
@@ -183,6 +189,7 @@ def _rule(raw: Any, where: str, window_sizes: tuple[int, ...]) -> AlertRule:
         for_windows=int(_number(raw, "for_windows", where, 1, 100, 1)),
         severity=severity,
         tracking_floor=_number(raw, "tracking_floor", where, 0, 1, 0.1),
+        noise_sigmas=_number(raw, "noise_sigmas", where, 0, 10, DEFAULT_NOISE_SIGMAS),
         source_types=frozenset(MEASURE_SOURCES[m] for m in inputs),
     )
 
@@ -259,8 +266,15 @@ def judge(rule: AlertRule, current: Observation, baseline: list[Observation]) ->
         return None
     value = _value(kpi, current.numerator, current.denominator)
     fell = base_value - (value if value is not None else 0.0)
+    expected_numerator = numerators * (volume / base_volume) if ratio else numerators
+    beyond_noise = expected_numerator - current.numerator >= rule.noise_sigmas * math.sqrt(
+        max(expected_numerator, 0.0)
+    )
     breached = value is None or (
-        fell > 0 and fell >= rule.relative_drop * abs(base_value) and fell >= rule.absolute_drop
+        fell > 0
+        and fell >= rule.relative_drop * abs(base_value)
+        and fell >= rule.absolute_drop
+        and beyond_noise
     )
     judgement = Judgement(
         breached=breached, value=value, baseline=base_value, volume=volume, baseline_volume=base_volume
@@ -268,7 +282,6 @@ def judge(rule: AlertRule, current: Observation, baseline: list[Observation]) ->
     if not breached:
         return judgement
     cause, detail = Cause.KPI_FELL, f"{kpi.name} fell from {base_value:.4g} to {_shown(value)}"
-    expected_numerator = numerators * (volume / base_volume) if ratio else numerators
     if volume < rule.tracking_floor * base_volume:
         measure = kpi.denominator if ratio else "+".join(kpi.plus)
         cause = Cause.TRACKING_BROKE

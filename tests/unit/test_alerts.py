@@ -40,6 +40,7 @@ def rule(**overrides: Any) -> AlertRule:
         "drop": {"relative": 0.4, "absolute": 0.05},
         "min_volume": 50,
         "for_windows": 1,
+        "noise_sigmas": 0,  # the noise test below sets it
     }
     raw.update(overrides)
     return rules_from_mapping({"rules": [raw]}, "test", SIZES)[0]
@@ -149,6 +150,19 @@ def test_a_real_fall_and_broken_tracking_are_told_apart() -> None:
     rejected = judge(rule(), opens(20, rejected=45), baseline)
     assert rejected is not None and rejected.cause is Cause.TRACKING_BROKE
     assert rejected.detail.startswith("45 email_delivered/email_open events were rejected")
+
+
+def test_a_drop_within_poisson_noise_of_a_small_count_is_not_a_breach() -> None:
+    """15 leads a day halving to 7 is 2 standard deviations: chance, not an incident; the same
+    halving of 150 is 6."""
+    leads = rule(kpi="lead_conversion_rate", noise_sigmas=3, drop={"relative": 0.5}, min_volume=100)
+    small = [Observation(15, 300, 0)] * 3 + [Observation(7, 300, 0)]
+    large = [Observation(150, 3000, 0)] * 3 + [Observation(70, 3000, 0)]
+    assert feed(leads, fresh(), small) == []
+    assert feed(leads, fresh(), large) == [(3 * HOUR, "firing")]
+    assert feed(rule(kpi="lead_conversion_rate", noise_sigmas=0, drop={"relative": 0.5}), fresh(), small) == [
+        (3 * HOUR, "firing")
+    ], "without the noise check the small drop breaches"
 
 
 def test_one_firing_per_incident_and_one_resolved() -> None:
