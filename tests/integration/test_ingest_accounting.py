@@ -7,8 +7,10 @@ the ingest accounting topic, the bad-row topic and /metrics.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
+import math
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from streams.generator import Fractions, GroundTruth, Message, Scenario
+from streams.settings import Settings
 from streams.topics import ensure_topics
 from tests.support import (
     WorkerProcess,
@@ -88,6 +91,13 @@ async def test_ten_thousand_malformed_payloads_mixed_with_valid_ones(tmp_path: P
         worker.stop()
 
 
+async def produce_in_parts(settings: Settings, payloads: list[bytes], parts: int, pause: float) -> None:
+    size = math.ceil(len(payloads) / parts)
+    for start in range(0, len(payloads), size):
+        await produce(settings, settings.raw_topic, list(payloads[start : start + size]))
+        await asyncio.sleep(pause)
+
+
 async def test_exact_accounting_across_sigkill_and_restart(tmp_path: Path) -> None:
     """Messages re-read after a crash count once: not zero times (as 'duplicates'), not twice."""
     settings = isolated_settings(ingest_max_records=500)
@@ -95,7 +105,9 @@ async def test_exact_accounting_across_sigkill_and_restart(tmp_path: Path) -> No
     messages = list(scenario.messages(30_000, now))
     truth = truth_of(messages)
     await ensure_topics(settings)
-    await produce(settings, settings.raw_topic, [m.payload for m in messages])
+    # Sent over ~20 s, so the kill lands while messages are still coming (a worker reads a
+    # backlog of 30,000 in a few seconds).
+    producing = asyncio.create_task(produce_in_parts(settings, [m.payload for m in messages], 30, 0.7))
 
     for attempt in range(2):
         worker = WorkerProcess(settings, tmp_path, name=f"worker-{attempt}")
@@ -105,6 +117,7 @@ async def test_exact_accounting_across_sigkill_and_restart(tmp_path: Path) -> No
             worker.kill()
             done = sum((await accounting_totals(settings))["outcomes"].values())
             assert 0 < done < truth.raw, "the kill must land mid-stream"
+    await producing
     try:
         totals = await wait_for_accounting(settings, truth.raw, timeout=180)
         assert totals["outcomes"] == truth.outcomes, worker.log_tail()
