@@ -148,11 +148,17 @@ def alert_key(rule: str, channel: str, campaign: str) -> bytes:
 
 @dataclass(slots=True)
 class Outputs:
-    """What one delta message publishes: cells with the measures whose KPIs changed (all of
-    them for a final result), then alert events (table key, encoded event)."""
+    """What one delta message publishes: each changed cell once, in its newest state, with the
+    measures whose KPIs changed (all of them for a final result); then alert events (table
+    key, encoded event). A cell a message both updates and closes gets only its final result."""
 
-    cells: list[tuple[CellKey, CellState, Iterable[str]]] = field(default_factory=list)
+    cells: dict[CellKey, tuple[CellState, set[str]]] = field(default_factory=dict)
     alerts: list[tuple[bytes, bytes]] = field(default_factory=list)
+
+    def cell(self, key: CellKey, state: CellState, changed: Iterable[str]) -> None:
+        earlier = self.cells.pop(key, None)
+        measures = set(changed) if earlier is None else earlier[1].union(changed)
+        self.cells[key] = (state, measures)
 
 
 @dataclass(slots=True)
@@ -335,7 +341,7 @@ class KpiTableAgent:
                 self.metrics.revisions.inc()
                 self._revise_alert_history(owned, key, state)
             self.campaigns.observe(key, delta.measures, key.window_seconds == self.smallest_window)
-        outputs.cells.append((key, state, delta.measures))
+        outputs.cell(key, state, delta.measures)
 
     def _on_marks(
         self,
@@ -361,7 +367,7 @@ class KpiTableAgent:
             for key in sorted(windows.closed_by(offset)):
                 if (raw_state := self.table.get(key.encode())) is not None:
                     state = _state_decoder.decode(raw_state)
-                    outputs.cells.append((key, state, state.measures))
+                    outputs.cell(key, state, state.measures)
         low = windows.low_watermark
         if low is None:
             return
@@ -377,7 +383,7 @@ class KpiTableAgent:
             windows.add(key, state)
             self.metrics.cells_closed.inc()
             closed.append(key)
-            outputs.cells.append((key, state, state.measures))
+            outputs.cell(key, state, state.measures)
         for rule in self.alert_rules:
             self._judge(owned, rule, closed, low, partition, offset, replayed, outputs)
         for key in windows.expired():
@@ -484,7 +490,7 @@ class KpiTableAgent:
         now = datetime.now(UTC)
         updates: list[tuple[KpiKey, KpiUpdate]] = []
         counted: list[tuple[CellKey, CellState, int | None]] = []
-        for key, state, changed in outputs.cells:
+        for key, (state, changed) in outputs.cells.items():
             window_end = (
                 None
                 if key.window_seconds == ALL_TIME
