@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import math
 import os
 import random
 import signal
@@ -228,10 +229,25 @@ async def read_topic_until(
     return records
 
 
+async def produce_in_parts(
+    settings: Settings, payloads: list[bytes], keys: list[bytes | None] | None, parts: int, pause: float
+) -> None:
+    """Send ``payloads`` to the raw topic in ``parts`` equal parts, ``pause`` seconds apart, so
+    a fault injected meanwhile lands while messages are still coming (a worker reads a backlog of
+    tens of thousands in seconds). Each part follows the last, so partition order is kept."""
+    size = math.ceil(len(payloads) / parts)
+    for start in range(0, len(payloads), size):
+        part_keys = list(keys[start : start + size]) if keys is not None else None
+        await produce(settings, settings.raw_topic, list(payloads[start : start + size]), part_keys)
+        await asyncio.sleep(pause)
+
+
 async def read_everything(
-    settings: Settings, topics: list[str], isolation: str = "read_uncommitted"
+    settings: Settings, topics: list[str], isolation: str = "read_committed"
 ) -> list[ConsumerRecord[bytes, bytes]]:
-    """Every record currently in ``topics``, up to their end offsets."""
+    """Every record currently in ``topics``, up to their end offsets. Read committed by default,
+    as README tells consumers to: ingest's topics are transactional, and a killed worker's aborted
+    batch stays in the log."""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.kafka_bootstrap,
         auto_offset_reset="earliest",
@@ -279,7 +295,7 @@ async def accounting_totals(settings: Settings) -> dict[str, Counter[str]]:
         "events_by_type": Counter(),
         "late_by_window": Counter(),
     }
-    for record in await read_everything(settings, [settings.accounting_topic], isolation="read_committed"):
+    for record in await read_everything(settings, [settings.accounting_topic]):
         report = json.loads(record.value)
         for part in totals:
             totals[part].update(report.get(part, {}))

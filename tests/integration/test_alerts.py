@@ -111,7 +111,7 @@ async def run_story(story: Story, log_dir: Path, kill_after_firing: bool = False
         else:
             wanted = 2 * (story.hours - 2)
             await wait_until(lambda: judged(judgements(worker), OPEN_RATE_RULE) >= wanted, timeout=300)
-        alerts = await read_everything(settings, [settings.alerts_topic], isolation="read_committed")
+        alerts = await read_everything(settings, [settings.alerts_topic])
         counts = judgements(worker)
     finally:
         worker.stop()

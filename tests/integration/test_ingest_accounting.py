@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import math
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,7 +17,6 @@ from pathlib import Path
 import pytest
 
 from streams.generator import Fractions, GroundTruth, Message, Scenario
-from streams.settings import Settings
 from streams.topics import ensure_topics
 from tests.support import (
     WorkerProcess,
@@ -26,6 +24,7 @@ from tests.support import (
     free_port,
     isolated_settings,
     produce,
+    produce_in_parts,
     read_everything,
     wait_for_accounting,
     wait_until,
@@ -72,10 +71,7 @@ async def test_ten_thousand_malformed_payloads_mixed_with_valid_ones(tmp_path: P
         assert totals["bad_reasons"] == truth.bad_reasons
         assert totals["events_by_type"] == truth.valid_by_type
 
-        rows = [
-            json.loads(r.value)
-            for r in await read_everything(settings, [settings.bad_rows_topic], "read_committed")
-        ]
+        rows = [json.loads(r.value) for r in await read_everything(settings, [settings.bad_rows_topic])]
         assert Counter(row["reason"] for row in rows) == truth.bad_reasons
         assert len({(row["source_partition"], row["source_offset"]) for row in rows}) == len(rows)
 
@@ -91,13 +87,6 @@ async def test_ten_thousand_malformed_payloads_mixed_with_valid_ones(tmp_path: P
         worker.stop()
 
 
-async def produce_in_parts(settings: Settings, payloads: list[bytes], parts: int, pause: float) -> None:
-    size = math.ceil(len(payloads) / parts)
-    for start in range(0, len(payloads), size):
-        await produce(settings, settings.raw_topic, list(payloads[start : start + size]))
-        await asyncio.sleep(pause)
-
-
 async def test_exact_accounting_across_sigkill_and_restart(tmp_path: Path) -> None:
     """Messages re-read after a crash count once: not zero times (as 'duplicates'), not twice."""
     settings = isolated_settings(ingest_max_records=500)
@@ -107,7 +96,7 @@ async def test_exact_accounting_across_sigkill_and_restart(tmp_path: Path) -> No
     await ensure_topics(settings)
     # Sent over ~20 s, so the kill lands while messages are still coming (a worker reads a
     # backlog of 30,000 in a few seconds).
-    producing = asyncio.create_task(produce_in_parts(settings, [m.payload for m in messages], 30, 0.7))
+    producing = asyncio.create_task(produce_in_parts(settings, [m.payload for m in messages], None, 30, 0.7))
 
     for attempt in range(2):
         worker = WorkerProcess(settings, tmp_path, name=f"worker-{attempt}")
@@ -150,10 +139,7 @@ async def test_two_workers_split_the_raw_topic_and_share_the_duplicate_memory(tm
         totals = await wait_for_accounting(settings, truth.raw, timeout=180)
         assert totals["outcomes"] == truth.outcomes, workers[0].log_tail()
         assert totals["events_by_type"] == truth.valid_by_type
-        reports = [
-            json.loads(r.value)
-            for r in await read_everything(settings, [settings.accounting_topic], "read_committed")
-        ]
+        reports = [json.loads(r.value) for r in await read_everything(settings, [settings.accounting_topic])]
         assert {report["worker"] for report in reports} == {
             f"{settings.app_id}-ingest-w0",
             f"{settings.app_id}-ingest-w1",

@@ -40,9 +40,11 @@ from streams.stack.redis import LocalRedis
 from streams.topics import ensure_topics
 from tests.support import (
     WorkerProcess,
+    accounting_totals,
     free_port,
     isolated_settings,
     produce,
+    produce_in_parts,
     read_everything,
     wait_for_accounting,
 )
@@ -399,14 +401,23 @@ async def test_every_kpi_of_every_window_is_exact(tmp_path: Path, run: str) -> N
     assert {key[0] for key in expected.parts} == set(DEFINITIONS), "the data exercises every KPI"
     assert expected.outcomes["late"] and expected.late_by_window["3600"], "some events are past retention"
     await ensure_topics(settings)
-    if not plan.faults:
-        await produce(settings, settings.raw_topic, [m.payload for m in messages], [m.key for m in messages])
+    payloads, keys = [m.payload for m in messages], [m.key for m in messages]
+    producing = None
+    if kills:
+        # Over ~60 s, so each kill lands while messages are still coming.
+        producing = asyncio.create_task(produce_in_parts(settings, payloads, keys, 60, 1.0))
+    elif not plan.faults:
+        await produce(settings, settings.raw_topic, payloads, keys)
 
     for cycle in range(kills):
         victim = WorkerProcess(settings, tmp_path, f"killed-{cycle}")
         victim.start()
         await wait_for_accounting(settings, count * (cycle + 1) // (kills + 1), timeout=300)
         victim.kill()
+        done = sum((await accounting_totals(settings))["outcomes"].values())
+        assert 0 < done < count and producing is not None and not producing.done(), "a kill mid-stream"
+    if producing is not None:
+        await producing
     workers = [
         WorkerProcess(
             dataclasses.replace(settings, worker_name=f"{settings.worker_name}-{n}", web_port=free_port()),
