@@ -11,6 +11,7 @@ from agents.kpi_table import register_kpi_agent
 from agents.transport import URL_SCHEME
 from streams.alerts import configured_rules
 from streams.attribution import ChannelRules
+from streams.connections import faust_credentials
 from streams.ingest import IngestService
 from streams.metrics import Metrics
 from streams.privacy import Pseudonymizer
@@ -27,6 +28,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> faust.App:
     app = faust.App(
         settings.app_id,
         broker=f"{URL_SCHEME}://{settings.kafka_bootstrap}",
+        broker_credentials=faust_credentials(settings),
         store="memory://",
         datadir=str(datadir),
         topic_partitions=settings.partitions,

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from streams.connections import kafka_options
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -82,7 +83,7 @@ class DeltaGapReader:
     async def _started(self) -> AIOKafkaConsumer:
         if self._consumer is None:
             consumer = AIOKafkaConsumer(
-                bootstrap_servers=self.settings.kafka_bootstrap,
+                **kafka_options(self.settings),
                 client_id=f"{self.settings.app_id}-gap-reader",
                 enable_auto_commit=False,
                 isolation_level="read_committed",

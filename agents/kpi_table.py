@@ -27,7 +27,6 @@ from typing import Any
 
 import faust
 import msgspec
-import redis.asyncio as aioredis
 from faust.types import TableT
 
 from agents.gap_reader import DeltaGapReader
@@ -44,6 +43,7 @@ from streams.alerts import (
 )
 from streams.catalog import SUM_MEASURES
 from streams.closing import MarkState, PartitionWindows, close_cell, mark_key, merge_mark
+from streams.connections import redis_client
 from streams.continuity import Arrival, DeltaContinuity
 from streams.kpis import (
     ALL,
@@ -257,7 +257,7 @@ class KpiTableAgent:
 
     async def process(self, stream: faust.StreamT[bytes]) -> None:
         # Made here, inside the worker's event loop, which the Redis client binds to.
-        client = aioredis.Redis.from_url(self.settings.redis_url, socket_timeout=5)
+        client = redis_client(self.settings, socket_timeout=5)
         self.view = RedisView(client, self.settings.topic_prefix)
         self.visitors = VisitorSketches(client, self.settings.app_id)
         await self.publisher.start()

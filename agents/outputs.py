@@ -17,6 +17,7 @@ from collections import defaultdict
 
 from aiokafka import AIOKafkaProducer
 
+from streams.connections import kafka_options
 from streams.settings import Settings
 
 #: Produce batches up to this size; a delta message's outputs are a few hundred kilobytes.
@@ -34,7 +35,7 @@ class OutputPublisher:
     async def start(self) -> None:
         """Made inside the worker's event loop, which the client binds to."""
         self._producer = AIOKafkaProducer(
-            bootstrap_servers=self.settings.kafka_bootstrap,
+            **kafka_options(self.settings),
             client_id=f"{self.settings.app_id}-kpi-outputs",
             acks="all",
             enable_idempotence=True,

@@ -45,6 +45,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
 from streams.cli import wait_for_http
+from streams.connections import kafka_options
 from streams.generator import Fractions, Scenario, produce_messages
 from streams.settings import Settings
 from streams.stack.cleanup import remove_run_data
@@ -144,7 +145,7 @@ def _process_cpu_and_peak(pid: int) -> tuple[float, float]:
 
 async def changelog_messages(settings: Settings) -> int:
     topic = f"{settings.app_id}-kpi-values-changelog"
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
+    consumer = AIOKafkaConsumer(**kafka_options(settings))
     await consumer.start()
     try:
         partitions = [TopicPartition(topic, p) for p in range(settings.partitions)]  # as Faust made it
@@ -170,9 +171,9 @@ async def probe_freshness(settings: Settings, rate: float, seconds: float, seed:
     campaign of its own) every half second; a probe's freshness is the time from its send to
     the first page views update of its campaign on the KPI update topic."""
     scenario = Scenario(seed, campaigns=50)
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, linger_ms=5, acks=1)
+    producer = AIOKafkaProducer(**kafka_options(settings), linger_ms=5, acks=1)
     consumer = AIOKafkaConsumer(
-        settings.kpi_updates_topic, bootstrap_servers=settings.kafka_bootstrap, auto_offset_reset="latest"
+        settings.kpi_updates_topic, **kafka_options(settings), auto_offset_reset="latest"
     )
     sent: dict[str, float] = {}
     seen: dict[str, float] = {}

@@ -24,6 +24,7 @@ from redis.exceptions import RedisError
 
 from streams.alerts import AlertRulesError
 from streams.attribution import RulesError
+from streams.connections import redis_client
 from streams.generator import STORIES
 from streams.settings import ConfigError, Settings, without_password
 from streams.stack.kafka import KafkaBroker
@@ -198,7 +199,6 @@ def cmd_schemas(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_query(settings: Settings, args: argparse.Namespace) -> int:
     """Print the newest KPI values from the Redis view, filtered."""
     import msgspec
-    import redis.asyncio as aioredis
 
     from streams.kpis import ALL_TIME
     from streams.view import RedisView, ViewQuery, render_table
@@ -210,7 +210,7 @@ def cmd_query(settings: Settings, args: argparse.Namespace) -> int:
         return 2
 
     async def run() -> list[Any]:
-        client = aioredis.Redis.from_url(settings.redis_url)
+        client = redis_client(settings)
         try:
             view = RedisView(client, settings.topic_prefix)
             return await view.latest(ViewQuery(window, args.kpi, args.channel, args.campaign))

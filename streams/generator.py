@@ -30,6 +30,7 @@ from typing import Any, TextIO
 import msgspec
 from aiokafka import AIOKafkaProducer
 
+from streams.connections import kafka_options
 from streams.settings import Settings
 
 VALID = "valid"
@@ -716,7 +717,7 @@ async def produce_messages(
     """Send ``messages`` (at most ``count``) to the raw topic; ``rate`` is messages per second
     (None: flat out). Returns the ground truth of what was sent and the seconds it took."""
     truth = GroundTruth()
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, linger_ms=10, acks="all")
+    producer = AIOKafkaProducer(**kafka_options(settings), linger_ms=10, acks="all")
     await producer.start()
     started = time.monotonic()
     try:

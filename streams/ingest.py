@@ -30,8 +30,10 @@ from mode import Service
 
 from streams.attribution import Attribution, ChannelRules
 from streams.catalog import Contribution, contribution
+from streams.connections import kafka_options, redis_client
 from streams.dedup import RedisSightings, Sighting
 from streams.events import TYPE_NAMES, AwareTime, PageView, RawEvent
+from streams.fencing import FENCING_ERRORS, FencedTransactionalProducer, membership
 from streams.kpis import CellKey, Delta, DeltaAggregator, delta_batches, published_cells
 from streams.metrics import Metrics
 from streams.privacy import Pseudonymizer
@@ -528,7 +530,7 @@ class IngestService(Service):
         # aiokafka clients bind to the running loop, so they are made here, not in __init__.
         settings = self.settings
         self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=settings.kafka_bootstrap,
+            **kafka_options(settings),
             group_id=settings.ingest_group_id,
             client_id=f"{settings.app_id}-ingest",
             enable_auto_commit=False,
@@ -538,18 +540,16 @@ class IngestService(Service):
             heartbeat_interval_ms=settings.kafka_session_timeout_seconds * 100,
             max_partition_fetch_bytes=4 * 1024 * 1024,
         )
-        self.producer = AIOKafkaProducer(
-            bootstrap_servers=settings.kafka_bootstrap,
+        self.producer = FencedTransactionalProducer(
+            **kafka_options(settings),
             client_id=f"{settings.app_id}-ingest",
             transactional_id=self.transactional_id,
             enable_idempotence=True,
             linger_ms=5,
             max_batch_size=1024 * 1024,
         )
-        self.admin = AIOKafkaAdminClient(
-            bootstrap_servers=settings.kafka_bootstrap, client_id=f"{settings.app_id}-ingest"
-        )
-        self.redis = aioredis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
+        self.admin = AIOKafkaAdminClient(**kafka_options(settings), client_id=f"{settings.app_id}-ingest")
+        self.redis = redis_client(settings, socket_timeout=5, socket_connect_timeout=5)
         self.first_sightings = RedisSightings(self.redis, settings.app_id)
         self.visitor_sketches = VisitorSketches(self.redis, settings.app_id)
         await self.admin.start()
@@ -648,6 +648,11 @@ class IngestService(Service):
                     self.transactional_id,
                 )
                 raise
+            except FENCING_ERRORS as exc:
+                log.warning("ingest batch aborted, its partitions moved to another worker: %s", exc)
+                self.metrics.ingest_aborts.inc()
+                await self._rewind()
+                return
             except KafkaError:
                 log.exception("ingest flush failed; its input will be read again")
                 self.metrics.ingest_aborts.inc()
@@ -680,8 +685,11 @@ class IngestService(Service):
         if pending.has_messages:
             await self.producer.send(settings.accounting_topic, value=encode(self._report(pending)))
         if pending.commits:
+            # Refused (and the whole transaction aborted) if this worker is no longer the
+            # partitions' owner: a stalled worker cannot commit a batch another one re-reads.
             await self.producer.send_offsets_to_transaction(
-                {tp: point.as_commit() for tp, point in pending.commits.items()}, settings.ingest_group_id
+                {tp: point.as_commit() for tp, point in pending.commits.items()},
+                membership(self.consumer, settings.ingest_group_id),
             )
 
     def _report(self, pending: Flushable) -> IngestReport:

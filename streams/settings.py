@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -46,7 +46,24 @@ class Settings:
     """Everything a worker, the generator and the local stack need."""
 
     kafka_bootstrap: str = "127.0.0.1:9092"
+    #: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL, as the broker's listener expects.
+    kafka_security_protocol: str = "PLAINTEXT"
+    #: SCRAM-SHA-512, SCRAM-SHA-256 or PLAIN (SASL protocols only).
+    kafka_sasl_mechanism: str = "SCRAM-SHA-512"
+    kafka_sasl_username: str = ""
+    kafka_sasl_password: str = dataclasses.field(default="", repr=False)
+    #: PEM file of the CA(s) the broker's certificate must chain to; empty: the system's CAs.
+    kafka_tls_ca_file: str = ""
+    #: PEM client certificate and key, for brokers that require client authentication.
+    kafka_tls_cert_file: str = ""
+    kafka_tls_key_file: str = ""
+    #: redis://[user:password@]host:port/db, rediss://... for TLS, or unix:///path.
     redis_url: str = "redis://127.0.0.1:6379/0"
+    #: PEM CA file for rediss:// (empty: the system's CAs), and a client certificate and key
+    #: for servers that require one.
+    redis_tls_ca_file: str = ""
+    redis_tls_cert_file: str = ""
+    redis_tls_key_file: str = ""
     raw_topic: str = "marketing.events.raw"
     topic_prefix: str = "mkpi"
     partitions: int = 3
@@ -107,6 +124,10 @@ class Settings:
     stack_dir: str = dataclasses.field(default_factory=_default_stack_dir)
     kafka_version: str = "3.9.1"
     kafka_controller_port: int = 9093
+    #: The local broker's SASL_SSL (SCRAM) and SSL (client certificate) listeners, for trying
+    #: security settings against it; 0 leaves one out.
+    kafka_sasl_ssl_port: int = 9094
+    kafka_ssl_port: int = 9095
     kafka_heap: str = "512m"
 
     @property
@@ -198,7 +219,7 @@ class Settings:
         settings.validate()
         return settings
 
-    SECRET_FIELDS = frozenset({"pseudonymization_key"})
+    SECRET_FIELDS = frozenset({"pseudonymization_key", "kafka_sasl_password"})
 
     def redacted(self) -> dict[str, str]:
         """Every setting as text, secrets masked (and a password in the Redis URL): safe to
@@ -234,6 +255,35 @@ class Settings:
             for field in dataclasses.fields(self)
         }
 
+    def _validate_kafka_security(self, bad: Callable[[str, str], None]) -> None:
+        protocol = self.kafka_security_protocol
+        if protocol not in KAFKA_SECURITY_PROTOCOLS:
+            bad("kafka_security_protocol", f"one of {', '.join(KAFKA_SECURITY_PROTOCOLS)}")
+        if protocol.startswith("SASL_"):
+            if self.kafka_sasl_mechanism not in KAFKA_SASL_MECHANISMS:
+                bad("kafka_sasl_mechanism", f"one of {', '.join(KAFKA_SASL_MECHANISMS)}")
+            # Only empty values are shown: bad() prints the value, and a password must not be.
+            for name in ("kafka_sasl_username", "kafka_sasl_password"):
+                if not getattr(self, name):
+                    bad(name, f"MKPI_KAFKA_SECURITY_PROTOCOL={protocol} needs it")
+        elif self.kafka_sasl_username or self.kafka_sasl_password:
+            bad(
+                "kafka_security_protocol",
+                "a SASL user is set but the protocol does not use SASL: use SASL_SSL (or SASL_PLAINTEXT)",
+            )
+        tls = ("kafka_tls_ca_file", "kafka_tls_cert_file", "kafka_tls_key_file")
+        if not protocol.endswith("SSL") and any(getattr(self, name) for name in tls):
+            bad(
+                "kafka_security_protocol",
+                "TLS files are set but the protocol does not use TLS: use SSL or SASL_SSL",
+            )
+        _check_files(self, tls, bad)
+        if bool(self.kafka_tls_cert_file) != bool(self.kafka_tls_key_file):
+            bad(
+                "kafka_tls_cert_file",
+                "set both MKPI_KAFKA_TLS_CERT_FILE and MKPI_KAFKA_TLS_KEY_FILE, or neither",
+            )
+
     def validate(self) -> None:
         """Raise ConfigError listing every invalid value."""
         problems: list[str] = []
@@ -246,9 +296,20 @@ class Settings:
                 _split_host_port(address)
             except ValueError as exc:
                 bad("kafka_bootstrap", str(exc))
+        self._validate_kafka_security(bad)
         parsed = urlparse(self.redis_url)
         if parsed.scheme not in ("redis", "rediss", "unix") or not (parsed.hostname or parsed.path):
             bad("redis_url", "expected redis://host:port/db, rediss://... or unix:///path")
+        redis_tls = ("redis_tls_ca_file", "redis_tls_cert_file", "redis_tls_key_file")
+        for name in redis_tls:
+            if getattr(self, name) and parsed.scheme != "rediss":
+                bad(name, "only used with TLS: make MKPI_REDIS_URL a rediss:// URL, or unset this")
+        _check_files(self, redis_tls, bad)
+        if bool(self.redis_tls_cert_file) != bool(self.redis_tls_key_file):
+            bad(
+                "redis_tls_cert_file",
+                "set both MKPI_REDIS_TLS_CERT_FILE and MKPI_REDIS_TLS_KEY_FILE, or neither",
+            )
         for name in ("raw_topic", "topic_prefix"):
             value = getattr(self, name)
             if not value or not all(c.isalnum() or c in "._-" for c in value) or len(value) > 200:
@@ -281,6 +342,9 @@ class Settings:
         for name in ("web_port", "kafka_controller_port"):
             if not 1 <= getattr(self, name) <= 65535:
                 bad(name, "must be a TCP port (1-65535)")
+        for name in ("kafka_sasl_ssl_port", "kafka_ssl_port"):
+            if not 0 <= getattr(self, name) <= 65535:
+                bad(name, "must be a TCP port (1-65535), or 0 for none")
         if not 1 <= self.metrics_top_campaigns <= 10_000:
             bad("metrics_top_campaigns", "must be between 1 and 10,000")
         if self.metrics_campaign_idle_seconds <= 0:
@@ -313,6 +377,17 @@ class Settings:
             bad("kafka_heap", "a JVM heap size such as 512m or 1g")
         if problems:
             raise ConfigError(_format_problems(problems))
+
+
+KAFKA_SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+KAFKA_SASL_MECHANISMS = ("SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN")
+
+
+def _check_files(settings: Settings, names: tuple[str, ...], bad: Callable[[str, str], None]) -> None:
+    for name in names:
+        path = getattr(settings, name)
+        if path and not Path(path).is_file():
+            bad(name, "no such file")
 
 
 _FIELD_NAMES = frozenset(f.name for f in dataclasses.fields(Settings))

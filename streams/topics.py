@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError, for_code
 
+from streams.connections import kafka_options
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
 
 async def ensure_topics(settings: Settings) -> None:
     """Create missing topics; warn when an existing one has another partition count."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    admin = AIOKafkaAdminClient(**kafka_options(settings))
     await admin.start()
     try:
         existing = {meta["topic"]: len(meta["partitions"]) for meta in await admin.describe_topics()}

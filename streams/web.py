@@ -8,13 +8,13 @@ bound to loopback unless MKPI_WEB_HOST says otherwise.
 from __future__ import annotations
 
 import msgspec
-import redis.asyncio as aioredis
 from aiohttp import web
 from mode import Service
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 
 from streams.board import DEFAULT_POINTS, MAX_POINTS, PAGE, board_data, window_starts
+from streams.connections import redis_client
 from streams.kpis import ALL, ALL_TIME, KpiKey
 from streams.metrics import Metrics
 from streams.settings import Settings
@@ -92,7 +92,7 @@ class WebServer(Service):
         return web.Response(body=_encoder.encode(body), content_type="application/json")
 
     async def on_start(self) -> None:
-        self._view = RedisView(aioredis.Redis.from_url(self.settings.redis_url), self.settings.topic_prefix)
+        self._view = RedisView(redis_client(self.settings), self.settings.topic_prefix)
         application = web.Application()
         application.router.add_get("/metrics", self._metrics)
         application.router.add_get("/healthz", self._health)

@@ -24,6 +24,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client.parser import text_string_to_metric_families
 
+from streams.connections import kafka_options
 from streams.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
@@ -177,7 +178,7 @@ async def produce(
     Idempotent, so a batch retried (a new topic's leader is not elected yet) cannot land after
     the batch behind it: expectations follow each partition's order."""
     producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap,
+        **kafka_options(settings),
         acks="all",
         enable_idempotence=True,
         linger_ms=5,
@@ -209,7 +210,7 @@ async def read_topic_until(
     """Read ``topic`` from the beginning until ``done(records)`` or the timeout; return all records."""
     consumer = AIOKafkaConsumer(
         topic,
-        bootstrap_servers=settings.kafka_bootstrap,
+        **kafka_options(settings),
         auto_offset_reset="earliest",
         enable_auto_commit=False,
         isolation_level="read_committed",
@@ -249,7 +250,7 @@ async def read_everything(
     as README tells consumers to: ingest's topics are transactional, and a killed worker's aborted
     batch stays in the log."""
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap,
+        **kafka_options(settings),
         auto_offset_reset="earliest",
         enable_auto_commit=False,
         isolation_level=isolation,
@@ -257,7 +258,7 @@ async def read_everything(
     await consumer.start()
     records: list[ConsumerRecord[bytes, bytes]] = []
     try:
-        admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+        admin = AIOKafkaAdminClient(**kafka_options(settings))
         await admin.start()
         try:
             described = await admin.describe_topics(topics)

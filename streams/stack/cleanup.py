@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from aiokafka.admin import AIOKafkaAdminClient
-from redis import asyncio as aioredis
 
+from streams.connections import kafka_options, redis_client
 from streams.settings import Settings
 
 
@@ -17,7 +17,7 @@ async def remove_run_data(settings: Settings, prefixes: list[str]) -> tuple[int,
     """
     if not prefixes:
         return 0, 0
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    admin = AIOKafkaAdminClient(**kafka_options(settings))
     await admin.start()
     try:
         topics = [t for t in await admin.list_topics() if t.startswith(tuple(prefixes))]
@@ -25,7 +25,7 @@ async def remove_run_data(settings: Settings, prefixes: list[str]) -> tuple[int,
             await admin.delete_topics(topics[start : start + 200])
     finally:
         await admin.close()
-    client = aioredis.Redis.from_url(settings.redis_url)
+    client = redis_client(settings)
     keys = 0
     try:
         # One pass over the keyspace for every prefix (it may hold millions of keys).

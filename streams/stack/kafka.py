@@ -12,6 +12,7 @@ import base64
 import contextlib
 import logging
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -31,6 +32,7 @@ from streams.stack.process import (
     read_pid,
     terminate_pid,
 )
+from streams.stack.tls import LocalTls
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +91,9 @@ class KafkaBroker:
     port: int
     controller_port: int
     heap: str
+    #: 0: no such listener.
+    sasl_ssl_port: int
+    ssl_port: int
 
     @classmethod
     def from_settings(cls, settings: Settings) -> KafkaBroker:
@@ -100,6 +105,8 @@ class KafkaBroker:
             port=settings.kafka_port,
             controller_port=settings.kafka_controller_port,
             heap=settings.kafka_heap,
+            sasl_ssl_port=settings.kafka_sasl_ssl_port,
+            ssl_port=settings.kafka_ssl_port,
         )
 
     @property
@@ -125,6 +132,27 @@ class KafkaBroker:
     @property
     def properties_file(self) -> Path:
         return self.data_dir / "server.properties"
+
+    @property
+    def tls(self) -> LocalTls:
+        """The local CA and certificates of the SASL_SSL and SSL listeners."""
+        return LocalTls(self.home / "tls")
+
+    @property
+    def scram_credentials_file(self) -> Path:
+        return self.data_dir / "scram-user"
+
+    @property
+    def ports(self) -> tuple[int, ...]:
+        return tuple(p for p in (self.port, self.controller_port, self.sasl_ssl_port, self.ssl_port) if p)
+
+    def scram_credentials(self) -> tuple[str, str]:
+        """The SCRAM user (name, password) the SASL_SSL listener accepts, made at start."""
+        try:
+            name, password = self.scram_credentials_file.read_text(encoding="utf-8").split()
+        except (OSError, ValueError):
+            raise StackError("the local broker has no SCRAM user yet: run `mkpi stack up`") from None
+        return name, password
 
     @property
     def is_log4j2(self) -> bool:
@@ -176,19 +204,29 @@ class KafkaBroker:
         staging.rename(self.libs_dir)
         marker.write_text(self.version, encoding="utf-8")
 
-    def _write_config(self) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        logs = self.data_dir / "kraft-logs"
+    def _config_text(self) -> str:
+        """server.properties. Besides PLAINTEXT (the project's own use) the broker listens with
+        SASL_SSL and SCRAM, and with SSL requiring a client certificate, so the security
+        settings can be tested against it."""
+        listeners = {"PLAINTEXT": self.port, "SASL_SSL": self.sasl_ssl_port, "SSL": self.ssl_port}
+        served = {name: port for name, port in listeners.items() if port}
         properties = {
             "process.roles": "broker,controller",
             "node.id": "1",
             "controller.quorum.voters": f"1@{self.host}:{self.controller_port}",
-            "listeners": f"PLAINTEXT://{self.host}:{self.port},CONTROLLER://{self.host}:{self.controller_port}",
-            "advertised.listeners": f"PLAINTEXT://{self.host}:{self.port}",
+            "listeners": ",".join(
+                [
+                    *(f"{name}://{self.host}:{port}" for name, port in served.items()),
+                    f"CONTROLLER://{self.host}:{self.controller_port}",
+                ]
+            ),
+            "advertised.listeners": ",".join(f"{name}://{self.host}:{port}" for name, port in served.items()),
             "controller.listener.names": "CONTROLLER",
             "inter.broker.listener.name": "PLAINTEXT",
-            "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
-            "log.dirs": str(logs),
+            "listener.security.protocol.map": ",".join(
+                ["CONTROLLER:PLAINTEXT", *(f"{n}:{n}" for n in served)]
+            ),
+            "log.dirs": str(self.data_dir / "kraft-logs"),
             "num.partitions": "1",
             "auto.create.topics.enable": "false",
             "offsets.topic.replication.factor": "1",
@@ -200,9 +238,29 @@ class KafkaBroker:
             "log.cleaner.dedupe.buffer.size": str(32 * 1024 * 1024),
             "message.max.bytes": str(2 * 1024 * 1024),
         }
-        self.properties_file.write_text(
-            "".join(f"{k}={v}\n" for k, v in properties.items()), encoding="utf-8"
-        )
+        if "SASL_SSL" in served or "SSL" in served:
+            tls = self.tls
+            properties |= {
+                "ssl.keystore.type": "PEM",
+                "ssl.keystore.location": str(tls.server_keystore_file),
+                "ssl.truststore.type": "PEM",
+                "ssl.truststore.location": str(tls.ca_file),
+            }
+        if "SASL_SSL" in served:
+            properties["sasl.enabled.mechanisms"] = "SCRAM-SHA-256,SCRAM-SHA-512"
+            for mechanism in ("scram-sha-256", "scram-sha-512"):
+                properties[f"listener.name.sasl_ssl.{mechanism}.sasl.jaas.config"] = (
+                    "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+                )
+        if "SSL" in served:
+            properties["listener.name.ssl.ssl.client.auth"] = "required"
+        return "".join(f"{k}={v}\n" for k, v in properties.items())
+
+    def _write_config(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if self.sasl_ssl_port or self.ssl_port:
+            self.tls.ensure()
+        self.properties_file.write_text(self._config_text(), encoding="utf-8")
         log_config = _LOG4J2_CONFIG if self.is_log4j2 else _LOG4J1_CONFIG
         (self.data_dir / "log4j.properties").write_text(log_config, encoding="utf-8")
 
@@ -252,13 +310,17 @@ class KafkaBroker:
         answers, so the wait goes on while its log keeps growing: it gives up after
         ``stall_seconds`` without a new log line, or after ``ceiling_seconds`` in all.
         """
-        if self.is_ready():
-            return f"reusing the Kafka broker answering at {self.bootstrap}"
         pid = self.running_pid()
-        if pid is not None:
+        if self.is_ready():
+            if pid is None or self._running_config() == self._config_text():
+                self._ensure_scram_user()
+                return f"reusing the Kafka broker answering at {self.bootstrap}"
+            log.warning("the broker's configuration changed since it started; restarting it")
+            terminate_pid(pid, grace_seconds=30)
+        elif pid is not None:
             log.warning("broker process %s is alive but does not answer; restarting it", pid)
             terminate_pid(pid, grace_seconds=20)
-        for port in (self.port, self.controller_port):
+        for port in self.ports:
             if port_is_open(self.host, port):
                 raise StackError(
                     f"port {self.host}:{port} is taken by something that is not a healthy Kafka "
@@ -286,6 +348,7 @@ class KafkaBroker:
                     f"last lines of {self.log_file}:\n{_tail(self.log_file)}"
                 )
             if self.is_ready(timeout=2.0):
+                self._ensure_scram_user()
                 return f"started Apache Kafka {self.version} (pid {process.pid}) at {self.bootstrap}"
             now = time.monotonic()
             if (size := self.log_file.stat().st_size) != log_size:
@@ -299,6 +362,42 @@ class KafkaBroker:
             f"({now - last_progress:.0f}s since its last log line); see {self.log_file}:\n"
             + _tail(self.log_file)
         )
+
+    def _running_config(self) -> str | None:
+        try:
+            return self.properties_file.read_text(encoding="utf-8")
+        except OSError:
+            return None
+
+    def _ensure_scram_user(self) -> None:
+        """Give the SASL_SSL listener a SCRAM user (both mechanisms) with a random password,
+        once per data directory; Kafka keeps SCRAM credentials in its metadata log."""
+        if not self.sasl_ssl_port or self.scram_credentials_file.exists():
+            return
+        name, password = "mkpi", secrets.token_urlsafe(24)
+        for bits in (256, 512):  # one mechanism per request: the broker refuses two at once
+            result = subprocess.run(
+                self._java_command(
+                    "kafka.admin.ConfigCommand",
+                    "--bootstrap-server",
+                    self.bootstrap,
+                    "--alter",
+                    "--add-config",
+                    f"SCRAM-SHA-{bits}=[iterations=8192,password={password}]",
+                    "--entity-type",
+                    "users",
+                    "--entity-name",
+                    name,
+                ),
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            if result.returncode != 0:
+                output = (result.stdout + result.stderr).replace(password, "***")
+                raise StackError(f"creating the local broker's SCRAM user failed:\n{output[-3000:]}")
+        self.scram_credentials_file.write_text(f"{name}\n{password}\n", encoding="utf-8")
+        self.scram_credentials_file.chmod(0o600)
 
     def stop(self) -> str:
         pid = self.running_pid()

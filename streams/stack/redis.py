@@ -12,6 +12,7 @@ from urllib.parse import urlparse
 import redis
 import redis.exceptions
 
+from streams.connections import sync_redis_client
 from streams.settings import Settings, without_password
 from streams.stack.process import StackError, pid_alive, port_is_open, read_pid, terminate_pid
 
@@ -22,7 +23,7 @@ DUMP_FILE = "mkpi-handover.rdb"
 
 @dataclass(frozen=True, slots=True)
 class LocalRedis:
-    url: str
+    settings: Settings
     host: str
     port: int
     home: Path
@@ -31,18 +32,22 @@ class LocalRedis:
     def from_settings(cls, settings: Settings) -> LocalRedis:
         parsed = urlparse(settings.redis_url)
         return cls(
-            url=settings.redis_url,
+            settings=settings,
             host=parsed.hostname or "127.0.0.1",
             port=parsed.port or 6379,
             home=Path(settings.stack_dir) / f"redis-{parsed.port or 6379}",
         )
 
     @property
+    def url(self) -> str:
+        return self.settings.redis_url
+
+    @property
     def pid_file(self) -> Path:
         return self.home / "redis.pid"
 
     def is_ready(self) -> bool:
-        client = redis.Redis.from_url(self.url, socket_timeout=2, socket_connect_timeout=2)
+        client = sync_redis_client(self.settings, socket_timeout=2, socket_connect_timeout=2)
         try:
             return bool(client.ping())
         except (redis.exceptions.RedisError, OSError):
@@ -119,7 +124,7 @@ class LocalRedis:
         if pid is None:
             return "no Redis server of this project is running"
         if keep_data:
-            client = redis.Redis.from_url(self.url, socket_timeout=60)
+            client = sync_redis_client(self.settings, socket_timeout=60)
             try:
                 client.shutdown(save=True)
             except (redis.exceptions.RedisError, OSError) as exc:

@@ -18,6 +18,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 
 from agents.gap_reader import DeltaGapReader
+from streams.connections import kafka_options
 from streams.settings import Settings
 from streams.topics import ensure_topics
 from tests.support import WorkerProcess, isolated_settings, leads_delta, read_topic_until
@@ -32,9 +33,7 @@ async def send_transactions(
 ) -> list[list[int]]:
     """Each (values, commit) is one transaction on delta partition 0, committed or aborted;
     returns the offsets its records got."""
-    producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap, transactional_id=f"{settings.app_id}-gap-probe"
-    )
+    producer = AIOKafkaProducer(**kafka_options(settings), transactional_id=f"{settings.app_id}-gap-probe")
     await producer.start()
     offsets: list[list[int]] = []
     try:
@@ -104,9 +103,7 @@ async def test_deltas_the_faust_group_committed_past_are_applied(tmp_path: Path)
         ],
     )
     passed_by = offsets[2][1]  # the group resumes at the last record: all before it were passed by
-    group = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap, group_id=settings.app_id, enable_auto_commit=False
-    )
+    group = AIOKafkaConsumer(**kafka_options(settings), group_id=settings.app_id, enable_auto_commit=False)
     await group.start()
     try:
         tp = TopicPartition(settings.deltas_topic, 0)

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaProducer
 
+from streams.connections import kafka_options
 from streams.settings import Settings
 from tests.support import WorkerProcess, isolated_settings, leads_delta, produce, read_topic_until, run_cli
 
@@ -211,9 +212,7 @@ async def test_deltas_of_an_aborted_transaction_are_not_counted(worker: WorkerPr
     minute = int(time.time()) // 60 * 60  # a window that cannot have expired
     key = json.dumps(["leads", 60, minute, "*", "probe"], separators=(",", ":")).encode()
 
-    producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap, transactional_id=f"{settings.app_id}-probe"
-    )
+    producer = AIOKafkaProducer(**kafka_options(settings), transactional_id=f"{settings.app_id}-probe")
     await producer.start()
     try:
         await producer.begin_transaction()

@@ -11,6 +11,7 @@ import pytest
 import redis
 from aiokafka.admin import AIOKafkaAdminClient
 
+from streams.connections import kafka_options
 from streams.privacy import Pseudonymizer
 from tests.support import (
     TEST_KEY,
@@ -80,7 +81,7 @@ async def test_planted_identifiers_appear_nowhere(tmp_path: Path) -> None:
         totals = await wait_for_accounting(settings, len(payloads), timeout=90)
         assert totals["outcomes"] == {"valid": 4, "duplicate": 1, "bad": 5}, worker.log_tail()
 
-        admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+        admin = AIOKafkaAdminClient(**kafka_options(settings))
         await admin.start()
         try:
             ours = [t for t in await admin.list_topics() if t.startswith(settings.topic_prefix)]

@@ -1,5 +1,6 @@
 """The project's own launcher for the real broker and Redis."""
 
+import dataclasses
 import shutil
 import socket
 
@@ -7,7 +8,7 @@ import pytest
 
 from streams.settings import Settings
 from streams.stack.kafka import KafkaBroker
-from streams.stack.process import StackError
+from streams.stack.process import StackError, port_is_open
 from streams.stack.redis import LocalRedis
 
 pytestmark = pytest.mark.kafka
@@ -49,15 +50,25 @@ def test_a_second_broker_starts_restarts_after_kill_and_stops(
             **local_stack.as_environment(),
             "MKPI_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}",
             "MKPI_KAFKA_CONTROLLER_PORT": str(free_port()),
+            "MKPI_KAFKA_SASL_SSL_PORT": str(free_port()),
+            "MKPI_KAFKA_SSL_PORT": str(free_port()),
         }
     )
     broker = KafkaBroker.from_settings(settings)
     try:
         assert broker.start().startswith("started")
+        user, password = broker.scram_credentials()
+        assert user and len(password) >= 24
         broker.kill()
         assert not broker.is_ready(timeout=2)
         assert broker.start().startswith("started")
         assert broker.is_ready()
+        assert broker.start().startswith("reusing")
+        # A broker of this project whose configuration changed is restarted, not reused.
+        without_ssl = dataclasses.replace(broker, ssl_port=0)
+        assert without_ssl.start().startswith("started")
+        assert not port_is_open(broker.host, broker.ssl_port)
+        assert broker.scram_credentials() == (user, password)
     finally:
         assert broker.stop().startswith("stopped")
     assert broker.running_pid() is None

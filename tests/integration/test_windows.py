@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaProducer
 
+from streams.connections import kafka_options
 from streams.settings import Settings
 from streams.topics import ensure_topics
 from tests.support import WorkerProcess, isolated_settings, read_everything, wait_for_accounting
@@ -35,7 +36,7 @@ def page_view(event_id: str, at: float) -> bytes:
 
 
 async def send_to_partition_0(settings: Settings, payloads: list[bytes]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+    producer = AIOKafkaProducer(**kafka_options(settings), acks="all")
     await producer.start()
     try:
         for payload in payloads:

@@ -125,3 +125,63 @@ def test_secrets_stay_out_of_repr_and_of_the_redis_url_shown() -> None:
     assert "p4ss-w0rd" not in repr(shown)
     assert without_password("redis://:only-a-password@10.0.0.5:6379/0") == "redis://:***@10.0.0.5:6379/0"
     assert without_password("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
+
+
+def test_kafka_security_settings_are_checked_together(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("not read by validation")
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env(
+            {
+                **DEV,
+                "MKPI_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+                "MKPI_KAFKA_SASL_MECHANISM": "SCRAM-SHA-1",
+                "MKPI_KAFKA_TLS_CERT_FILE": str(ca),
+            }
+        )
+    message = str(caught.value)
+    assert "MKPI_KAFKA_SASL_MECHANISM='SCRAM-SHA-1': one of SCRAM-SHA-512, SCRAM-SHA-256, PLAIN" in message
+    assert "MKPI_KAFKA_SASL_USERNAME=''" in message and "MKPI_KAFKA_SASL_PASSWORD=''" in message
+    assert "MKPI_KAFKA_TLS_CERT_FILE" in message and "MKPI_KAFKA_TLS_KEY_FILE" in message
+
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env(
+            {
+                **DEV,
+                "MKPI_KAFKA_SASL_USERNAME": "mkpi",
+                "MKPI_KAFKA_SASL_PASSWORD": "hunter2-secret",
+                "MKPI_KAFKA_TLS_CA_FILE": str(tmp_path / "missing.pem"),
+            }
+        )
+    message = str(caught.value)
+    assert "does not use SASL" in message and "does not use TLS" in message
+    assert "MKPI_KAFKA_TLS_CA_FILE" in message and "no such file" in message
+    assert "hunter2-secret" not in message
+
+    settings = Settings.from_env(
+        {
+            **DEV,
+            "MKPI_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+            "MKPI_KAFKA_SASL_USERNAME": "mkpi",
+            "MKPI_KAFKA_SASL_PASSWORD": "hunter2-secret",
+            "MKPI_KAFKA_TLS_CA_FILE": str(ca),
+        }
+    )
+    assert settings.redacted()["kafka_sasl_password"] == "***"
+    assert "hunter2-secret" not in repr(settings)
+
+
+def test_redis_tls_files_need_a_rediss_url(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("")
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({**DEV, "MKPI_REDIS_TLS_CA_FILE": str(ca)})
+    assert "MKPI_REDIS_TLS_CA_FILE" in str(caught.value) and "rediss://" in str(caught.value)
+    settings = Settings.from_env(
+        {
+            **DEV,
+            "MKPI_REDIS_URL": "rediss://worker:pw@redis.example:6380/0",
+            "MKPI_REDIS_TLS_CA_FILE": str(ca),
+        }
+    )
+    assert settings.redacted()["redis_url"] == "rediss://worker:***@redis.example:6380/0"
