@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -56,6 +56,7 @@ from streams.kpis import (
     KpiUpdate,
     apply_delta,
     kpi_updates,
+    series_partition,
     unique_visitors_update,
     window_label,
 )
@@ -97,7 +98,11 @@ class WindowGauges:
         self.starts.labels(*labels).set(key.window_start)
 
     def drop_campaigns(self, campaigns: frozenset[str]) -> None:
-        for series in [s for s in self._newest_start if s[3] in campaigns]:
+        self.drop_where(lambda channel, campaign: campaign in campaigns)
+
+    def drop_where(self, dropped: Callable[[str, str], bool]) -> None:
+        """Remove the series of every (channel, campaign) ``dropped`` names."""
+        for series in [s for s in self._newest_start if dropped(s[2], s[3])]:
             kpi, size, channel, campaign = series
             labels = (kpi, window_label(size), channel, campaign)
             self.values.remove(*labels)
@@ -211,6 +216,17 @@ class KpiTableAgent:
         """Drop the indexes of revoked partitions; they are rebuilt if they come back."""
         for partition in partitions:
             self.partitions.pop(partition, None)
+
+    def keep_gauges_of(self, assigned: Iterable[int]) -> None:
+        """After a rebalance, drop the gauges of series on partitions this worker no longer
+        has: their new owner reports them, and a stale copy here would stay on a board next
+        to it. (Faust revokes every partition at each rebalance, so gauges of partitions that
+        come back are kept.)"""
+        owned, count = set(assigned), self.settings.partitions
+        for gauges in (self.current, self.last_closed):
+            gauges.drop_where(
+                lambda channel, campaign: series_partition(channel, campaign, count) not in owned
+            )
 
     def _partition(self, partition: int, offset: int) -> DeltaPartition:
         owned = self.partitions.get(partition)
@@ -559,6 +575,11 @@ def register_kpi_agent(
         revoked: set[Any] = args[0]
         body.forget(tp.partition for tp in revoked if tp.topic == settings.deltas_topic)
 
+    async def drop_moved_gauges(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        assigned: set[Any] = args[0]
+        body.keep_gauges_of(tp.partition for tp in assigned if tp.topic == settings.deltas_topic)
+
     app.on_partitions_revoked.connect(forget_revoked)
+    app.on_partitions_assigned.connect(drop_moved_gauges)
     app.agent(deltas, name="apply_kpi_deltas")(body.process)
     return body

@@ -15,22 +15,36 @@ from the consumer by ``membership``) in place of the group id and sends v3 with 
 
 from __future__ import annotations
 
+import asyncio
+import time
 import types
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.client import CoordinationType
 from aiokafka.errors import (
     GroupAuthorizationFailedError,
     IllegalGenerationError,
     KafkaError,
+    KafkaTimeoutError,
     UnknownMemberIdError,
     for_code,
 )
 from aiokafka.producer import sender as aiokafka_sender
 from aiokafka.producer.transaction_manager import TransactionState
 from aiokafka.protocol.api import Request, RequestStruct, Response
-from aiokafka.protocol.types import CompactArray, CompactString, Int16, Int32, Int64, Schema, TaggedFields
+from aiokafka.protocol.types import (
+    Boolean,
+    CompactArray,
+    CompactString,
+    Int16,
+    Int32,
+    Int64,
+    Schema,
+    TaggedFields,
+)
+from aiokafka.structs import OffsetAndMetadata
 
 
 class NotInGroupError(KafkaError):  # type: ignore[misc]
@@ -184,6 +198,109 @@ def _fail_transaction(txn_manager: Any, error: Exception) -> None:
     for _, _, offsets_committed in txn_manager._pending_txn_offsets:
         offsets_committed.set_exception(error)
     txn_manager._pending_txn_offsets.clear()
+
+
+class OffsetFetchResponse_v7(Response):  # type: ignore[misc]
+    API_KEY = 9
+    API_VERSION = 7
+    SCHEMA = Schema(
+        ("throttle_time_ms", Int32),
+        (
+            "topics",
+            CompactArray(
+                ("name", CompactString("utf-8")),
+                (
+                    "partitions",
+                    CompactArray(
+                        ("partition", Int32),
+                        ("offset", Int64),
+                        ("leader_epoch", Int32),
+                        ("metadata", CompactString("utf-8")),
+                        ("error_code", Int16),
+                        ("tags", TaggedFields),
+                    ),
+                ),
+                ("tags", TaggedFields),
+            ),
+        ),
+        ("error_code", Int16),
+        ("tags", TaggedFields),
+    )
+
+
+class OffsetFetchRequest_v7(RequestStruct):  # type: ignore[misc]
+    FLEXIBLE_VERSION = True
+    API_KEY = 9
+    API_VERSION = 7
+    RESPONSE_TYPE = OffsetFetchResponse_v7
+    SCHEMA = Schema(
+        ("group_id", CompactString("utf-8")),
+        (
+            "topics",
+            CompactArray(
+                ("name", CompactString("utf-8")), ("partitions", CompactArray(Int32)), ("tags", TaggedFields)
+            ),
+        ),
+        ("require_stable", Boolean),
+        ("tags", TaggedFields),
+    )
+
+
+class StableOffsetFetchRequest(Request[OffsetFetchRequest_v7]):  # type: ignore[misc]
+    API_KEY = 9
+
+    def __init__(self, group_id: str, partitions: list[TopicPartition]) -> None:
+        by_topic: dict[str, list[int]] = {}
+        for tp in partitions:
+            by_topic.setdefault(tp.topic, []).append(tp.partition)
+        self._fields: tuple[Any, ...] = (
+            group_id,
+            [(topic, sorted(parts), {}) for topic, parts in by_topic.items()],
+            True,
+            {},
+        )
+
+    def build(self, request_struct_class: type[OffsetFetchRequest_v7]) -> OffsetFetchRequest_v7:
+        return request_struct_class(*self._fields)
+
+
+#: Answers to an offset fetch that clear by themselves: ask again shortly.
+_FETCH_AGAIN = frozenset({14, 15, 16, 88})  # load in progress, coordinator moving, unstable offset
+
+
+async def stable_committed_offsets(
+    admin: AIOKafkaAdminClient, group_id: str, partitions: list[TopicPartition], timeout: float = 120.0
+) -> dict[TopicPartition, OffsetAndMetadata]:
+    """The group's committed offsets of ``partitions``, waiting out transactions that are
+    committing offsets for them (OffsetFetch v7 with ``require_stable``, KIP-447).
+
+    Without it the broker answers with the offsets from before a transaction whose EndTxn has
+    returned but whose markers are not yet written (a moment normally, as long as a broker
+    restart takes otherwise), and a new owner reads that transaction's batch again.
+    A partition without a committed offset is left out of the result.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        node_id = await admin.find_coordinator(group_id)
+        response = await admin._send_request(StableOffsetFetchRequest(group_id, partitions), node_id)
+        codes = {response.error_code} | {p[4] for _, parts, _ in response.topics for p in parts}
+        if not codes & _FETCH_AGAIN:
+            break
+        if time.monotonic() > deadline:
+            raise KafkaTimeoutError(f"the offsets of group {group_id} stayed unstable for {timeout:.0f}s")
+        await asyncio.sleep(0.2)
+    if response.error_code:
+        raise for_code(response.error_code)(f"fetching the offsets of group {group_id}")
+    offsets: dict[TopicPartition, OffsetAndMetadata] = {}
+    for topic, parts, _ in response.topics:
+        for partition, offset, _, metadata, error_code, _ in parts:
+            if error_code:
+                raise for_code(error_code)(
+                    f"fetching the offset of {topic}[{partition}] for group {group_id}"
+                )
+            if offset >= 0:
+                offsets[TopicPartition(topic, partition)] = OffsetAndMetadata(offset, metadata or "")
+    return offsets
 
 
 class FencedTransactionalProducer(AIOKafkaProducer):  # type: ignore[misc]

@@ -18,14 +18,14 @@ from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 import msgspec
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import KafkaError, ProducerFenced
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError, ProducerFenced, RecordListTooLargeError
 from mode import Service
 
 from streams.attribution import Attribution, ChannelRules
@@ -33,7 +33,7 @@ from streams.catalog import Contribution, contribution
 from streams.connections import kafka_options, redis_client
 from streams.dedup import RedisSightings, Sighting
 from streams.events import TYPE_NAMES, AwareTime, PageView, RawEvent
-from streams.fencing import FENCING_ERRORS, FencedTransactionalProducer, membership
+from streams.fencing import FENCING_ERRORS, FencedTransactionalProducer, membership, stable_committed_offsets
 from streams.kpis import CellKey, Delta, DeltaAggregator, delta_batches, published_cells
 from streams.metrics import Metrics
 from streams.privacy import Pseudonymizer
@@ -211,12 +211,26 @@ class BatchIngestor:
         self._sent_marks: dict[int, tuple[float | None, bool]] = {}
         self._named: dict[tuple[int, int, str, str], list[tuple[CellKey, str, int]]] = {}
 
-    def assign(self, tp: TopicPartition, committed: int | None, watermark: float | None) -> None:
-        """Take over a raw partition from its committed offset and watermark."""
+    def assign(self, tp: TopicPartition, start: int, watermark: float | None) -> None:
+        """Take over a raw partition from an offset (its committed one, or the start of its
+        log) and its committed watermark."""
         self.watermarks.restore(tp.partition, watermark)
         self._sent_marks.pop(tp.partition, None)
-        if committed is not None:
-            self._positions[tp] = committed
+        self._positions[tp] = start
+
+    def unread(
+        self, tp: TopicPartition, batch: list[ConsumerRecord[bytes, bytes]]
+    ) -> list[ConsumerRecord[bytes, bytes]]:
+        """The records of ``batch`` (one partition, in offset order) not read yet: none before
+        the partition is taken over, then those from its position on. Around a take-over the
+        consumer can hand out records from its own start offset, which may predate the last
+        committed flush, and hands them out again after the take-over moves it."""
+        position = self._positions.get(tp)
+        if position is None:
+            return []
+        if not batch or batch[0].offset >= position:
+            return batch
+        return [record for record in batch if record.offset >= position]
 
     def position(self, tp: TopicPartition) -> int | None:
         """The next offset to read on a partition, once known."""
@@ -474,6 +488,27 @@ def _unique_subject(event: RawEvent) -> str | None:
     return email.recipient if email is not None else None
 
 
+#: How long ingest waits to read on after a topic refused one of its messages.
+REFUSED_RETRY_SECONDS = 5.0
+
+
+class OutputRefused(KafkaError):  # type: ignore[misc]
+    """A topic refused a message of a flush; the flush is aborted and its input read again."""
+
+    def __init__(self, topic: str, error: Exception) -> None:
+        hint = (
+            " It is larger than the topic takes: raise the topic's max.message.bytes (or the "
+            "broker's message.max.bytes)."
+            if isinstance(error, MessageSizeTooLargeError | RecordListTooLargeError)
+            else ""
+        )
+        super().__init__(
+            f"{topic} refused a message from ingest ({error!r}).{hint} Nothing of this flush is "
+            f"committed; it is retried every {REFUSED_RETRY_SECONDS:.0f} s."
+        )
+        self.topic = topic
+
+
 class _FlushBeforeRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, service: IngestService) -> None:
         self.service = service
@@ -514,6 +549,7 @@ class IngestService(Service):
         self.settings = settings
         self.metrics = metrics
         self.transactional_id = f"{settings.app_id}-ingest-{worker_name}"
+        self._retry_flush_after = 0.0
         self.ingestor = BatchIngestor(settings, rules, pseudonymizer)
         self._flush_lock = asyncio.Lock()
         self._encoder = msgspec.json.Encoder()
@@ -540,14 +576,7 @@ class IngestService(Service):
             heartbeat_interval_ms=settings.kafka_session_timeout_seconds * 100,
             max_partition_fetch_bytes=4 * 1024 * 1024,
         )
-        self.producer = FencedTransactionalProducer(
-            **kafka_options(settings),
-            client_id=f"{settings.app_id}-ingest",
-            transactional_id=self.transactional_id,
-            enable_idempotence=True,
-            linger_ms=5,
-            max_batch_size=1024 * 1024,
-        )
+        self.producer = self._new_producer()
         self.admin = AIOKafkaAdminClient(**kafka_options(settings), client_id=f"{settings.app_id}-ingest")
         self.redis = redis_client(settings, socket_timeout=5, socket_connect_timeout=5)
         self.first_sightings = RedisSightings(self.redis, settings.app_id)
@@ -558,6 +587,32 @@ class IngestService(Service):
         self._delta_partitions = sorted(await self.producer.partitions_for(settings.deltas_topic))
         self.consumer.subscribe([self.settings.raw_topic], listener=_FlushBeforeRevoke(self))
         log.info("ingest reading %s as %s", self.settings.raw_topic, self.transactional_id)
+
+    def _new_producer(self) -> FencedTransactionalProducer:
+        return FencedTransactionalProducer(
+            **kafka_options(self.settings),
+            client_id=f"{self.settings.app_id}-ingest",
+            transactional_id=self.transactional_id,
+            enable_idempotence=True,
+            linger_ms=5,
+            max_batch_size=1024 * 1024,
+        )
+
+    async def _renew_producer(self) -> None:
+        """A fresh producer after a failed flush. A batch the broker refused has used up its
+        sequence number, so every later batch to that partition would fail as out of order;
+        the new producer's registration (same transactional id) starts the sequences anew, and
+        waits until a transaction whose commit was under way when the flush failed has ended,
+        so the committed offsets read next are settled."""
+        while True:
+            await self.producer.stop()
+            self.producer = self._new_producer()
+            try:
+                await self.producer.start()
+                return
+            except KafkaError as exc:
+                log.warning("cannot register the ingest producer yet (%r); retrying in 1 s", exc)
+                await asyncio.sleep(1)
 
     async def on_stop(self) -> None:
         try:
@@ -570,17 +625,28 @@ class IngestService(Service):
 
     async def take_over(self, assigned: list[TopicPartition]) -> None:
         """Resume assigned raw partitions from their committed offsets and watermarks."""
+        async with self._flush_lock:  # no batch is counted halfway through a take-over
+            await self._take_over(assigned)
+
+    async def _take_over(self, assigned: list[TopicPartition]) -> None:
+        """The offsets are read once no transaction is still committing them (the previous
+        owner's last flush may be committed but not yet visible), and the consumer is moved
+        there: its own lookup does not wait for that."""
         log.info("ingest assigned %s", sorted(tp.partition for tp in assigned))
-        committed = (
-            await self.admin.list_consumer_group_offsets(self.settings.ingest_group_id, partitions=assigned)
-            if assigned
-            else {}
-        )
+        if not assigned:
+            self.metrics.ingest_partitions.set(0)
+            return
+        committed = await stable_committed_offsets(self.admin, self.settings.ingest_group_id, assigned)
+        fresh = [tp for tp in assigned if tp not in committed]
+        log_starts = await self.consumer.beginning_offsets(fresh) if fresh else {}
         for tp in assigned:
             point = committed.get(tp)
-            offset = point.offset if point is not None and point.offset >= 0 else None
-            watermark = CommitPoint.watermark_from_metadata(point.metadata) if point is not None else None
-            self.ingestor.assign(tp, offset, watermark)
+            if point is None:
+                start, watermark = log_starts[tp], None
+            else:
+                start, watermark = point.offset, CommitPoint.watermark_from_metadata(point.metadata)
+            self.consumer.seek(tp, start)
+            self.ingestor.assign(tp, start, watermark)
         self.ingestor.raw_partitions = len(self.consumer.partitions_for_topic(self.settings.raw_topic) or ())
         self.metrics.ingest_partitions.set(len(assigned))
 
@@ -591,21 +657,30 @@ class IngestService(Service):
         settings = self.settings
         last_flush = time.monotonic()
         while not self.should_stop:
+            await self._wait_before_retry()
             batches = await self.consumer.getmany(
                 timeout_ms=int(settings.flush_interval_seconds * 1000),
                 max_records=settings.ingest_max_records,
             )
-            records = [record for batch in batches.values() for record in batch]
             behind = self._report_lag() > settings.ingest_max_records  # more than a batch waits
-            if records:
-                async with self._flush_lock:
-                    screened = self.ingestor.screen(records)
-                    counts = await self._check_duplicates(screened)
-                    self.ingestor.apply(screened, counts)
+            if batches:
+                async with self._flush_lock:  # positions are settled (no take-over under way)
+                    records = [r for tp, batch in batches.items() for r in self.ingestor.unread(tp, batch)]
+                    if records:
+                        screened = self.ingestor.screen(records)
+                        counts = await self._check_duplicates(screened)
+                        self.ingestor.apply(screened, counts)
             interval = settings.backlog_flush_interval_seconds if behind else settings.flush_interval_seconds
             if time.monotonic() - last_flush >= interval:
                 await self.flush()
                 last_flush = time.monotonic()
+
+    async def _wait_before_retry(self) -> None:
+        """After a refused flush, read on only after a pause (its cause, such as a topic's
+        message size limit, needs an operator): the log gets one error per retry, not thousands."""
+        pause = self._retry_flush_after - time.monotonic()
+        if pause > 0:
+            await asyncio.sleep(pause)
 
     def _report_lag(self) -> int:
         """Set the lag gauges; return the lag summed over the assigned partitions."""
@@ -648,6 +723,14 @@ class IngestService(Service):
                     self.transactional_id,
                 )
                 raise
+            except OutputRefused as exc:
+                log.error("%s", exc)
+                self.metrics.ingest_refused.labels(exc.topic).inc()
+                self.metrics.ingest_aborts.inc()
+                await self._renew_producer()
+                await self._rewind()
+                self._retry_flush_after = time.monotonic() + REFUSED_RETRY_SECONDS
+                return
             except FENCING_ERRORS as exc:
                 log.warning("ingest batch aborted, its partitions moved to another worker: %s", exc)
                 self.metrics.ingest_aborts.inc()
@@ -656,6 +739,7 @@ class IngestService(Service):
             except KafkaError:
                 log.exception("ingest flush failed; its input will be read again")
                 self.metrics.ingest_aborts.inc()
+                await self._renew_producer()
                 await self._rewind()
                 return
             self.metrics.flush_seconds.observe(time.perf_counter() - started)
@@ -676,14 +760,30 @@ class IngestService(Service):
         """The body of a flush transaction: its deltas and marks in a few messages per delta
         partition (see ``delta_batches``), bad rows, late events, the report and the offsets."""
         settings, encode = self.settings, self._encoder.encode
+        deliveries: list[tuple[str, asyncio.Future[Any]]] = []
+
+        async def send(topic: str, value: bytes, partition: int | None = None) -> None:
+            try:
+                deliveries.append((topic, await self.producer.send(topic, value=value, partition=partition)))
+            except KafkaError as exc:  # refused before sending (larger than max_request_size)
+                raise OutputRefused(topic, exc) from exc
+
         for partition, batch in delta_batches(pending.deltas, pending.marks, len(self._delta_partitions)):
-            await self.producer.send(settings.deltas_topic, value=encode(batch), partition=partition)
+            await send(settings.deltas_topic, encode(batch), partition)
         for bad_row in pending.bad_rows:
-            await self.producer.send(settings.bad_rows_topic, value=encode(bad_row))
+            await send(settings.bad_rows_topic, encode(bad_row))
         for late in pending.late_events:
-            await self.producer.send(settings.late_events_topic, value=encode(late))
+            await send(settings.late_events_topic, encode(late))
         if pending.has_messages:
-            await self.producer.send(settings.accounting_topic, value=encode(self._report(pending)))
+            await send(settings.accounting_topic, encode(self._report(pending)))
+        # Every message must be written before the offsets are committed with them: aiokafka
+        # commits a transaction even when one of its sends failed.
+        outcomes = await asyncio.gather(*(delivery for _, delivery in deliveries), return_exceptions=True)
+        for (topic, _), outcome in zip(deliveries, outcomes, strict=True):
+            if isinstance(outcome, KafkaError):
+                raise OutputRefused(topic, outcome) from outcome
+            if isinstance(outcome, BaseException):
+                raise outcome
         if pending.commits:
             # Refused (and the whole transaction aborted) if this worker is no longer the
             # partitions' owner: a stalled worker cannot commit a batch another one re-reads.
@@ -709,11 +809,4 @@ class IngestService(Service):
     async def _rewind(self) -> None:
         """After an aborted transaction: read the lost batch again from the committed offsets,
         with the watermarks committed with them."""
-        assignment = list(self.consumer.assignment())
-        for tp in assignment:
-            committed = await self.consumer.committed(tp)
-            if committed is None:
-                await self.consumer.seek_to_beginning(tp)
-            else:
-                self.consumer.seek(tp, committed)
-        await self.take_over(assignment)
+        await self._take_over(list(self.consumer.assignment()))

@@ -44,6 +44,13 @@ class Metrics:
             "Flushes whose transaction was aborted; their input is read again.",
             registry=self.registry,
         )
+        self.ingest_refused = Counter(
+            "mkpi_ingest_refused_messages_total",
+            "Messages a topic refused to take from ingest (too large, not authorized, ...); their "
+            "flush is aborted and retried.",
+            ["topic"],
+            registry=self.registry,
+        )
         self.events = Counter(
             "mkpi_ingest_events_total",
             "Valid, non-duplicate events counted, by event type.",

@@ -15,8 +15,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
+from streams.connections import kafka_options
 from streams.generator import Fractions, GroundTruth, Message, Scenario
+from streams.settings import Settings
 from streams.topics import ensure_topics
 from tests.support import (
     WorkerProcess,
@@ -147,3 +151,54 @@ async def test_two_workers_split_the_raw_topic_and_share_the_duplicate_memory(tm
     finally:
         for worker in workers:
             worker.stop()
+
+
+async def set_topic_config(settings: Settings, topic: str, configs: dict[str, str]) -> None:
+    admin = AIOKafkaAdminClient(**kafka_options(settings))
+    await admin.start()
+    try:
+        await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, configs=configs)])
+    finally:
+        await admin.close()
+
+
+async def test_a_topic_refusing_a_message_holds_its_flush_until_it_takes_it(tmp_path: Path) -> None:
+    """The bad-row topic takes at most 2 KiB per batch: ingest's flushes with larger bad rows are
+    aborted with an error saying what to raise, and nothing is committed past them (aiokafka
+    would commit a transaction whose send failed); with the limit raised, everything counts
+    exactly once."""
+    settings = isolated_settings()
+    messages = list(
+        Scenario(55, fractions=Fractions(duplicates=0.05, shuffle_window=20)).messages(2_000, now)
+    )
+    truth = truth_of(messages)
+    oversized = [b"{" + f"{n:04d}".encode() + b"x" * 3000 for n in range(5)]  # ~3 KB bad rows
+    truth.raw += len(oversized)
+    truth.outcomes["bad"] += len(oversized)
+    truth.bad_reasons["not_json"] += len(oversized)
+    await ensure_topics(settings)
+    await set_topic_config(settings, settings.bad_rows_topic, {"max.message.bytes": "2048"})
+    payloads = [m.payload for m in messages]
+    await produce(settings, settings.raw_topic, [*payloads[:1000], *oversized, *payloads[1000:]])
+
+    worker = WorkerProcess(settings, tmp_path)
+    worker.start()
+    refused = ("mkpi_ingest_refused_messages_total", (("topic", settings.bad_rows_topic),))
+    try:
+        await wait_until(lambda: worker.metrics().get(refused, 0) >= 2, timeout=60)
+        log_text = worker.log_path.read_text(errors="replace")
+        assert f"{settings.bad_rows_topic} refused a message from ingest" in log_text
+        assert "raise the topic's max.message.bytes" in log_text
+        held = sum((await accounting_totals(settings))["outcomes"].values())
+        assert held < truth.raw, "nothing is committed past the refused flush"
+        assert worker.process is not None and worker.process.poll() is None, "the worker keeps going"
+
+        await set_topic_config(settings, settings.bad_rows_topic, {"max.message.bytes": str(1024 * 1024)})
+        totals = await wait_for_accounting(settings, truth.raw, timeout=120)
+        assert totals["outcomes"] == truth.outcomes, worker.log_tail()
+        assert totals["bad_reasons"] == truth.bad_reasons
+        bad_rows = [json.loads(r.value) for r in await read_everything(settings, [settings.bad_rows_topic])]
+        big = sorted(row["payload"][:5] for row in bad_rows if len(row["payload"]) > 3000)
+        assert big == sorted(p[:5].decode() for p in oversized), "each oversized bad row once"
+    finally:
+        worker.stop()

@@ -44,3 +44,18 @@ def test_counters_fold_and_dropped_campaigns_lose_their_series() -> None:
         sample(metrics, "mkpi_kpi_current", kpi="leads", window="60s", channel=ALL, campaign="first") is None
     )
     assert series.has_gauges("second")
+
+
+def test_a_revoked_partition_takes_its_series_gauges_along() -> None:
+    metrics = Metrics()
+    gauges = WindowGauges(metrics.kpi_last_closed, metrics.kpi_last_closed_window_start)
+    for campaign in ("kept", "moved"):
+        gauges.observe(KpiKey("leads", 60, 0, ALL, campaign), 3.0)
+    gauges.drop_where(lambda channel, campaign: campaign == "moved")
+    kept = {"kpi": "leads", "window": "60s", "channel": ALL}
+    assert sample(metrics, "mkpi_kpi_last_closed", **kept, campaign="kept") == 3
+    assert sample(metrics, "mkpi_kpi_last_closed", **kept, campaign="moved") is None
+    assert sample(metrics, "mkpi_kpi_last_closed_window_start_seconds", **kept, campaign="moved") is None
+    # Observed again (the partition came back), the series returns, whatever its window start.
+    gauges.observe(KpiKey("leads", 60, 0, ALL, "moved"), 4.0)
+    assert sample(metrics, "mkpi_kpi_last_closed", **kept, campaign="moved") == 4

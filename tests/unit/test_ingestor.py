@@ -213,3 +213,21 @@ def test_a_partition_resumes_from_its_committed_watermark() -> None:
     assert taken.outcomes == {"late": 1}
     assert taken.commits[TopicPartition("raw", 0)].next_offset == 101
     assert [(m.raw_partition, m.watermark) for m in taken.marks] == [(0, committed)]
+
+
+def test_only_records_from_a_taken_over_position_on_are_read() -> None:
+    """Around a take-over the consumer hands out records from before the committed offset, or
+    the same records again after the take-over moves it back: they are not read twice."""
+    ingest = ingestor()
+    tp = TopicPartition("raw", 0)
+    batch = [record(0, offset, page_view(f"e{offset}", "organic")) for offset in range(100, 104)]
+    assert ingest.unread(tp, batch) == [], "not taken over yet"
+    ingest.assign(tp, 102, None)
+    assert [r.offset for r in ingest.unread(tp, batch)] == [102, 103]
+    screened = ingest.screen(ingest.unread(tp, batch))
+    ingest.apply(screened, [True] * len(ingest.sightings(screened)))
+    assert ingest.unread(tp, batch) == [], "read once; the second delivery is dropped"
+    later = [record(0, 104, page_view("e104", "organic"))]
+    assert ingest.unread(tp, later) == later
+    ingest.revoke(tp)
+    assert ingest.unread(tp, later) == []
