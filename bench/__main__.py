@@ -27,16 +27,12 @@ import asyncio
 import dataclasses
 import json
 import os
-import platform
-import secrets
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.parse
 import urllib.request
-import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -44,14 +40,13 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.workers import REPO, bench_settings, machine, remove_data, start_worker
 from streams.cli import wait_for_http
 from streams.connections import kafka_options
 from streams.generator import Fractions, Scenario, produce_messages
 from streams.settings import Settings
-from streams.stack.cleanup import remove_run_data
 from streams.topics import ensure_topics
 
-REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "docs" / "benchmarks"
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -153,14 +148,6 @@ async def changelog_messages(settings: Settings) -> int:
         return sum(ends.values())
     finally:
         await consumer.stop()
-
-
-def start_worker(settings: Settings, log_path: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, **settings.as_environment()}
-    with open(log_path, "ab") as log:
-        return subprocess.Popen(
-            [sys.executable, "-m", "streams.cli", "worker"], cwd=REPO, env=env, stdout=log, stderr=log
-        )
 
 
 PROBES_PER_SECOND = 2
@@ -283,43 +270,6 @@ def run_pipeline(settings: Settings, events: int, log_path: Path) -> Result:
         worker.wait(60)
 
 
-def bench_settings(base: Settings) -> Settings:
-    """Topics, worker name and web port of one run of its own."""
-    prefix = f"bench{uuid.uuid4().hex[:8]}"
-    return dataclasses.replace(
-        base,
-        topic_prefix=prefix,
-        raw_topic=f"{prefix}.raw",
-        worker_name=f"{prefix}-c",
-        pseudonymization_key=base.pseudonymization_key or secrets.token_hex(32),
-        web_port=free_port(),
-    )
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def machine() -> str:
-    model = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor(),
-    )
-    memory_kb = next(
-        int(line.split()[1])
-        for line in Path("/proc/meminfo").read_text().splitlines()
-        if line.startswith("MemTotal")
-    )
-    memory = f"{memory_kb / 1024 / 1024:.1f} GiB"
-    return f"{os.cpu_count()} cores ({model}), {memory}, Python {platform.python_version()}"
-
-
 def markdown(report: dict[str, Any]) -> str:
     lines = [
         f"## {report['date']}: {report['events']:,} events, {report['partitions']} partitions",
@@ -360,12 +310,6 @@ def markdown(report: dict[str, Any]) -> str:
             f"probes ({measured['missing']} never seen)."
         )
     return "\n".join([*lines, "", ""])
-
-
-def remove_data(settings: Settings) -> None:
-    """The run's topics and Redis keys go when it ends (a million events leave ten million
-    duplicate-check keys behind)."""
-    asyncio.run(remove_run_data(settings, [settings.topic_prefix]))
 
 
 CONTENDERS = ("a", "a2", "b", "c")

@@ -1,0 +1,71 @@
+"""A worker of its own for one measurement: settings with fresh topics and keys, the process,
+and the clean-up afterwards (shared by the benchmark and the soak run)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import platform
+import secrets
+import socket
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+from streams.settings import Settings
+from streams.stack.cleanup import remove_run_data
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def machine() -> str:
+    model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    memory_kb = next(
+        int(line.split()[1])
+        for line in Path("/proc/meminfo").read_text().splitlines()
+        if line.startswith("MemTotal")
+    )
+    memory = f"{memory_kb / 1024 / 1024:.1f} GiB"
+    return f"{os.cpu_count()} cores ({model}), {memory}, Python {platform.python_version()}"
+
+
+def bench_settings(base: Settings) -> Settings:
+    """Topics, worker name and web port of one run of its own."""
+    prefix = f"bench{uuid.uuid4().hex[:8]}"
+    return dataclasses.replace(
+        base,
+        topic_prefix=prefix,
+        raw_topic=f"{prefix}.raw",
+        worker_name=f"{prefix}-c",
+        pseudonymization_key=base.pseudonymization_key or secrets.token_hex(32),
+        web_port=free_port(),
+    )
+
+
+def start_worker(settings: Settings, log_path: Path) -> subprocess.Popen[bytes]:
+    env = {**os.environ, **settings.as_environment()}
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "streams.cli", "worker"], cwd=REPO, env=env, stdout=log, stderr=log
+        )
+
+
+def remove_data(settings: Settings) -> None:
+    """The run's topics and Redis keys go when it ends (a million events leave ten million
+    duplicate-check keys behind)."""
+    asyncio.run(remove_run_data(settings, [settings.topic_prefix]))
