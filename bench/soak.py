@@ -223,7 +223,7 @@ def markdown(summary: dict[str, Any], report: SoakReport, warmup_seconds: float)
         f"{memory['slope_mb_per_10_min']:+} MB per 10 minutes.",
         f"- Ingest lag: at most {summary['max_ingest_lag']:,} messages (after warm-up at most "
         f"{lag['max']:,}, trend {lag['slope_per_10_min']:+} per 10 minutes); KPI agent backlog at "
-        f"most {summary['max_agent_backlog']:,} delta messages.",
+        f"most {summary['max_agent_backlog']:,} cell deltas (produced by ingest, not yet folded in).",
         "",
         "| minute | RSS MB | ingest lag | agent backlog |",
         "|---|---|---|---|",

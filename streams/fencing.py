@@ -11,6 +11,10 @@ its output is never seen by read_committed consumers.
 
 ``FencedTransactionalProducer.send_offsets_to_transaction`` takes a ``GroupMembership`` (read
 from the consumer by ``membership``) in place of the group id and sends v3 with it.
+
+The other half of KIP-447 is on the reading side: ``stable_committed_offsets`` asks for a
+group's offsets with ``require_stable`` (OffsetFetch v7), so a new owner does not read them
+while the previous owner's last transaction is still making its offsets visible.
 """
 
 from __future__ import annotations

@@ -43,6 +43,9 @@ LOGGING_BACKEND_4X = (
     "org.apache.logging.log4j:log4j-core:2.24.3",
 )
 
+#: A broker log larger than this at start is moved to broker.log.1.
+LOG_ROTATE_BYTES = 64 * 1024 * 1024
+
 _POM_TEMPLATE = """<project xmlns="http://maven.apache.org/POM/4.0.0">
   <modelVersion>4.0.0</modelVersion>
   <groupId>local.mkpi</groupId>
@@ -330,6 +333,7 @@ class KafkaBroker:
         self.install()
         self._write_config()
         self._format_storage()
+        self._rotate_log()
         with open(self.log_file, "ab") as log_out:
             process = subprocess.Popen(
                 self._java_command("kafka.Kafka", str(self.properties_file)),
@@ -362,6 +366,12 @@ class KafkaBroker:
             f"({now - last_progress:.0f}s since its last log line); see {self.log_file}:\n"
             + _tail(self.log_file)
         )
+
+    def _rotate_log(self) -> None:
+        """Keep the log of this start and of the one before: test sessions create thousands of
+        topics, and the broker logs each, so one file would grow by hundreds of MB a week."""
+        if self.log_file.exists() and self.log_file.stat().st_size > LOG_ROTATE_BYTES:
+            self.log_file.replace(self.log_file.with_name(self.log_file.name + ".1"))
 
     def _running_config(self) -> str | None:
         try:

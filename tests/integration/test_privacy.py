@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import urllib.error
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -102,6 +103,11 @@ async def test_planted_identifiers_appear_nowhere(tmp_path: Path) -> None:
         client.close()
         assert any(where.startswith("redis") for where in haystacks), "the worker wrote nothing to Redis?"
         haystacks["/metrics"] = worker.metrics_text().encode()
+        # Faust's table-browsing routes are not served: the table holds the KPI state.
+        for path in ("/table/kpi-values", "/router", "/table"):
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                worker.get_json(path)
+            assert refused.value.code == 404, path
     finally:
         worker.stop()
     haystacks["worker log"] = worker.log_path.read_bytes()
