@@ -59,6 +59,9 @@ class SoakReport:
     minutes: float
     rate: float
     produced: int
+    #: Window sizes, grace and retention: cells live until window end + grace + retention, so
+    #: memory can only level off once the first windows expire.
+    windows: str = ""
     samples: list[Sample] = field(default_factory=list)
     exact: bool = False
     outcomes: dict[str, int] = field(default_factory=dict)
@@ -71,6 +74,7 @@ class SoakReport:
         steady = self.after_warmup(warmup_seconds)
         return {
             "minutes": self.minutes,
+            "windows": self.windows,
             "rate": round(self.rate),
             "produced": self.produced,
             "exact": self.exact,
@@ -167,7 +171,11 @@ async def feed(settings: Settings, rate: float, seconds: float, seed: int, truth
 async def soak(
     settings: Settings, worker: subprocess.Popen[bytes], minutes: float, rate: float, every: float, seed: int
 ) -> SoakReport:
-    report = SoakReport(minutes=minutes, rate=rate, produced=0)
+    windows = (
+        f"windows {settings.window_sizes} s, grace {settings.grace_seconds} s, "
+        f"retention {settings.window_retention_seconds} s"
+    )
+    report = SoakReport(minutes=minutes, rate=rate, produced=0, windows=windows)
     truth = GroundTruth()
     started = time.monotonic()
     feeding = asyncio.create_task(feed(settings, rate, minutes * 60, seed, truth))
@@ -216,6 +224,8 @@ def markdown(summary: dict[str, Any], report: SoakReport, warmup_seconds: float)
         f"{summary['rate']:,} events/s",
         "",
         f"Machine: {machine()}. Commit {commit()}. Warm-up: the first {warmup_seconds / 60:g} minutes.",
+        f"Settings: {summary['windows']} (a cell lives until its window's end + grace + retention,",
+        "so memory levels off only once the first windows have expired).",
         "",
         f"- Messages: {summary['produced']:,}; totals exact against the generator's truth: "
         f"**{'yes' if summary['exact'] else 'NO'}**.",
