@@ -402,8 +402,10 @@ async def test_every_kpi_of_every_window_is_exact(tmp_path: Path, run: str) -> N
     await ensure_topics(settings)
     payloads, keys = [m.payload for m in messages], [m.key for m in messages]
     producing = None
-    if kills:
-        # Over ~60 s, so each kill lands while messages are still coming.
+    if kills or (worker_count > 1 and not plan.faults):
+        # Over ~60 s: each kill lands while messages are still coming, and workers that start
+        # one after the other share a stream, not a backlog one of them may read alone (then
+        # windows close only at its flushes, and late events may never find one closed).
         producing = asyncio.create_task(produce_in_parts(settings, payloads, keys, 60, 1.0))
     elif not plan.faults:
         await produce(settings, settings.raw_topic, payloads, keys)
@@ -415,8 +417,6 @@ async def test_every_kpi_of_every_window_is_exact(tmp_path: Path, run: str) -> N
         victim.kill()
         done = sum((await accounting_totals(settings))["outcomes"].values())
         assert 0 < done < count and producing is not None and not producing.done(), "a kill mid-stream"
-    if producing is not None:
-        await producing
     workers = [
         WorkerProcess(
             dataclasses.replace(settings, worker_name=f"{settings.worker_name}-{n}", web_port=free_port()),
@@ -430,6 +430,8 @@ async def test_every_kpi_of_every_window_is_exact(tmp_path: Path, run: str) -> N
     try:
         if plan.faults:
             await inject_faults(settings, workers, messages)
+        if producing is not None:
+            await producing
         totals = await wait_for_accounting(settings, count, timeout=600)
         assert totals["outcomes"] == expected.outcomes, workers[0].log_tail()
         assert totals["late_by_window"] == expected.late_by_window
@@ -532,5 +534,7 @@ async def test_every_kpi_of_every_window_is_exact(tmp_path: Path, run: str) -> N
             assigned = [w.metrics()[("mkpi_ingest_assigned_partitions", ())] for w in workers]
             assert sum(assigned) == plan.partitions and min(assigned) >= 1, assigned
     finally:
+        if producing is not None:
+            producing.cancel()
         for worker in workers:
             worker.stop()
