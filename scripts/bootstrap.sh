@@ -15,6 +15,8 @@ command -v "$PYTHON" >/dev/null || die "$PYTHON is missing: mkpi needs Python 3.
 
 debian_packages=()
 [ -x /usr/bin/redis-server ] || command -v redis-server >/dev/null || debian_packages+=(redis-server)
+# openssl makes the local stack's TLS certificates (the broker's SASL_SSL and SSL listeners).
+command -v openssl >/dev/null || debian_packages+=(openssl)
 # Debian's Chromium, for the live board's browser test (MKPI_WITH_CHROMIUM=0 skips it).
 if [ "${MKPI_WITH_CHROMIUM:-1}" = 1 ] && [ ! -x /usr/bin/chromium ]; then
   debian_packages+=(chromium)
