@@ -54,8 +54,12 @@ from streams.watermarks import WATERMARK_SCHEMA_VERSION, Lateness, PartitionWate
 log = logging.getLogger(__name__)
 
 PROCESSOR = "mkpi-ingest"
-#: Distinct (window, channel, campaign) cells whose published names ingest keeps at hand.
-NAMED_CELLS_CACHE_SIZE = 50_000
+#: Windows of each size whose cells' published names ingest keeps at hand: the newest and
+#: the ones just before it, where stragglers within the grace period land. Older windows'
+#: names are made afresh (late events are rare), so the cache follows the live windows.
+NAMED_WINDOWS_PER_SIZE = 3
+
+NamedCell = tuple[CellKey, str, int]
 
 
 class LateEvent(msgspec.Struct, frozen=True, kw_only=True):
@@ -160,7 +164,7 @@ class Candidate:
     #: (cell, its Redis name, horizon) of each published cell its distinct counts (sessions,
     #: unique opens and clicks, visitors) are decided in, in the window sizes it is not too
     #: late for; empty when it has none.
-    distinct_cells: tuple[tuple[CellKey, str, int], ...]
+    distinct_cells: tuple[NamedCell, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,7 +213,8 @@ class BatchIngestor:
         self.visitors: defaultdict[CellKey, set[str]] = defaultdict(set)
         self._positions: dict[TopicPartition, int] = {}
         self._sent_marks: dict[int, tuple[float | None, bool]] = {}
-        self._named: dict[tuple[int, int, str, str], list[tuple[CellKey, str, int]]] = {}
+        #: Window size -> window start -> (channel, campaign) -> its published cells, named.
+        self._named: defaultdict[int, dict[int, dict[tuple[str, str], list[NamedCell]]]] = defaultdict(dict)
 
     def assign(self, tp: TopicPartition, start: int, watermark: float | None) -> None:
         """Take over a raw partition from an offset (its committed one, or the start of its
@@ -326,30 +331,39 @@ class BatchIngestor:
 
     def _distinct_cells(
         self, at: datetime, attribution: Attribution, missed: tuple[int, ...]
-    ) -> tuple[tuple[CellKey, str, int], ...]:
+    ) -> tuple[NamedCell, ...]:
         """The published cells a distinct count is decided in, with a Redis name and how long
         to remember it: until no event of that window can still be accepted."""
-        cells: list[tuple[CellKey, str, int]] = []
+        cells: list[NamedCell] = []
         for size, start in self.windowing.starts(at.timestamp()):
             if size not in missed:
                 cells += self._named_cells(size, start, attribution.channel, attribution.campaign)
         return tuple(cells)
 
-    def _named_cells(
-        self, size: int, start: int, channel: str, campaign: str
-    ) -> list[tuple[CellKey, str, int]]:
+    def _named_cells(self, size: int, start: int, channel: str, campaign: str) -> list[NamedCell]:
         """``published_cells`` with their Redis names and horizon; the same few come back for
-        every event of a window, so they are made once (the cache starts over when full)."""
-        finest = (size, start, channel, campaign)
-        named = self._named.get(finest)
+        every event of a window, so they are made once per recent window
+        (``NAMED_WINDOWS_PER_SIZE``)."""
+        windows = self._named[size]
+        series = windows.get(start)
+        if series is None:
+            if len(windows) >= NAMED_WINDOWS_PER_SIZE:
+                oldest = min(windows)
+                if start < oldest:
+                    return self._name_cells(size, start, channel, campaign)
+                del windows[oldest]
+            series = windows[start] = {}
+        named = series.get((channel, campaign))
         if named is None:
-            if len(self._named) >= NAMED_CELLS_CACHE_SIZE:
-                self._named.clear()
-            horizon = size + self.settings.max_event_age_seconds + self.settings.max_event_future_seconds
-            named = self._named[finest] = [
-                (cell, cell.encode().decode(), horizon) for cell in published_cells(*finest)
-            ]
+            named = series[(channel, campaign)] = self._name_cells(size, start, channel, campaign)
         return named
+
+    def _name_cells(self, size: int, start: int, channel: str, campaign: str) -> list[NamedCell]:
+        horizon = size + self.settings.max_event_age_seconds + self.settings.max_event_future_seconds
+        return [
+            (cell, cell.encode().decode(), horizon)
+            for cell in published_cells(size, start, channel, campaign)
+        ]
 
     def apply(self, screened: Screened, verdicts: list[bool]) -> None:
         """Fold a screened batch in; ``verdicts`` answer ``sightings(screened)`` in order."""

@@ -6,6 +6,7 @@ The models are the single source of truth; ``mkpi schemas`` rewrites the files a
 
 from __future__ import annotations
 
+import inspect
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,8 +90,23 @@ SCHEMA_FILES: tuple[SchemaFile, ...] = (
 )
 
 
+def _clean_descriptions(node: Any) -> Any:
+    """Docstring descriptions with their indentation removed: msgspec 0.23 began doing this
+    itself, so the files come out the same whichever version is installed."""
+    if isinstance(node, dict):
+        return {
+            key: inspect.cleandoc(value)
+            if key == "description" and isinstance(value, str)
+            else _clean_descriptions(value)
+            for key, value in node.items()
+        }
+    if isinstance(node, list):
+        return [_clean_descriptions(item) for item in node]
+    return node
+
+
 def render(schema_file: SchemaFile) -> str:
-    generated: dict[str, Any] = msgspec.json.schema(schema_file.model)
+    generated: dict[str, Any] = _clean_descriptions(msgspec.json.schema(schema_file.model))
     document = {
         "$schema": JSON_SCHEMA_DIALECT,
         "$id": f"mkpi/{schema_file.path.removesuffix('.json')}",

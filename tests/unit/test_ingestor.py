@@ -231,3 +231,24 @@ def test_only_records_from_a_taken_over_position_on_are_read() -> None:
     assert ingest.unread(tp, later) == later
     ingest.revoke(tp)
     assert ingest.unread(tp, later) == []
+
+
+def test_cell_names_are_cached_for_recent_windows_only_and_stay_right_for_older_ones() -> None:
+    def at_minute(minute: int, event_id: str) -> bytes:
+        occurred = f"2026-11-27T09:{minute:02d}:30Z"
+        return page_view(event_id, "organic", session_id=f"s-{event_id}").replace(
+            b"2026-11-27T10:00:30Z", occurred.encode()
+        )
+
+    minutes = [*range(40, 60), 41, 59, 40]  # twenty windows in order, then stragglers
+    ingest = ingestor()
+    for offset, minute in enumerate(minutes):
+        screened = ingest.screen([record(0, offset, at_minute(minute, f"e{offset}"))])
+        alone = ingestor()
+        expected = alone.sightings(alone.screen([record(0, offset, at_minute(minute, f"e{offset}"))]))
+        assert ingest.sightings(screened) == expected
+        assert len({s.namespace for s in expected if s.namespace.startswith("session:")}) == 9
+    cached_windows = {size: sorted(starts) for size, starts in ingest._named.items()}
+    minute_starts = [int(datetime(2026, 11, 27, 9, m, tzinfo=UTC).timestamp()) for m in (57, 58, 59)]
+    assert cached_windows[60] == minute_starts
+    assert len(cached_windows[3600]) == len(cached_windows[86400]) == 1
