@@ -54,11 +54,6 @@ from streams.watermarks import WATERMARK_SCHEMA_VERSION, Lateness, PartitionWate
 log = logging.getLogger(__name__)
 
 PROCESSOR = "mkpi-ingest"
-#: Windows of each size whose cells' published names ingest keeps at hand: the newest and
-#: the ones just before it, where stragglers within the grace period land. Older windows'
-#: names are made afresh (late events are rare), so the cache follows the live windows.
-NAMED_WINDOWS_PER_SIZE = 3
-
 NamedCell = tuple[CellKey, str, int]
 
 
@@ -215,6 +210,7 @@ class BatchIngestor:
         self._sent_marks: dict[int, tuple[float | None, bool]] = {}
         #: Window size -> window start -> (channel, campaign) -> its published cells, named.
         self._named: defaultdict[int, dict[int, dict[tuple[str, str], list[NamedCell]]]] = defaultdict(dict)
+        self._newest_named: dict[int, int] = {}
 
     def assign(self, tp: TopicPartition, start: int, watermark: float | None) -> None:
         """Take over a raw partition from an offset (its committed one, or the start of its
@@ -342,17 +338,18 @@ class BatchIngestor:
 
     def _named_cells(self, size: int, start: int, channel: str, campaign: str) -> list[NamedCell]:
         """``published_cells`` with their Redis names and horizon; the same few come back for
-        every event of a window, so they are made once per recent window
-        (``NAMED_WINDOWS_PER_SIZE``)."""
+        every event of a window, so they are made once per window that can still take events.
+        When a newer window of a size appears, windows that ended more than grace + retention
+        before it are dropped, so the cache follows the live windows instead of growing."""
         windows = self._named[size]
         series = windows.get(start)
         if series is None:
-            if len(windows) >= NAMED_WINDOWS_PER_SIZE:
-                oldest = min(windows)
-                if start < oldest:
-                    return self._name_cells(size, start, channel, campaign)
-                del windows[oldest]
             series = windows[start] = {}
+            if start > self._newest_named.get(size, start - 1):
+                self._newest_named[size] = start
+                after_end = self.lateness.grace_seconds + self.lateness.retention_seconds
+                for old in [old for old in windows if self.windowing.end(size, old) + after_end < start]:
+                    del windows[old]
         named = series.get((channel, campaign))
         if named is None:
             named = series[(channel, campaign)] = self._name_cells(size, start, channel, campaign)

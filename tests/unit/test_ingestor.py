@@ -233,22 +233,27 @@ def test_only_records_from_a_taken_over_position_on_are_read() -> None:
     assert ingest.unread(tp, later) == []
 
 
-def test_cell_names_are_cached_for_recent_windows_only_and_stay_right_for_older_ones() -> None:
+def test_cell_names_are_cached_for_windows_that_can_take_events_and_stay_right() -> None:
     def at_minute(minute: int, event_id: str) -> bytes:
-        occurred = f"2026-11-27T09:{minute:02d}:30Z"
+        occurred = f"2026-11-27T09:{minute:02d}:30Z".encode()
         return page_view(event_id, "organic", session_id=f"s-{event_id}").replace(
-            b"2026-11-27T10:00:30Z", occurred.encode()
+            b"2026-11-27T10:00:30Z", occurred
         )
 
-    minutes = [*range(40, 60), 41, 59, 40]  # twenty windows in order, then stragglers
-    ingest = ingestor()
-    for offset, minute in enumerate(minutes):
-        screened = ingest.screen([record(0, offset, at_minute(minute, f"e{offset}"))])
-        alone = ingestor()
-        expected = alone.sightings(alone.screen([record(0, offset, at_minute(minute, f"e{offset}"))]))
+    settings = {"MKPI_GRACE_SECONDS": "0", "MKPI_WINDOW_RETENTION_SECONDS": "60"}
+    # Partition 0 walks twenty minutes forward; partition 1, behind it, still sends to windows
+    # partition 0 has left; then partition 0 moves on again.
+    sent = [(0, minute) for minute in range(30, 50)] + [(1, 31), (1, 46), (0, 50)]
+    ingest = ingestor(**settings)
+    for offset, (partition, minute) in enumerate(sent):
+        message = at_minute(minute, f"e{offset}")
+        screened = ingest.screen([record(partition, offset, message)])
+        alone = ingestor(**settings)
+        expected = alone.sightings(alone.screen([record(partition, offset, message)]))
         assert ingest.sightings(screened) == expected
         assert len({s.namespace for s in expected if s.namespace.startswith("session:")}) == 9
-    cached_windows = {size: sorted(starts) for size, starts in ingest._named.items()}
-    minute_starts = [int(datetime(2026, 11, 27, 9, m, tzinfo=UTC).timestamp()) for m in (57, 58, 59)]
-    assert cached_windows[60] == minute_starts
-    assert len(cached_windows[3600]) == len(cached_windows[86400]) == 1
+        ingest.apply(screened, [True] * len(expected))
+    minute_starts = sorted(ingest._named[60])
+    # A minute window takes events until its end + grace + retention (here 60 s).
+    assert minute_starts == [int(datetime(2026, 11, 27, 9, m, tzinfo=UTC).timestamp()) for m in (48, 49, 50)]
+    assert len(ingest._named[3600]) == len(ingest._named[86400]) == 1
