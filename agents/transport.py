@@ -7,7 +7,7 @@ It is Faust's stock aiokafka transport with two changes, registered under the UR
   Faust reads ``read_uncommitted`` unless its own exactly-once mode is on (which has open
   bugs), so it would count deltas of aborted transactions.
 - The producer's ``flush`` waits until every message handed to ``send_soon`` (table
-  changelog writes) is acknowledged by the broker. Faust flushes before it commits consumer
+  changelog writes) before the flush is acknowledged by the broker. Faust flushes before it commits consumer
   offsets, but its buffer's flush gives up after 0.1 s per message and does not see the
   message its sender task is holding, so an offset could be committed while the changelog
   write of the delta behind it was still in memory; a SIGKILL then lost that delta.
@@ -43,39 +43,63 @@ class ReadCommittedConsumer(faust_aiokafka.Consumer):
         return ReadCommittedConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
 
-class DurableFlushProducer(faust_aiokafka.Producer):
-    """Tracks buffered sends until the broker acknowledges them; ``flush`` waits for all."""
+class Acknowledgements:
+    """Sends handed to the producer and not yet acknowledged by the broker, and the failures.
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._unacknowledged: set[FutureMessage] = set()
+    A flush waits only for the sends outstanding when it began: Faust computes the offsets
+    to commit before it flushes, so later sends belong to later offsets. Waiting for every
+    send instead never ends while the agent keeps writing (the set is never empty under
+    load), and then no offset is committed at all."""
+
+    def __init__(self) -> None:
+        self._pending: set[asyncio.Future[Any]] = set()
         self._failures: list[BaseException] = []
 
-    def send_soon(self, fut: FutureMessage) -> None:
-        self._unacknowledged.add(fut)
+    def track(self, fut: asyncio.Future[Any]) -> None:
+        self._pending.add(fut)
         fut.add_done_callback(self._settle)
-        super().send_soon(fut)
 
     def _settle(self, fut: asyncio.Future[Any]) -> None:
-        self._unacknowledged.discard(fut)
+        self._pending.discard(fut)
         if not fut.cancelled() and (failure := fut.exception()) is not None:
             self._failures.append(failure)
 
-    async def flush(self) -> None:
-        """Raise rather than return while a buffered write is unsent or has failed: the caller
-        is about to commit offsets that are only safe once those writes are durable. A failed
-        write keeps failing every flush, so the worker stops instead of committing past it."""
-        await super().flush()
-        while pending := set(self._unacknowledged):
-            _, not_done = await asyncio.wait(pending, timeout=FLUSH_TIMEOUT_SECONDS)
+    def outstanding(self) -> set[asyncio.Future[Any]]:
+        """The sends not acknowledged yet, to wait for with ``settled``."""
+        return set(self._pending)
+
+    async def settled(self, sends: set[asyncio.Future[Any]], timeout: float) -> None:
+        """Return once ``sends`` are acknowledged; raise when one is still unacknowledged
+        after ``timeout`` seconds, or when any send so far has failed."""
+        if sends:
+            _, not_done = await asyncio.wait(sends, timeout=timeout)
             if not_done:
-                raise ProducerSendError(
-                    f"{len(not_done)} buffered writes unacknowledged after {FLUSH_TIMEOUT_SECONDS}s"
-                )
+                raise ProducerSendError(f"{len(not_done)} buffered writes unacknowledged after {timeout}s")
         if self._failures:
             raise ProducerSendError(
                 f"{len(self._failures)} buffered writes failed, first: {self._failures[0]!r}"
             )
+
+
+class DurableFlushProducer(faust_aiokafka.Producer):
+    """Tracks buffered sends until the broker acknowledges them; ``flush`` waits for them."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.acknowledgements = Acknowledgements()
+
+    def send_soon(self, fut: FutureMessage) -> None:
+        self.acknowledgements.track(fut)
+        super().send_soon(fut)
+
+    async def flush(self) -> None:
+        """Raise rather than return while a write made before the flush is unsent or has
+        failed: the caller is about to commit offsets that are only safe once those writes
+        are durable. A failed write keeps failing every flush, so the worker stops instead of
+        committing past it."""
+        earlier = self.acknowledgements.outstanding()
+        await super().flush()
+        await self.acknowledgements.settled(earlier, FLUSH_TIMEOUT_SECONDS)
 
 
 class ReadCommittedTransport(faust_aiokafka.Transport):
