@@ -25,10 +25,17 @@ from faust.exceptions import ProducerSendError
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types.tuples import FutureMessage
 
+from streams.kpis import DELTAS_PER_MESSAGE
+
 URL_SCHEME = "mkpi-kafka"
 
 #: How long a flush waits for buffered writes before it fails the commit.
 FLUSH_TIMEOUT_SECONDS = 60.0
+#: Changelog writes the producer buffer holds before Faust stops feeding the agent. Faust's
+#: default of 100 is less than one delta message's writes (up to ``DELTAS_PER_MESSAGE``), and
+#: its wait counts one send per turn of the event loop: a busy worker's agent then spent
+#: seconds per message waiting and fell behind ingest in a soak run.
+CHANGELOG_BUFFER_MESSAGES = 10 * DELTAS_PER_MESSAGE
 
 
 class ReadCommittedConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
@@ -89,6 +96,7 @@ class DurableFlushProducer(faust_aiokafka.Producer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.acknowledgements = Acknowledgements()
+        self.buffer.max_messages = CHANGELOG_BUFFER_MESSAGES
 
     def send_soon(self, fut: FutureMessage) -> None:
         self.acknowledgements.track(fut)
