@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.workers import REPO, bench_settings, machine, remove_data, start_worker
@@ -66,6 +67,9 @@ class SoakReport:
     exact: bool = False
     outcomes: dict[str, int] = field(default_factory=dict)
     expected_outcomes: dict[str, int] = field(default_factory=dict)
+    #: At the end, the most delta messages of a partition past the agent's committed offset
+    #: (a transaction marker after the last record leaves 1): what a restart would read again.
+    uncommitted_deltas: int = -1
 
     def after_warmup(self, warmup_seconds: float) -> list[Sample]:
         return [s for s in self.samples if s.seconds >= warmup_seconds] or self.samples
@@ -83,6 +87,7 @@ class SoakReport:
                 "max": round(max(s.rss_mb for s in steady), 1),
                 "slope_mb_per_10_min": round(slope([(s.seconds, s.rss_mb) for s in steady]) * 600, 2),
             },
+            "uncommitted_deltas_at_end": self.uncommitted_deltas,
             "max_ingest_lag": max(s.ingest_lag for s in self.samples),
             "max_agent_backlog": max(s.agent_backlog for s in self.samples),
             "ingest_lag_after_warmup": {
@@ -146,6 +151,28 @@ async def accounted(settings: Settings) -> Counter[str]:
     return outcomes
 
 
+async def uncommitted_deltas(settings: Settings, settle_seconds: float = 30.0) -> int:
+    """The most delta messages of one partition past the agent's committed offset, once the
+    agent has committed for ``settle_seconds`` after the input stopped (or sooner, at 1)."""
+    admin = AIOKafkaAdminClient(**kafka_options(settings))
+    consumer = AIOKafkaConsumer(**kafka_options(settings), enable_auto_commit=False)
+    await admin.start()
+    await consumer.start()
+    try:
+        deadline = time.monotonic() + settle_seconds
+        while True:
+            committed = await admin.list_consumer_group_offsets(settings.app_id)
+            delta_partitions = [tp for tp in committed if tp.topic == settings.deltas_topic]
+            ends = await consumer.end_offsets(delta_partitions)
+            behind = max((ends[tp] - committed[tp].offset for tp in delta_partitions), default=-1)
+            if 0 <= behind <= 1 or time.monotonic() > deadline:
+                return behind
+            await asyncio.sleep(2)
+    finally:
+        await consumer.stop()
+        await admin.close()
+
+
 async def feed(settings: Settings, rate: float, seconds: float, seed: int, truth: GroundTruth) -> int:
     """Realistic events (retries and malformed messages included) at ``rate`` per second."""
     scenario = Scenario(seed, campaigns=50, fractions=Fractions(duplicates=0.02, malformed=0.002))
@@ -196,6 +223,7 @@ async def soak(
         outcomes = await accounted(settings)
     report.outcomes, report.expected_outcomes = dict(outcomes), dict(truth.outcomes)
     report.exact = outcomes == truth.outcomes
+    report.uncommitted_deltas = await uncommitted_deltas(settings)
     return report
 
 
@@ -234,6 +262,8 @@ def markdown(summary: dict[str, Any], report: SoakReport, warmup_seconds: float)
         f"- Ingest lag: at most {summary['max_ingest_lag']:,} messages (after warm-up at most "
         f"{lag['max']:,}, trend {lag['slope_per_10_min']:+} per 10 minutes); KPI agent backlog at "
         f"most {summary['max_agent_backlog']:,} cell deltas (produced by ingest, not yet folded in).",
+        f"- Delta messages past the KPI agent's committed offset at the end: at most "
+        f"{summary['uncommitted_deltas_at_end']:,} per partition (1 is a transaction marker).",
         "",
         "| minute | RSS MB | ingest lag | agent backlog |",
         "|---|---|---|---|",

@@ -1,5 +1,5 @@
 """The soak run's short mode (`python -m bench.soak` is the long one): a worker fed at a steady
-rate for a minute stays exact, keeps up, and does not balloon."""
+rate for a minute stays exact, keeps up, commits what it applied, and does not balloon."""
 
 from __future__ import annotations
 
@@ -22,3 +22,5 @@ def test_a_minute_at_a_steady_rate_stays_exact_and_keeps_up(local_stack: Setting
     assert summary["max_ingest_lag"] < RATE * 5, report.samples
     assert report.samples[-1].ingest_lag < RATE, report.samples
     assert summary["rss_mb_after_warmup"]["max"] < 400, report.samples
+    # The KPI agent's offsets follow: a restart would not read the run's deltas again.
+    assert 0 <= report.uncommitted_deltas <= 1, report.uncommitted_deltas
