@@ -47,7 +47,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> faust.App:
     )
     alert_rules = configured_rules(settings.alert_rules_file, settings.windowing.sizes)
     table = app.Table(KPI_TABLE_NAME, partitions=settings.partitions, key_type=bytes, value_type=bytes)
-    register_kpi_agent(app, deltas, table, metrics, settings, alert_rules)
+    agent = register_kpi_agent(app, deltas, table, metrics, settings, alert_rules)
     rules = ChannelRules.load(Path(settings.channel_rules_file) if settings.channel_rules_file else None)
     ingest = IngestService(
         settings,
@@ -55,6 +55,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> faust.App:
         worker_name=settings.worker_name or socket.gethostname(),
         rules=rules,
         pseudonymizer=Pseudonymizer.from_settings(settings),
+        agent_is_behind=agent.is_behind,
     )
     app.service(ingest)  # type: ignore[arg-type]
     app.web_server(WebServer(settings, metrics))

@@ -27,7 +27,7 @@ from typing import Any
 
 import faust
 import msgspec
-from faust.types import TableT
+from faust.types import TP, TableT
 
 from agents.gap_reader import DeltaGapReader
 from agents.outputs import OutputMessage, OutputPublisher
@@ -44,7 +44,7 @@ from streams.alerts import (
 from streams.catalog import SUM_MEASURES
 from streams.closing import MarkState, PartitionWindows, close_cell, mark_key, merge_mark
 from streams.connections import redis_client
-from streams.continuity import Arrival, DeltaContinuity
+from streams.continuity import Arrival, DeltaContinuity, unapplied_messages
 from streams.kpis import (
     ALL,
     ALL_TIME,
@@ -78,6 +78,9 @@ _key_decoder = msgspec.json.Decoder(list[int | str])
 _encoder = msgspec.json.Encoder()
 
 Series = tuple[str, int, str, str]
+#: Unapplied delta offsets per owned partition beyond which the agent counts as behind: two of
+#: ingest's flushes, a message and a transaction marker each.
+BEHIND_OFFSETS_PER_PARTITION = 4
 
 
 class WindowGauges:
@@ -227,6 +230,21 @@ class KpiTableAgent:
             gauges.drop_where(
                 lambda channel, campaign: series_partition(channel, campaign, count) not in owned
             )
+
+    def is_behind(self) -> bool:
+        """Whether delta messages are waiting for the agent: more than two of ingest's flushes
+        (a message and a marker each) per owned partition. Ingest then flushes seldom, so the
+        agent gets fewer, larger messages; publishing KPI updates per message costs the same
+        for 10 deltas as for 500."""
+        consumer = self.table.app.consumer
+        highwaters = {
+            partition: _highwater(consumer, TP(self.settings.deltas_topic, partition))
+            for partition in self.partitions
+        }
+        applied = {
+            partition: owned.continuity.applied_through for partition, owned in self.partitions.items()
+        }
+        return unapplied_messages(highwaters, applied) > BEHIND_OFFSETS_PER_PARTITION * len(self.partitions)
 
     def _partition(self, partition: int, offset: int) -> DeltaPartition:
         owned = self.partitions.get(partition)
@@ -559,6 +577,16 @@ class KpiTableAgent:
         await until_redis_answers(
             lambda: view.write(updates), "the Redis view", self.metrics.redis_up, self.metrics.view_errors
         )
+
+
+def _highwater(consumer: Any, tp: TP) -> int | None:
+    """The partition's end as last fetched; None before a fetch, or when a rebalance has just
+    taken the partition away (aiokafka asserts it is assigned)."""
+    try:
+        end: int | None = consumer.highwater(tp)
+    except (AssertionError, AttributeError):
+        return None
+    return end
 
 
 def register_kpi_agent(

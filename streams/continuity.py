@@ -11,6 +11,7 @@ jump is not proof of a loss; it is a gap the agent reads back from Kafka before 
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 
@@ -39,3 +40,14 @@ class DeltaContinuity:
 
     def applied(self, offset: int) -> None:
         self.applied_through = max(self.applied_through, offset)
+
+
+def unapplied_messages(highwaters: Mapping[int, int | None], applied_through: Mapping[int, int]) -> int:
+    """Offsets past what the agent applied, summed over the delta partitions it owns (a
+    partition whose end is not known yet counts 0). Each of ingest's transactions leaves a
+    marker offset, so an agent that is caught up is one offset behind on each partition."""
+    return sum(
+        max(0, end - 1 - applied_through[partition])
+        for partition, end in highwaters.items()
+        if end is not None and partition in applied_through
+    )

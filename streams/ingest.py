@@ -554,10 +554,13 @@ class IngestService(Service):
         worker_name: str,
         rules: ChannelRules,
         pseudonymizer: Pseudonymizer,
+        agent_is_behind: Callable[[], bool] = lambda: False,
         **kwargs: object,
     ) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self.settings = settings
+        #: Whether the KPI agent in this worker has delta messages waiting (see ``_consume``).
+        self.agent_is_behind = agent_is_behind
         self.metrics = metrics
         self.transactional_id = f"{settings.app_id}-ingest-{worker_name}"
         self._retry_flush_after = 0.0
@@ -664,7 +667,8 @@ class IngestService(Service):
     @Service.task
     async def _consume(self) -> None:
         """Read, screen and count batches; flush often while caught up (fresh KPIs), seldom
-        while behind (more events per delta, so the backlog shrinks faster)."""
+        while behind or while the KPI agent is (more events per delta, so the backlog shrinks
+        faster: the agent's cost is per delta message more than per event)."""
         settings = self.settings
         last_flush = time.monotonic()
         while not self.should_stop:
@@ -673,7 +677,8 @@ class IngestService(Service):
                 timeout_ms=int(settings.flush_interval_seconds * 1000),
                 max_records=settings.ingest_max_records,
             )
-            behind = self._report_lag() > settings.ingest_max_records  # more than a batch waits
+            # More than a batch waits here, or deltas wait for the agent.
+            behind = self._report_lag() > settings.ingest_max_records or self.agent_is_behind()
             if batches:
                 async with self._flush_lock:  # positions are settled (no take-over under way)
                     records = [r for tp, batch in batches.items() for r in self.ingestor.unread(tp, batch)]
