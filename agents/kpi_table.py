@@ -44,7 +44,7 @@ from streams.alerts import (
 from streams.catalog import SUM_MEASURES
 from streams.closing import MarkState, PartitionWindows, close_cell, mark_key, merge_mark
 from streams.connections import redis_client
-from streams.continuity import Arrival, DeltaContinuity, unapplied_messages
+from streams.continuity import Arrival, DeltaContinuity, published_key, unapplied_messages
 from streams.kpis import (
     ALL,
     ALL_TIME,
@@ -75,6 +75,7 @@ _state_decoder = msgspec.json.Decoder(CellState)
 _mark_state_decoder = msgspec.json.Decoder(MarkState)
 _series_state_decoder = msgspec.json.Decoder(SeriesState)
 _key_decoder = msgspec.json.Decoder(list[int | str])
+_offset_decoder = msgspec.json.Decoder(int)
 _encoder = msgspec.json.Encoder()
 
 Series = tuple[str, int, str, str]
@@ -254,7 +255,8 @@ class KpiTableAgent:
 
     def _rebuild(self, partition: int, offset: int) -> DeltaPartition:
         """Index the partition's cells and marks from the (recovered) table. Every record the
-        agent applies writes its offset there, so the highest one is how far it got."""
+        agent applies writes its offset there, so the highest one is how far it got; the
+        partition's published key says up to where the outputs went out too."""
         settings = self.settings
         windows = PartitionWindows(self.windowing, settings.grace_seconds, settings.window_retention_seconds)
         continuity = DeltaContinuity()
@@ -267,6 +269,10 @@ class KpiTableAgent:
                     windows.record_mark(mark_state.mark)
                     continuity.applied(mark_state.applied_offset)
                 continue
+            if key[0] == "published":  # ["published", delta partition]
+                if key[1] == partition:
+                    continuity.published(_offset_decoder.decode(raw_value))
+                continue
             if key[0] == "alert":  # ["alert", rule, channel, campaign]
                 series_state = _series_state_decoder.decode(raw_value)
                 if series_state.partition == partition:
@@ -278,11 +284,12 @@ class KpiTableAgent:
                 windows.add(CellKey(int(size), int(start), str(channel), str(campaign)), state)
                 continuity.applied(state.applied_offset)
         log.info(
-            "delta partition %d resumes at offset %d, applied through %d, with %d cells, %d raw "
-            "partition marks and %d watched series",
+            "delta partition %d resumes at offset %d, applied through %d, published through %d, "
+            "with %d cells, %d raw partition marks and %d watched series",
             partition,
             offset,
             continuity.applied_through,
+            continuity.published_through,
             len(windows),
             len(windows.marks),
             sum(len(series) for series in alert_series.values()),
@@ -328,8 +335,9 @@ class KpiTableAgent:
         self, owned: DeltaPartition, partition: int, offset: int, value: bytes | None
     ) -> None:
         """Fold one delta message into the table (synchronously: every table write of the
-        message happens before any output is awaited), then publish what it changed."""
-        replay = owned.continuity.arrival(offset) is Arrival.REPLAY
+        message happens before any output is awaited), publish what it changed, then record
+        in the table that its outputs are out."""
+        replay = owned.continuity.was_applied(offset)
         try:
             batch = _batch_decoder.decode(value or b"")
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
@@ -342,7 +350,9 @@ class KpiTableAgent:
             if batch.marks:
                 self._on_marks(owned, batch.marks, partition, offset, outputs)
             await self._publish(partition, outputs)
-        owned.continuity.applied(offset)
+        if offset > owned.continuity.published_through:
+            self.table[published_key(partition)] = _encoder.encode(offset)
+        owned.continuity.published(offset)
 
     def _on_delta(
         self, owned: DeltaPartition, delta: Delta, partition: int, offset: int, replay: bool, outputs: Outputs

@@ -6,6 +6,12 @@ records it dropped while seeking (docs/architecture.md). The agent therefore kee
 guarantee: it applies the records of each delta partition in offset order, all of them.
 Kafka leaves offsets without a record (transaction markers, aborted records), so an offset
 jump is not proof of a loss; it is a gap the agent reads back from Kafka before going on.
+
+Applied is not enough: a record's table writes can reach the changelog while its outputs (a
+window's final results, say) die with the worker, and Faust may then resume past it. So the
+agent goes on from the last record whose outputs the broker acknowledged, which it writes to
+the table after publishing; records applied after that one are applied again as replays, which
+publish their outputs again and count nothing twice.
 """
 
 from __future__ import annotations
@@ -14,32 +20,52 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import msgspec
+
 
 class Arrival(enum.Enum):
-    REPLAY = "replay"  # at or below the last applied offset: applied before
+    REPLAY = "replay"  # at or below the last published offset: done before
     NEXT = "next"  # right after it
-    AFTER_GAP = "after gap"  # offsets in between may hold records never delivered
+    AFTER_GAP = "after gap"  # offsets in between may hold records not applied or not published
+
+
+def published_key(delta_partition: int) -> bytes:
+    """Table key of a delta partition's ``published_through`` (never a cell key: those start
+    with a number)."""
+    return msgspec.json.encode(("published", delta_partition))
 
 
 @dataclass(slots=True)
 class DeltaContinuity:
-    """Every record of the partition up to ``applied_through`` is applied (-1: none yet)."""
+    """Every record of the partition up to ``published_through`` is applied and its outputs
+    are acknowledged; records up to ``applied_through`` are in the table (-1: none yet)."""
 
     applied_through: int = -1
+    published_through: int = -1
 
     def arrival(self, offset: int) -> Arrival:
-        if offset <= self.applied_through:
+        if offset <= self.published_through:
             return Arrival.REPLAY
-        if offset == self.applied_through + 1:
+        if offset == self.published_through + 1:
             return Arrival.NEXT
         return Arrival.AFTER_GAP
 
     def gap(self, offset: int) -> range:
-        """The offsets to read back before the record at ``offset``."""
-        return range(self.applied_through + 1, offset)
+        """The offsets to read back (and apply, or publish again) before the record at
+        ``offset``."""
+        return range(self.published_through + 1, offset)
+
+    def was_applied(self, offset: int) -> bool:
+        """Whether the record at ``offset`` reached the table before: applying it again only
+        publishes its outputs."""
+        return offset <= self.applied_through
 
     def applied(self, offset: int) -> None:
         self.applied_through = max(self.applied_through, offset)
+
+    def published(self, offset: int) -> None:
+        self.applied(offset)
+        self.published_through = max(self.published_through, offset)
 
 
 def unapplied_messages(highwaters: Mapping[int, int | None], applied_through: Mapping[int, int]) -> int:

@@ -2,8 +2,10 @@
 
 Faust's stream can skip records around a rebalance and still commit past them, and can resume
 past records it dropped while seeking (docs/architecture.md). Both leave the Faust group's
-committed offset beyond records the agent never saw; here that state is made on purpose, by
-committing the group's offset past a transaction of deltas before the worker starts.
+committed offset beyond records the agent never saw, or whose outputs died with a worker; here
+those states are made on purpose, by committing the group's offset past a transaction of deltas
+before the worker starts, and by writing to the changelog what a worker killed while publishing
+leaves there.
 """
 
 from __future__ import annotations
@@ -15,10 +17,12 @@ from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.structs import OffsetAndMetadata
+from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 
+from agents.app import KPI_TABLE_NAME
 from agents.gap_reader import DeltaGapReader
 from streams.connections import kafka_options
+from streams.continuity import published_key
 from streams.settings import Settings
 from streams.topics import ensure_topics
 from tests.support import WorkerProcess, isolated_settings, leads_delta, read_topic_until
@@ -103,14 +107,7 @@ async def test_deltas_the_faust_group_committed_past_are_applied(tmp_path: Path)
         ],
     )
     passed_by = offsets[2][1]  # the group resumes at the last record: all before it were passed by
-    group = AIOKafkaConsumer(**kafka_options(settings), group_id=settings.app_id, enable_auto_commit=False)
-    await group.start()
-    try:
-        tp = TopicPartition(settings.deltas_topic, 0)
-        group.assign([tp])
-        await group.commit({tp: OffsetAndMetadata(passed_by, "")})
-    finally:
-        await group.stop()
+    await commit_group_offset(settings, 0, passed_by)
 
     worker = WorkerProcess(settings, tmp_path)
     worker.start()
@@ -127,5 +124,63 @@ async def test_deltas_the_faust_group_committed_past_are_applied(tmp_path: Path)
         assert 1000 + 31 not in values, "the aborted delta stays out"
         samples = worker.metrics()
         assert samples[("mkpi_delta_gap_records_total", ())] == 4, "four records read back from Kafka"
+    finally:
+        worker.stop()
+
+
+async def commit_group_offset(settings: Settings, partition: int, offset: int) -> None:
+    """Set the Faust group's committed offset of a delta partition, as Faust itself might."""
+    group = AIOKafkaConsumer(**kafka_options(settings), group_id=settings.app_id, enable_auto_commit=False)
+    await group.start()
+    try:
+        tp = TopicPartition(settings.deltas_topic, partition)
+        group.assign([tp])
+        await group.commit({tp: OffsetAndMetadata(offset, "")})
+    finally:
+        await group.stop()
+
+
+async def test_outputs_lost_with_a_worker_are_published_again_though_faust_resumes_past_them(
+    tmp_path: Path,
+) -> None:
+    """A worker killed while publishing leaves its record's table writes in the changelog and
+    the partition's published offset behind them. The next worker must publish that record's
+    outputs again, even when the group's committed offset is past it (Faust resumed past it)."""
+    settings = isolated_settings()
+    await ensure_topics(settings)
+    minute = int(time.time()) // 60 * 60
+    delta = functools.partial(leads_delta, minute, CAMPAIGN)
+    key = json.dumps(["leads", 60, minute, "*", CAMPAIGN], separators=(",", ":")).encode()
+
+    def leads(records: list[ConsumerRecord[bytes, bytes]]) -> list[int]:
+        return [json.loads(r.value)["value"] for r in records if r.key == key]
+
+    ((first,),) = await send_transactions(settings, [([delta(1)], True)])
+    worker = WorkerProcess(settings, tmp_path, "first")
+    worker.start()
+    try:
+        await read_topic_until(settings, settings.kpi_updates_topic, lambda found: 1 in leads(found), 60)
+    finally:
+        assert worker.stop() == 0
+    # What the first worker would have left had it died before the broker acknowledged the
+    # outputs of ``first``: its cell in the changelog, the published offset still before it.
+    producer = AIOKafkaProducer(**kafka_options(settings))
+    await producer.start()
+    try:
+        changelog = f"{settings.app_id}-{KPI_TABLE_NAME}-changelog"
+        await producer.send_and_wait(changelog, str(first - 1).encode(), key=published_key(0), partition=0)
+    finally:
+        await producer.stop()
+    await commit_group_offset(settings, 0, first + 2)  # past the record and its commit marker
+
+    worker = WorkerProcess(settings, tmp_path, "second")
+    worker.start()
+    try:
+        await send_transactions(settings, [([delta(2)], True)])
+        records = await read_topic_until(
+            settings, settings.kpi_updates_topic, lambda found: 3 in leads(found), 60
+        )
+        assert leads(records) == [1, 1, 3], "the outputs of the first record went out again, once"
+        assert worker.metrics()[("mkpi_delta_gap_records_total", ())] == 1, "read back from Kafka"
     finally:
         worker.stop()

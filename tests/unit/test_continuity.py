@@ -1,4 +1,9 @@
-from streams.continuity import Arrival, DeltaContinuity, unapplied_messages
+import msgspec
+
+from agents.kpi_table import alert_key
+from streams.closing import mark_key
+from streams.continuity import Arrival, DeltaContinuity, published_key, unapplied_messages
+from streams.kpis import CellKey
 
 
 def test_a_fresh_partition_expects_offset_zero() -> None:
@@ -6,27 +11,54 @@ def test_a_fresh_partition_expects_offset_zero() -> None:
     assert continuity.arrival(0) is Arrival.NEXT
     assert continuity.arrival(3) is Arrival.AFTER_GAP
     assert continuity.gap(3) == range(0, 3)
+    assert not continuity.was_applied(0)
 
 
-def test_offsets_at_or_below_the_last_applied_are_replays() -> None:
-    continuity = DeltaContinuity(applied_through=41)
+def test_offsets_at_or_below_the_last_published_are_replays() -> None:
+    continuity = DeltaContinuity(applied_through=41, published_through=41)
     assert continuity.arrival(41) is Arrival.REPLAY
     assert continuity.arrival(7) is Arrival.REPLAY
     assert continuity.arrival(42) is Arrival.NEXT
 
 
-def test_a_jump_is_read_back_from_the_record_after_the_last_applied() -> None:
-    continuity = DeltaContinuity(applied_through=10)
+def test_a_jump_is_read_back_from_the_record_after_the_last_published() -> None:
+    continuity = DeltaContinuity(applied_through=10, published_through=10)
     assert continuity.arrival(12) is Arrival.AFTER_GAP  # a commit marker at 11, or a lost record
     assert list(continuity.gap(12)) == [11]
-    continuity.applied(12)
+    continuity.published(12)
     assert continuity.arrival(13) is Arrival.NEXT
 
 
-def test_applying_a_replay_never_moves_progress_back() -> None:
-    continuity = DeltaContinuity(applied_through=20)
+def test_records_applied_but_not_published_are_read_back_as_replays() -> None:
+    # The table holds the writes of records up to 30, but the outputs of 25 (the last record
+    # published before 30) are the last acknowledged: a worker died publishing 30's outputs.
+    continuity = DeltaContinuity(applied_through=30, published_through=25)
+    assert continuity.arrival(26) is Arrival.NEXT
+    assert continuity.arrival(32) is Arrival.AFTER_GAP  # Faust resumed past 30
+    assert continuity.gap(32) == range(26, 32)
+    assert continuity.was_applied(30) and not continuity.was_applied(31)
+
+
+def test_progress_never_moves_back() -> None:
+    continuity = DeltaContinuity(applied_through=20, published_through=18)
     continuity.applied(5)
-    assert continuity.applied_through == 20
+    continuity.published(3)
+    assert (continuity.applied_through, continuity.published_through) == (20, 18)
+    continuity.published(22)
+    assert (continuity.applied_through, continuity.published_through) == (22, 22)
+
+
+def test_the_published_key_is_per_partition_and_never_another_table_key() -> None:
+    assert published_key(0) != published_key(1)
+    others = {mark_key(0, 0), CellKey(0, 0, "0", "0").encode(), alert_key("0", "0", "0")}
+    assert {published_key(0)}.isdisjoint(others)
+    # The agent's rebuild tells table keys apart by their first element.
+    assert {msgspec.json.decode(key)[0] for key in others | {published_key(0)}} == {
+        0,
+        "watermark",
+        "alert",
+        "published",
+    }
 
 
 def test_unapplied_messages_count_the_offsets_past_the_applied_one() -> None:
