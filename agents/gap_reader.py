@@ -63,7 +63,14 @@ class DeltaGapReader:
     async def _fetch(self, partition: int, offsets: range) -> _Known:
         consumer = await self._started()
         tp = TopicPartition(self.settings.deltas_topic, partition)
-        consumer.assign([tp])
+        assigned = consumer.assignment()
+        if tp not in assigned:
+            # Assigning logs at INFO, and a worker reads a gap about once per delta message
+            # (most are transaction markers): each partition is assigned once, and only the
+            # one being read is left unpaused, so the others are not fetched meanwhile.
+            consumer.assign([*assigned, tp])
+        consumer.pause(*(other for other in consumer.assignment() if other != tp))
+        consumer.resume(tp)
         consumer.seek(tp, offsets.start)
         records: list[Record] = []
         report_at = time.monotonic() + STALL_REPORT_SECONDS

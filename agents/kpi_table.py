@@ -321,8 +321,8 @@ class KpiTableAgent:
         if records:
             self.metrics.delta_gap_records.inc(len(records))
             log.warning(
-                "delta partition %d: %d records at offsets %d-%d never reached the agent; applying "
-                "them from Kafka",
+                "delta partition %d: Faust passed by %d records at offsets %d-%d (never delivered, "
+                "or applied by a worker that died before publishing); applying them from Kafka",
                 partition,
                 len(records),
                 gap.start,

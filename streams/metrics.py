@@ -153,7 +153,8 @@ class Metrics:
         )
         self.delta_gap_records = Counter(
             "mkpi_delta_gap_records_total",
-            "Records found in those gaps: delta messages Faust's stream never delivered, applied late.",
+            "Records found in those gaps: delta messages Faust's stream passed by (never delivered, or "
+            "applied without their outputs published), applied from Kafka.",
             registry=self.registry,
         )
         self.alerts = Counter(

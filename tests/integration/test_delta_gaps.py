@@ -33,9 +33,9 @@ CAMPAIGN = "gap-probe"
 
 
 async def send_transactions(
-    settings: Settings, transactions: list[tuple[list[bytes], bool]]
+    settings: Settings, transactions: list[tuple[list[bytes], bool]], partition: int = 0
 ) -> list[list[int]]:
-    """Each (values, commit) is one transaction on delta partition 0, committed or aborted;
+    """Each (values, commit) is one transaction on a delta partition, committed or aborted;
     returns the offsets its records got."""
     producer = AIOKafkaProducer(**kafka_options(settings), transactional_id=f"{settings.app_id}-gap-probe")
     await producer.start()
@@ -44,7 +44,8 @@ async def send_transactions(
         for values, commit in transactions:
             await producer.begin_transaction()
             sent = [
-                await producer.send_and_wait(settings.deltas_topic, value, partition=0) for value in values
+                await producer.send_and_wait(settings.deltas_topic, value, partition=partition)
+                for value in values
             ]
             offsets.append([metadata.offset for metadata in sent])
             if commit:
@@ -83,6 +84,10 @@ async def test_the_gap_reader_returns_the_committed_records_of_a_range() -> None
         ]
         assert await reader.read(0, range(second + 1, third)) == [], "markers and aborted records only"
         assert [offset for offset, _ in await reader.read(0, range(second, third))] == [second]
+        # Another partition, then back: each read sees only its own partition's records.
+        ((elsewhere,),) = await send_transactions(settings, [([delta(5)], True)], partition=1)
+        assert [offset for offset, _ in await reader.read(1, range(0, elsewhere + 1))] == [elsewhere]
+        assert [offset for offset, _ in await reader.read(0, range(first, second))] == [first]
     finally:
         await reader.stop()
     fresh = DeltaGapReader(settings)  # the same answers from the broker, not from the last read
