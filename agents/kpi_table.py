@@ -358,16 +358,21 @@ class KpiTableAgent:
         self, owned: DeltaPartition, delta: Delta, partition: int, offset: int, replay: bool, outputs: Outputs
     ) -> None:
         windows, key = owned.windows, delta.key
+        table_key = key.encode()
         if windows.is_expired(key):
-            if replay:  # applied before its cell expired: nothing left to re-send
+            if replay:
+                # Applied before its window expired. The cell is still stored when the message
+                # that expired it was this one (cells a message changes outlive it by a mark),
+                # and its outputs may have died with a worker: publish them again.
                 self.metrics.deltas_replayed.inc()
+                if (raw := self.table.get(table_key)) is not None:
+                    outputs.cell(key, _state_decoder.decode(raw), delta.measures)
                 return
             self.metrics.deltas_after_retention.inc()
             log.error(
                 "dropping a delta for %s at %s/%s: its window is past retention", key, partition, offset
             )
             return
-        table_key = key.encode()
         stored = None if (raw := self.table.get(table_key)) is None else _state_decoder.decode(raw)
         state = apply_delta(stored, delta, offset, partition, windows.is_closed(key))
         if state is None:
@@ -430,7 +435,7 @@ class KpiTableAgent:
             outputs.cell(key, state, state.measures)
         for rule in self.alert_rules:
             self._judge(owned, rule, closed, low, partition, offset, replayed, outputs)
-        for key in windows.expired():
+        for key in windows.expired(keep=outputs.cells):
             self.table.pop(key.encode(), None)
             self.metrics.cells_expired.inc()
 
@@ -498,7 +503,7 @@ class KpiTableAgent:
         state.judged_by = offset
         state.last_events = [_encoder.encode(event) for event in events]
         table_key = alert_key(rule.name, channel, campaign)
-        if state.is_idle():
+        if state.is_idle() and not events:  # with events, kept for a replay to re-send them
             self.table.pop(table_key, None)
             del owned.alert_series[rule.name][(channel, campaign)]
         else:

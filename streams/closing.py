@@ -16,6 +16,7 @@ A window of size s starting at t is
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Container
 from typing import Annotated
 
 import msgspec
@@ -119,16 +120,25 @@ class PartitionWindows:
         due = [key for window in sorted(windows) for key in sorted(self._open.pop(window))]
         return due
 
-    def expired(self) -> list[CellKey]:
-        """Cells of windows past retention, removed from the index; the caller deletes them."""
+    def expired(self, keep: Container[CellKey] = ()) -> list[CellKey]:
+        """Cells of windows past retention, removed from the index; the caller deletes them.
+
+        Cells in ``keep`` stay until a later call: the agent keeps those the current message
+        changed, since its outputs are not out yet; were the cell deleted with the message's
+        writes, a replay after a crash would find nothing to publish again."""
         low = self.low_watermark
         if low is None:
             return []
         windows = [w for w in self._cells if self._passed(w, self.grace + self.retention, low)]
         gone: list[CellKey] = []
         for window in sorted(windows):
-            gone.extend(sorted(self._cells.pop(window)))
-            self._open.pop(window, None)
+            cells = self._cells.pop(window)
+            kept = {key for key in cells if key in keep}
+            gone.extend(sorted(cells - kept))
+            if kept:
+                self._cells[window] = kept
+            else:
+                self._open.pop(window, None)
         if gone:
             dropped = set(gone)
             for offset in list(self._closed_by):

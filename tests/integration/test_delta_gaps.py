@@ -145,47 +145,87 @@ async def commit_group_offset(settings: Settings, partition: int, offset: int) -
         await group.stop()
 
 
+def marks_at(settings: Settings, watermark: float) -> list[dict[str, object]]:
+    """Watermark marks of every raw partition, as ingest sends them."""
+    return [
+        {
+            "kind": "watermark",
+            "schema_version": "1-0-0",
+            "raw_partition": raw,
+            "raw_partitions": settings.partitions,
+            "watermark": watermark,
+            "idle": False,
+        }
+        for raw in range(settings.partitions)
+    ]
+
+
 async def test_outputs_lost_with_a_worker_are_published_again_though_faust_resumes_past_them(
     tmp_path: Path,
 ) -> None:
     """A worker killed while publishing leaves its record's table writes in the changelog and
     the partition's published offset behind them. The next worker must publish that record's
-    outputs again, even when the group's committed offset is past it (Faust resumed past it)."""
-    settings = isolated_settings()
+    outputs again, even when the group's committed offset is past it (Faust resumed past it),
+    and even for a cell whose window the record's own marks expired."""
+    grace, retention = 60, 600
+    settings = isolated_settings(grace_seconds=grace, window_retention_seconds=retention)
     await ensure_topics(settings)
-    minute = int(time.time()) // 60 * 60
-    delta = functools.partial(leads_delta, minute, CAMPAIGN)
-    key = json.dumps(["leads", 60, minute, "*", CAMPAIGN], separators=(",", ":")).encode()
+    now = time.time()
+    minute = int(now) // 60 * 60
+    old_minute = minute - 3600  # closed by the first message's marks, expired by the second's
 
-    def leads(records: list[ConsumerRecord[bytes, bytes]]) -> list[int]:
-        return [json.loads(r.value)["value"] for r in records if r.key == key]
+    def message(deltas: list[tuple[int, int]], watermark: float) -> bytes:
+        cells = [json.loads(leads_delta(start, CAMPAIGN, leads))["deltas"][0] for start, leads in deltas]
+        body = {"schema_version": "2-0-0", "deltas": cells, "marks": marks_at(settings, watermark)}
+        return json.dumps(body).encode()
 
-    ((first,),) = await send_transactions(settings, [([delta(1)], True)])
+    key, old_key = (
+        json.dumps(["leads", 60, start, "*", CAMPAIGN], separators=(",", ":")).encode()
+        for start in (minute, old_minute)
+    )
+
+    def leads(records: list[ConsumerRecord[bytes, bytes]], of: bytes = key) -> list[int]:
+        return [json.loads(r.value)["value"] for r in records if r.key == of]
+
+    (_, (second,)) = await send_transactions(
+        settings,
+        [
+            ([message([(old_minute, 1)], old_minute + 60 + grace)], True),
+            ([message([(minute, 1), (old_minute, 1)], now)], True),  # a revision, then expiry
+        ],
+    )
     worker = WorkerProcess(settings, tmp_path, "first")
     worker.start()
     try:
-        await read_topic_until(settings, settings.kpi_updates_topic, lambda found: 1 in leads(found), 60)
+        await read_topic_until(
+            settings, settings.kpi_updates_topic, lambda found: 2 in leads(found, old_key), 60
+        )
     finally:
         assert worker.stop() == 0
     # What the first worker would have left had it died before the broker acknowledged the
-    # outputs of ``first``: its cell in the changelog, the published offset still before it.
+    # outputs of ``second``: its writes in the changelog, the published offset still before it.
     producer = AIOKafkaProducer(**kafka_options(settings))
     await producer.start()
     try:
         changelog = f"{settings.app_id}-{KPI_TABLE_NAME}-changelog"
-        await producer.send_and_wait(changelog, str(first - 1).encode(), key=published_key(0), partition=0)
+        await producer.send_and_wait(changelog, str(second - 1).encode(), key=published_key(0), partition=0)
     finally:
         await producer.stop()
-    await commit_group_offset(settings, 0, first + 2)  # past the record and its commit marker
+    await commit_group_offset(settings, 0, second + 2)  # past the record and its commit marker
 
     worker = WorkerProcess(settings, tmp_path, "second")
     worker.start()
     try:
-        await send_transactions(settings, [([delta(2)], True)])
+        await send_transactions(settings, [([leads_delta(minute, CAMPAIGN, 2)], True)])
         records = await read_topic_until(
             settings, settings.kpi_updates_topic, lambda found: 3 in leads(found), 60
         )
-        assert leads(records) == [1, 1, 3], "the outputs of the first record went out again, once"
+        assert leads(records) == [1, 1, 3], "the outputs of the second record went out again, once"
+        assert leads(records, old_key) == [1, 2, 2], "the revised cell its marks expired too"
+        results = await read_topic_until(
+            settings, settings.window_results_topic, lambda found: len(leads(found, old_key)) == 3, 10
+        )
+        assert leads(results, old_key) == [1, 2, 2], "final result, revision, revision again"
         assert worker.metrics()[("mkpi_delta_gap_records_total", ())] == 1, "read back from Kafka"
     finally:
         worker.stop()

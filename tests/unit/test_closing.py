@@ -69,6 +69,22 @@ def test_cells_expire_at_end_plus_grace_plus_retention() -> None:
     assert len(index) == 0 and index.closed_by(7) == set()
 
 
+def test_kept_cells_expire_at_a_later_call_and_stay_found_by_their_closing_mark() -> None:
+    # The message that expires these cells also changed one of them (``changed``): it stays
+    # stored and indexed until the next mark, so a replay of the message can publish it again.
+    index = windows()
+    changed, untouched = CellKey(60, 0, ALL, "c1"), CellKey(60, 0, ALL, "c2")
+    for key in (changed, untouched):
+        index.add(key, close_cell(state(), closed_by=7))
+    index.record_mark(mark(0, 1000.0))
+    index.record_mark(mark(1, 1000.0))
+    assert index.expired(keep={changed}) == [untouched]
+    assert len(index) == 1 and index.closed_by(7) == {changed}
+    assert index.expired(keep={changed}) == [], "kept while the caller keeps it"
+    assert index.expired() == [changed]
+    assert len(index) == 0 and index.closed_by(7) == set()
+
+
 def test_merge_mark_skips_replays_and_never_moves_a_watermark_back() -> None:
     first = merge_mark(None, mark(0, 100.0), offset=5)
     assert first is not None
