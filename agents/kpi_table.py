@@ -44,7 +44,7 @@ from streams.alerts import (
 from streams.catalog import SUM_MEASURES
 from streams.closing import MarkState, PartitionWindows, close_cell, mark_key, merge_mark
 from streams.connections import redis_client
-from streams.continuity import Arrival, DeltaContinuity, published_key, unapplied_messages
+from streams.continuity import DeltaContinuity, published_key, unapplied_messages
 from streams.kpis import (
     ALL,
     ALL_TIME,
@@ -306,16 +306,15 @@ class KpiTableAgent:
             async for event in stream.events():
                 partition, offset = event.message.partition, event.message.offset
                 owned = self._partition(partition, offset)
-                if owned.continuity.arrival(offset) is Arrival.AFTER_GAP:
-                    await self._read_gap(owned, partition, offset)
+                if gap := owned.continuity.gap(offset):
+                    await self._read_gap(owned, partition, gap)
                 await self._on_record(owned, partition, offset, event.value)
         finally:
             await self.gap_reader.stop()
             await self.publisher.stop()
 
-    async def _read_gap(self, owned: DeltaPartition, partition: int, offset: int) -> None:
-        """Apply what lies between the last applied record and ``offset`` before going on."""
-        gap = owned.continuity.gap(offset)
+    async def _read_gap(self, owned: DeltaPartition, partition: int, gap: range) -> None:
+        """Apply (or publish again) what Kafka holds at ``gap``, before the record after it."""
         records = await self.gap_reader.read(partition, gap)
         self.metrics.delta_gap_reads.inc()
         if records:

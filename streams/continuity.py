@@ -16,17 +16,10 @@ publish their outputs again and count nothing twice.
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import msgspec
-
-
-class Arrival(enum.Enum):
-    REPLAY = "replay"  # at or below the last published offset: done before
-    NEXT = "next"  # right after it
-    AFTER_GAP = "after gap"  # offsets in between may hold records not applied or not published
 
 
 def published_key(delta_partition: int) -> bytes:
@@ -43,16 +36,9 @@ class DeltaContinuity:
     applied_through: int = -1
     published_through: int = -1
 
-    def arrival(self, offset: int) -> Arrival:
-        if offset <= self.published_through:
-            return Arrival.REPLAY
-        if offset == self.published_through + 1:
-            return Arrival.NEXT
-        return Arrival.AFTER_GAP
-
     def gap(self, offset: int) -> range:
         """The offsets to read back (and apply, or publish again) before the record at
-        ``offset``."""
+        ``offset``: empty when it follows the last published record, or is a replay."""
         return range(self.published_through + 1, offset)
 
     def was_applied(self, offset: int) -> bool:

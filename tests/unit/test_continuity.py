@@ -2,40 +2,36 @@ import msgspec
 
 from agents.kpi_table import alert_key
 from streams.closing import mark_key
-from streams.continuity import Arrival, DeltaContinuity, published_key, unapplied_messages
+from streams.continuity import DeltaContinuity, published_key, unapplied_messages
 from streams.kpis import CellKey
 
 
 def test_a_fresh_partition_expects_offset_zero() -> None:
     continuity = DeltaContinuity()
-    assert continuity.arrival(0) is Arrival.NEXT
-    assert continuity.arrival(3) is Arrival.AFTER_GAP
+    assert not continuity.gap(0)
     assert continuity.gap(3) == range(0, 3)
     assert not continuity.was_applied(0)
 
 
-def test_offsets_at_or_below_the_last_published_are_replays() -> None:
+def test_offsets_up_to_the_one_after_the_last_published_need_no_read() -> None:
     continuity = DeltaContinuity(applied_through=41, published_through=41)
-    assert continuity.arrival(41) is Arrival.REPLAY
-    assert continuity.arrival(7) is Arrival.REPLAY
-    assert continuity.arrival(42) is Arrival.NEXT
+    assert not continuity.gap(41) and not continuity.gap(7) and not continuity.gap(42)
+    assert continuity.was_applied(41) and continuity.was_applied(7) and not continuity.was_applied(42)
 
 
 def test_a_jump_is_read_back_from_the_record_after_the_last_published() -> None:
     continuity = DeltaContinuity(applied_through=10, published_through=10)
-    assert continuity.arrival(12) is Arrival.AFTER_GAP  # a commit marker at 11, or a lost record
-    assert list(continuity.gap(12)) == [11]
+    assert list(continuity.gap(12)) == [11]  # a commit marker at 11, or a lost record
     continuity.published(12)
-    assert continuity.arrival(13) is Arrival.NEXT
+    assert not continuity.gap(13)
 
 
 def test_records_applied_but_not_published_are_read_back_as_replays() -> None:
     # The table holds the writes of records up to 30, but the outputs of 25 (the last record
     # published before 30) are the last acknowledged: a worker died publishing 30's outputs.
     continuity = DeltaContinuity(applied_through=30, published_through=25)
-    assert continuity.arrival(26) is Arrival.NEXT
-    assert continuity.arrival(32) is Arrival.AFTER_GAP  # Faust resumed past 30
-    assert continuity.gap(32) == range(26, 32)
+    assert not continuity.gap(26)
+    assert continuity.gap(32) == range(26, 32)  # Faust resumed past 30
     assert continuity.was_applied(30) and not continuity.was_applied(31)
 
 
