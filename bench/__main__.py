@@ -40,12 +40,12 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
+from agents.kafka.connections import kafka_options
+from agents.kafka.topics import ensure_topics
+from agents.settings import Settings
 from bench.workers import REPO, bench_settings, machine, remove_data, start_worker
-from streams.cli import wait_for_http
-from streams.connections import kafka_options
-from streams.generator import Fractions, Scenario, produce_messages
-from streams.settings import Settings
-from streams.topics import ensure_topics
+from devtools.generator import Fractions, Scenario, produce_messages
+from devtools.stack.process import wait_for_http
 
 RESULTS = REPO / "docs" / "benchmarks"
 TICKS = os.sysconf("SC_CLK_TCK")

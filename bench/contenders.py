@@ -18,10 +18,10 @@ from collections import Counter
 
 from aiokafka import AIOKafkaConsumer
 
-from streams.attribution import ChannelRules
-from streams.events import TYPE_NAMES
-from streams.settings import Settings
-from streams.validation import Rejection, decode_event
+from agents.settings import Settings
+from streams.contracts.events import TYPE_NAMES
+from streams.core.attribution import ChannelRules
+from streams.core.validation import Rejection, decode_event
 
 MAX_EVENT_BYTES = Settings().max_event_bytes  # the worker's default limit
 

@@ -23,10 +23,10 @@ from typing import Any
 
 import faust
 
-from streams.attribution import ChannelRules
-from streams.catalog import contribution
-from streams.settings import Settings
-from streams.validation import Rejection, decode_event
+from agents.settings import Settings
+from streams.core.attribution import ChannelRules
+from streams.core.catalog import contribution
+from streams.core.validation import Rejection, decode_event
 
 MAX_EVENT_BYTES = Settings().max_event_bytes  # the worker's default limit
 

@@ -14,8 +14,8 @@ import sys
 import uuid
 from pathlib import Path
 
-from streams.settings import Settings
-from streams.stack.cleanup import remove_run_data
+from agents.settings import Settings
+from devtools.stack.cleanup import remove_run_data
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -61,7 +61,7 @@ def start_worker(settings: Settings, log_path: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, **settings.as_environment()}
     with open(log_path, "ab") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", "streams.cli", "worker"], cwd=REPO, env=env, stdout=log, stderr=log
+            [sys.executable, "-m", "agents.cli", "worker"], cwd=REPO, env=env, stdout=log, stderr=log
         )
 
 

@@ -24,8 +24,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from streams.connections import kafka_options
-from streams.settings import Settings
+from agents.kafka.connections import kafka_options
+from agents.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -98,7 +98,7 @@ class WorkerProcess:
         env = {**os.environ, **self.settings.as_environment()}
         log_file = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child process
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "streams.cli", "worker"],
+            [sys.executable, "-m", "agents.cli", "worker"],
             env=env,
             cwd=REPO,
             stdout=log_file,
@@ -160,7 +160,7 @@ class WorkerProcess:
 def run_cli(settings: Settings, *args: str) -> str:
     """Run ``mkpi`` with these settings; return its standard output (fails on a non-zero exit)."""
     done = subprocess.run(
-        [sys.executable, "-m", "streams.cli", *args],
+        [sys.executable, "-m", "agents.cli", *args],
         env={**os.environ, **settings.as_environment()},
         cwd=REPO,
         capture_output=True,

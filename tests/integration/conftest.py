@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from streams.settings import Settings
-from streams.stack.cleanup import remove_run_data
-from streams.stack.kafka import KafkaBroker
-from streams.stack.redis import LocalRedis
+from agents.settings import Settings
+from devtools.stack.cleanup import remove_run_data
+from devtools.stack.kafka import KafkaBroker
+from devtools.stack.redis import LocalRedis
 from tests.support import ISSUED_PREFIXES, base_settings
 
 

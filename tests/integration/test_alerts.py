@@ -22,9 +22,9 @@ from typing import Any
 import pytest
 from aiokafka import ConsumerRecord
 
-from streams.generator import CAMPAIGNS, STORIES, ExpectedAlert, Message, Story
-from streams.kpis import KpiKey
-from streams.topics import ensure_topics
+from agents.kafka.topics import ensure_topics
+from devtools.generator import CAMPAIGNS, STORIES, ExpectedAlert, Message, Story
+from streams.contracts.outputs import KpiKey
 from tests.support import (
     WorkerProcess,
     isolated_settings,

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from streams.generator import STORIES, VALID, Message, Scenario
-from streams.topics import ensure_topics
+from agents.kafka.topics import ensure_topics
+from devtools.generator import STORIES, VALID, Message, Scenario
 from tests.chromium import HeadlessChromium
 from tests.support import WorkerProcess, isolated_settings, produce, wait_for_accounting
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import redis.asyncio as aioredis
 
-from streams.dedup import RedisSightings, Sighting
+from agents.redis.dedup import RedisSightings
+from streams.core.ingestor import Sighting
 from tests.support import isolated_settings
 
 pytestmark = pytest.mark.kafka

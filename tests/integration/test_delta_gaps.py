@@ -19,12 +19,12 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 
-from agents.app import KPI_TABLE_NAME
-from agents.gap_reader import DeltaGapReader
-from streams.connections import kafka_options
-from streams.continuity import published_key
-from streams.settings import Settings
-from streams.topics import ensure_topics
+from agents.kafka.connections import kafka_options
+from agents.kafka.gap_reader import DeltaGapReader
+from agents.kafka.topics import ensure_topics
+from agents.runtime.app import KPI_TABLE_NAME
+from agents.settings import Settings
+from streams.core.table_keys import published_key
 from tests.support import WorkerProcess, isolated_settings, leads_delta, read_topic_until
 
 pytestmark = pytest.mark.kafka

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from streams.connections import kafka_options
-from streams.settings import Settings
+from agents.kafka.connections import kafka_options
+from agents.settings import Settings
 from tests.support import WorkerProcess, isolated_settings, leads_delta, produce, read_topic_until, run_cli
 
 pytestmark = pytest.mark.kafka

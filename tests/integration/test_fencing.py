@@ -11,10 +11,10 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 
-from streams.connections import kafka_options
-from streams.fencing import FENCING_ERRORS, FencedTransactionalProducer, membership
-from streams.settings import Settings
-from streams.topics import ensure_topics
+from agents.kafka.connections import kafka_options
+from agents.kafka.fencing import FENCING_ERRORS, FencedTransactionalProducer, membership
+from agents.kafka.topics import ensure_topics
+from agents.settings import Settings
 from tests.support import isolated_settings, read_everything
 
 pytestmark = pytest.mark.kafka

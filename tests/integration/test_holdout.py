@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from streams.topics import ensure_topics
+from agents.kafka.topics import ensure_topics
 from tests.support import (
     WorkerProcess,
     isolated_settings,

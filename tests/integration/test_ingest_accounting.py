@@ -18,10 +18,10 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-from streams.connections import kafka_options
-from streams.generator import Fractions, GroundTruth, Message, Scenario
-from streams.settings import Settings
-from streams.topics import ensure_topics
+from agents.kafka.connections import kafka_options
+from agents.kafka.topics import ensure_topics
+from agents.settings import Settings
+from devtools.generator import Fractions, GroundTruth, Message, Scenario
 from tests.support import (
     WorkerProcess,
     accounting_totals,

@@ -33,11 +33,11 @@ import pytest
 import redis.asyncio as aioredis
 from aiokafka.partitioner import DefaultPartitioner
 
-from streams.generator import DUPLICATE, VALID, Fractions, Message, Scenario
-from streams.settings import Settings
-from streams.stack.kafka import KafkaBroker
-from streams.stack.redis import LocalRedis
-from streams.topics import ensure_topics
+from agents.kafka.topics import ensure_topics
+from agents.settings import Settings
+from devtools.generator import DUPLICATE, VALID, Fractions, Message, Scenario
+from devtools.stack.kafka import KafkaBroker
+from devtools.stack.redis import LocalRedis
 from tests.support import (
     WorkerProcess,
     accounting_totals,

@@ -12,8 +12,8 @@ import pytest
 import redis
 from aiokafka.admin import AIOKafkaAdminClient
 
-from streams.connections import kafka_options
-from streams.privacy import Pseudonymizer
+from agents.kafka.connections import kafka_options
+from streams.core.privacy import Pseudonymizer
 from tests.support import (
     TEST_KEY,
     WorkerProcess,

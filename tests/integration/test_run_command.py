@@ -51,7 +51,7 @@ def test_run_shows_organic_traffic_per_campaign_within_90_seconds(tmp_path: Path
     env = {**os.environ, **settings.as_environment()}
     log = open(tmp_path / "run.log", "wb")  # noqa: SIM115 - closed below
     run = subprocess.Popen(
-        [sys.executable, "-m", "streams.cli", "run", "--rate", "100", "--seed", "5"],
+        [sys.executable, "-m", "agents.cli", "run", "--rate", "100", "--seed", "5"],
         env=env,
         cwd=REPO,
         stdout=log,
@@ -85,7 +85,7 @@ def test_metrics_and_kpi_topic_agree_while_running(tmp_path: Path) -> None:
     env = {**os.environ, **settings.as_environment()}
     with open(tmp_path / "run.log", "wb") as log:
         worker = subprocess.Popen(
-            [sys.executable, "-m", "streams.cli", "worker"],
+            [sys.executable, "-m", "agents.cli", "worker"],
             env=env,
             cwd=REPO,
             stdout=log,
@@ -96,7 +96,7 @@ def test_metrics_and_kpi_topic_agree_while_running(tmp_path: Path) -> None:
                 [
                     sys.executable,
                     "-m",
-                    "streams.cli",
+                    "agents.cli",
                     "generate",
                     "--count",
                     "3000",

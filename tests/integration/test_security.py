@@ -21,12 +21,13 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from redis.exceptions import RedisError
 
-from streams.connections import kafka_options, sync_redis_client
-from streams.generator import VALID, Fractions, GroundTruth, Scenario
-from streams.kpis import ALL, ALL_TIME
-from streams.settings import Settings
-from streams.stack.kafka import KafkaBroker
-from streams.topics import ensure_topics
+from agents.kafka.connections import kafka_options
+from agents.kafka.topics import ensure_topics
+from agents.redis.connections import sync_redis_client
+from agents.settings import Settings
+from devtools.generator import VALID, Fractions, GroundTruth, Scenario
+from devtools.stack.kafka import KafkaBroker
+from streams.contracts.deltas import ALL, ALL_TIME
 from tests.support import (
     WorkerProcess,
     free_port,

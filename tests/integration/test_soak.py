@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from agents.settings import Settings
 from bench.soak import run_soak
-from streams.settings import Settings
 
 pytestmark = pytest.mark.kafka
 

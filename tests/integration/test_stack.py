@@ -6,10 +6,10 @@ import socket
 
 import pytest
 
-from streams.settings import Settings
-from streams.stack.kafka import KafkaBroker
-from streams.stack.process import StackError, port_is_open
-from streams.stack.redis import LocalRedis
+from agents.settings import Settings
+from devtools.stack.kafka import KafkaBroker
+from devtools.stack.process import StackError, port_is_open
+from devtools.stack.redis import LocalRedis
 
 pytestmark = pytest.mark.kafka
 

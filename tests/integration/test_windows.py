@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from streams.connections import kafka_options
-from streams.settings import Settings
-from streams.topics import ensure_topics
+from agents.kafka.connections import kafka_options
+from agents.kafka.topics import ensure_topics
+from agents.settings import Settings
 from tests.support import WorkerProcess, isolated_settings, read_everything, wait_for_accounting
 
 pytestmark = pytest.mark.kafka

@@ -1,0 +1,344 @@
+"""The ``mkpi`` command: worker, generator, local stack, and the whole job in one go.
+
+The development tools (generator, local stack, schema export) are imported by the commands
+that use them, so ``mkpi worker`` never loads them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from aiokafka.errors import KafkaConnectionError
+from redis.exceptions import RedisError
+
+from agents.kafka.topics import TopicSetupError, ensure_topics
+from agents.redis.connections import redis_client
+from agents.settings import ConfigError, Settings, without_password
+from streams.core.alerts import AlertRulesError
+from streams.core.attribution import RulesError
+
+log = logging.getLogger("mkpi")
+
+
+def _configure_logging(settings: Settings) -> None:
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    settings.validate_for_worker()
+    from agents.runtime.app import create_app
+    from agents.runtime.worker import BoundedShutdownWorker
+
+    asyncio.run(ensure_topics(settings))
+    app = create_app(settings)
+    worker = BoundedShutdownWorker(
+        app,
+        shutdown_timeout_seconds=settings.shutdown_timeout_seconds,
+        loglevel=settings.log_level,
+        quiet=True,
+    )
+    worker.execute_from_commandline()
+    return 0
+
+
+def cmd_generate(settings: Settings, args: argparse.Namespace) -> int:
+    from devtools.generator import STORIES, Fractions, GroundTruth, ProgressBar, Scenario, produce_messages
+
+    fractions = Fractions(
+        duplicates=args.duplicates,
+        late=args.late,
+        malformed=args.malformed,
+        shuffle_window=args.shuffle,
+        revising=args.revising,
+        past_retention=args.past_retention,
+    )
+    try:
+        scenario = Scenario(
+            args.seed,
+            campaigns=args.campaigns,
+            fractions=fractions,
+            grace_seconds=settings.grace_seconds,
+            retention_seconds=settings.window_retention_seconds,
+        )
+    except ValueError as exc:
+        print(f"mkpi generate: {exc}", file=sys.stderr)
+        return 2
+    messages = scenario.messages(None, lambda: datetime.now(UTC))
+    count: int | None = args.count or None
+    if args.story:
+        story = STORIES[args.story]
+        if args.hours:
+            story = dataclasses.replace(story, hours=args.hours)
+        start = story.start(datetime.now(UTC))
+        messages, count = story.messages(args.seed, start, settings.grace_seconds), None
+        print(f"story {story.name}: {story.description}; {story.hours} hours from {start:%Y-%m-%d %H:%M}Z")
+        for alert in story.expected_alerts(start):
+            print(
+                f"  expect {alert.status} of {alert.rule} for {alert.campaign}, window between "
+                f"{alert.earliest:%m-%d %H:%M}Z and {alert.latest:%m-%d %H:%M}Z"
+            )
+
+    async def run() -> GroundTruth:
+        await ensure_topics(settings)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        truth, seconds = await produce_messages(
+            settings, messages, rate=args.rate or None, count=count, progress=ProgressBar(count), stop=stop
+        )
+        print(truth.render() + f"\n  in {seconds:.1f}s ({truth.raw / max(seconds, 1e-9):.0f}/s)")
+        return truth
+
+    truth = asyncio.run(run())
+    if args.truth:
+        Path(args.truth).write_text(json.dumps(truth.as_json(), indent=2) + "\n", encoding="utf-8")
+        print(f"ground truth written to {args.truth}")
+    return 0
+
+
+def cmd_stack(settings: Settings, args: argparse.Namespace) -> int:
+    from devtools.stack.process import StackError
+
+    try:
+        return _stack(settings, args.action)
+    except StackError as exc:
+        print(f"mkpi: {exc}", file=sys.stderr)
+        return 1
+
+
+def _stack(settings: Settings, action: str) -> int:
+    from devtools.stack.kafka import KafkaBroker
+    from devtools.stack.redis import LocalRedis
+
+    broker = KafkaBroker.from_settings(settings)
+    redis_server = LocalRedis.from_settings(settings)
+    if action == "install":
+        broker.install()
+        print(f"Apache Kafka {broker.version} jars are in {broker.libs_dir}")
+    elif action == "up":
+        print(broker.start())
+        print(redis_server.start())
+    elif action == "down":
+        print(broker.stop())
+        print(redis_server.stop())
+    else:
+        print(f"kafka  {broker.bootstrap}: {'ready' if broker.is_ready() else 'not answering'}")
+        print(f"redis  {redis_server.url}: {'ready' if redis_server.is_ready() else 'not answering'}")
+    return 0
+
+
+def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
+    """Stack up, worker in a child process, generator in this one; Ctrl-C stops both."""
+    from devtools.stack.process import terminate_pid, wait_for_http
+
+    settings.validate_for_worker()
+    if cmd_stack(settings, argparse.Namespace(action="up")):
+        return 1
+    log_path = Path(settings.stack_dir) / "logs" / f"worker-{settings.app_id}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log_file:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "agents.cli", "worker"],
+            env=os.environ.copy(),
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        if not wait_for_http(f"{settings.web_url}/healthz", worker, timeout=120):
+            print(f"the worker did not become healthy; see {log_path}", file=sys.stderr)
+            return 1
+        print(
+            "\nmkpi is running.\n"
+            f"  live board:   {settings.web_url}/board\n"
+            f"  metrics:      {settings.web_url}/metrics   (look for mkpi_kpi_current)\n"
+            f"  worker log:   {log_path}\n"
+            f"  query:        mkpi query --kpi organic_traffic   or   {settings.web_url}/api/kpis\n"
+            f"  KPI topic:    {settings.kpi_updates_topic} on {settings.kafka_bootstrap}\n"
+            f"  raw events:   {settings.raw_topic}   bad rows: {settings.bad_rows_topic}\n"
+            "  stop:         Ctrl-C (stops the generator and the worker); "
+            "'mkpi stack down' stops Kafka and Redis\n",
+            flush=True,
+        )
+        return cmd_generate(settings, args)
+    finally:
+        terminate_pid(worker.pid, grace_seconds=30)
+        worker.wait()
+
+
+def cmd_schemas(settings: Settings, args: argparse.Namespace) -> int:
+    from devtools.schema_export import stale_files, write_all
+
+    root = Path(args.dir)
+    if args.check:
+        stale = stale_files(root)
+        for path in stale:
+            print(f"stale: {root / path} (run 'mkpi schemas' to rewrite it)", file=sys.stderr)
+        return 1 if stale else 0
+    for path in write_all(root):
+        print(f"wrote {root / path}")
+    return 0
+
+
+def cmd_query(settings: Settings, args: argparse.Namespace) -> int:
+    """Print the newest KPI values from the Redis view, filtered."""
+    import msgspec
+
+    from agents.redis.view import RedisView, ViewQuery, render_table
+    from streams.contracts.deltas import ALL_TIME
+
+    sizes = (*settings.windowing.sizes, ALL_TIME)
+    window = sizes[0] if args.window is None else args.window
+    if window not in sizes:
+        print(f"mkpi query: --window must be one of {', '.join(map(str, sizes))}", file=sys.stderr)
+        return 2
+
+    async def run() -> list[Any]:
+        client = redis_client(settings)
+        try:
+            view = RedisView(client, settings.topic_prefix)
+            return await view.latest(ViewQuery(window, args.kpi, args.channel, args.campaign))
+        finally:
+            await client.aclose()
+
+    updates = asyncio.run(run())
+    print(msgspec.json.encode(updates).decode() if args.json else render_table(updates))
+    return 0
+
+
+def cmd_config(settings: Settings, args: argparse.Namespace) -> int:
+    for name, value in settings.redacted().items():
+        print(f"MKPI_{name.upper()}={value}")
+    return 0
+
+
+def build_parser(stories: dict[str, str] | None = None) -> argparse.ArgumentParser:
+    """The command line; ``stories`` (name -> description) are the generator's, given only
+    when the command is ``generate``."""
+    parser = argparse.ArgumentParser(
+        prog="mkpi",
+        description="Live marketing KPIs from Kafka event streams. Settings come from MKPI_* "
+        "environment variables (see README).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("worker", help="run a stream worker (ingest, KPI tables, /metrics)")
+
+    def add_generator_options(p: argparse.ArgumentParser, rate: float, count: int, dirt: float) -> None:
+        p.add_argument("--seed", type=int, default=1, help="random seed (same seed, same messages)")
+        p.add_argument("--rate", type=float, default=rate, help="messages per second, 0 for flat out")
+        p.add_argument("--count", type=int, default=count, help="messages to send, 0 for no limit")
+        p.add_argument("--campaigns", type=int, default=6, help="number of distinct campaigns")
+        p.add_argument("--duplicates", type=float, default=dirt, help="share of events resent (retries)")
+        p.add_argument("--late", type=float, default=dirt, help="share of journeys late within the grace")
+        p.add_argument(
+            "--revising", type=float, default=0.0, help="share of journeys late past grace, within retention"
+        )
+        p.add_argument(
+            "--past-retention", type=float, default=0.0, help="share of journeys late past retention"
+        )
+        p.add_argument("--malformed", type=float, default=dirt / 4, help="share of malformed messages")
+        p.add_argument("--shuffle", type=int, default=50, help="shuffle messages within windows of N")
+        p.add_argument("--truth", help="write the expected accounting (JSON) to this file")
+
+    generate = sub.add_parser("generate", help="send realistic raw events")
+    add_generator_options(generate, 1000.0, 10000, 0.0)
+    generate.add_argument(
+        "--story",
+        choices=sorted(stories or {}),
+        help="hours of event time ending an hour ago, shaped to test drop alerts (--count ignored): "
+        + "; ".join(f"{name}: {description}" for name, description in (stories or {}).items()),
+    )
+    generate.add_argument("--hours", type=int, default=0, help="shorten or lengthen the --story")
+    stack = sub.add_parser("stack", help="the local Kafka broker and Redis server")
+    stack.add_argument("action", choices=["up", "down", "status", "install"])
+    run = sub.add_parser("run", help="stack + worker + generator, until Ctrl-C")
+    add_generator_options(run, 200.0, 0, 0.02)
+    run.set_defaults(story=None, hours=0)  # live traffic, never a story
+    query = sub.add_parser("query", help="the newest KPI values from the Redis view, as a table")
+    query.add_argument(
+        "--window", type=int, help="window size in seconds (default: the smallest; 0: running totals)"
+    )
+    query.add_argument("--kpi", help="only this KPI (e.g. organic_traffic)")
+    query.add_argument("--channel", help="only this channel ('*' for the all-channel roll-up)")
+    query.add_argument("--campaign", help="only this campaign ('*' for the all-campaign roll-up)")
+    query.add_argument("--json", action="store_true", help="JSON instead of a table")
+    sub.add_parser("config", help="print the effective settings (secrets masked)")
+    schemas = sub.add_parser("schemas", help="write the JSON Schemas of events and outputs from the models")
+    schemas.add_argument("--dir", default="schemas", help="schemas folder (default: ./schemas)")
+    schemas.add_argument("--check", action="store_true", help="only report files that are out of date")
+    return parser
+
+
+COMMANDS = {
+    "worker": cmd_worker,
+    "generate": cmd_generate,
+    "stack": cmd_stack,
+    "run": cmd_run,
+    "config": cmd_config,
+    "schemas": cmd_schemas,
+    "query": cmd_query,
+}
+
+
+def _stories_for(argv: Sequence[str]) -> dict[str, str] | None:
+    """The generator's stories when the command takes one (loading the generator), else None."""
+    command = next((arg for arg in argv if not arg.startswith("-")), None)
+    if command != "generate":
+        return None
+    from devtools.generator import STORIES
+
+    return {name: story.description for name, story in STORIES.items()}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(_stories_for(arguments)).parse_args(arguments)
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        print(f"mkpi: {exc}", file=sys.stderr)
+        return 2
+    _configure_logging(settings)
+    try:
+        return COMMANDS[args.command](settings, args)
+    except ConfigError as exc:
+        print(f"mkpi: {exc}", file=sys.stderr)
+        return 2
+    except (TopicSetupError, RulesError, AlertRulesError) as exc:
+        print(f"mkpi: {exc}", file=sys.stderr)
+        return 1
+
+    except RedisError as exc:
+        print(
+            f"mkpi: cannot use Redis at {without_password(settings.redis_url)} ({exc}); fix MKPI_REDIS_URL",
+            file=sys.stderr,
+        )
+        return 1
+    except KafkaConnectionError as exc:
+        print(
+            f"mkpi: cannot reach Kafka at {settings.kafka_bootstrap} ({exc}); start it with "
+            "'mkpi stack up' or fix MKPI_KAFKA_BOOTSTRAP",
+            file=sys.stderr,
+        )
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

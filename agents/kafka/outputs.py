@@ -1,0 +1,78 @@
+"""The KPI agent's Kafka outputs: KPI updates, window results and alerts, one batch per topic.
+
+Every output of a delta message goes to the output partition of the message's delta
+partition: all series of a (channel, campaign) live on one delta partition, so each KPI key
+always lands on the same output partition (compaction and "latest per key" hold), and the
+outputs of a whole delta message make one produce request per topic.
+
+The agent's own aiokafka producer builds those batches; Faust's producer sends one message at a
+time. ``publish`` returns once the broker has acknowledged every batch, so a delta message only
+counts as processed (and its offset as committable) after its outputs are durable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+
+from aiokafka import AIOKafkaProducer
+
+from agents.kafka.connections import kafka_options
+from agents.settings import Settings
+
+#: Produce batches up to this size; a delta message's outputs are a few hundred kilobytes.
+MAX_BATCH_BYTES = 1024 * 1024
+
+OutputMessage = tuple[str, bytes, bytes]
+
+
+class OutputPublisher:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._producer: AIOKafkaProducer | None = None
+        self._partitions: dict[str, int] = {}
+
+    async def start(self) -> None:
+        """Made inside the worker's event loop, which the client binds to."""
+        self._producer = AIOKafkaProducer(
+            **kafka_options(self.settings),
+            client_id=f"{self.settings.app_id}-kpi-outputs",
+            acks="all",
+            enable_idempotence=True,
+            max_batch_size=MAX_BATCH_BYTES,
+            max_request_size=MAX_BATCH_BYTES,
+        )
+        await self._producer.start()
+
+    async def stop(self) -> None:
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+
+    async def publish(self, delta_partition: int, messages: list[OutputMessage]) -> None:
+        """Send ``messages`` (topic, key, value), in order per topic, and wait for the acks."""
+        producer = self._producer
+        assert producer is not None, "start() the publisher first"
+        by_topic: defaultdict[str, list[tuple[bytes, bytes]]] = defaultdict(list)
+        for topic, key, value in messages:
+            by_topic[topic].append((key, value))
+        sent = []
+        for topic, records in by_topic.items():
+            partition = delta_partition % await self._partition_count(topic)
+            batch = producer.create_batch()
+            for key, value in records:
+                if batch.append(key=key, value=value, timestamp=None) is None:
+                    sent.append(await producer.send_batch(batch, topic, partition=partition))
+                    batch = producer.create_batch()
+                    if batch.append(key=key, value=value, timestamp=None) is None:
+                        raise ValueError(f"a message for {topic} is larger than {MAX_BATCH_BYTES} bytes")
+            if batch.record_count():
+                sent.append(await producer.send_batch(batch, topic, partition=partition))
+        await asyncio.gather(*sent)
+
+    async def _partition_count(self, topic: str) -> int:
+        count = self._partitions.get(topic)
+        if count is None:
+            assert self._producer is not None
+            count = self._partitions[topic] = len(await self._producer.partitions_for(topic))
+        return count

@@ -1,0 +1,71 @@
+"""Declare every topic with its partition count before anything reads or writes it."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError, for_code
+
+from agents.kafka.connections import kafka_options
+from agents.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class TopicSetupError(RuntimeError):
+    """The broker refused to create a topic the worker needs."""
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    config: dict[str, str]
+
+
+def topic_specs(settings: Settings) -> list[TopicSpec]:
+    n = settings.partitions
+    return [
+        TopicSpec(settings.raw_topic, n, {}),
+        TopicSpec(settings.deltas_topic, n, {}),
+        TopicSpec(settings.bad_rows_topic, n, {}),
+        TopicSpec(settings.accounting_topic, 1, {}),
+        TopicSpec(settings.kpi_updates_topic, n, {"cleanup.policy": "compact"}),
+        TopicSpec(settings.window_results_topic, n, {}),
+        TopicSpec(settings.late_events_topic, n, {}),
+        TopicSpec(settings.alerts_topic, n, {}),
+    ]
+
+
+async def ensure_topics(settings: Settings) -> None:
+    """Create missing topics; warn when an existing one has another partition count."""
+    admin = AIOKafkaAdminClient(**kafka_options(settings))
+    await admin.start()
+    try:
+        existing = {meta["topic"]: len(meta["partitions"]) for meta in await admin.describe_topics()}
+        missing = [spec for spec in topic_specs(settings) if spec.name not in existing]
+        for spec in topic_specs(settings):
+            if spec.name in existing and existing[spec.name] != spec.partitions:
+                log.warning(
+                    "topic %s has %d partitions, MKPI_PARTITIONS is %d",
+                    spec.name,
+                    existing[spec.name],
+                    spec.partitions,
+                )
+        if missing:
+            response = await admin.create_topics(
+                [NewTopic(s.name, s.partitions, 1, topic_configs=s.config) for s in missing]
+            )
+            failures = [
+                f"{topic}: {for_code(code).__name__} {message or ''}".strip()
+                for topic, code, *rest in response.topic_errors
+                for message in [rest[0] if rest else None]
+                if code not in (0, TopicAlreadyExistsError.errno)
+            ]
+            if failures:
+                raise TopicSetupError("could not create topics: " + "; ".join(failures))
+            log.info("created topics %s", ", ".join(s.name for s in missing))
+    finally:
+        await admin.close()

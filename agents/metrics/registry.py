@@ -1,0 +1,197 @@
+"""Prometheus metrics of one worker, on a registry of its own (no import-time globals)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+
+from streams.contracts.events import EVENT_TYPES
+from streams.contracts.outputs import BadReason
+from streams.core.catalog import MEASURES
+
+OUTCOMES = ("valid", "bad", "duplicate", "late")
+
+
+class Metrics:
+    def __init__(self) -> None:
+        # ``*_created`` series double the exposition and no board or rule here reads them.
+        disable_created_metrics()  # type: ignore[no-untyped-call]
+        self.registry = CollectorRegistry()
+        self.ingest_messages = Counter(
+            "mkpi_ingest_messages_total",
+            "Raw messages whose outcome was committed, by outcome.",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.bad_rows = Counter(
+            "mkpi_ingest_bad_rows_total",
+            "Raw messages routed to the bad-row topic, by reason.",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.flush_seconds = Histogram(
+            "mkpi_ingest_flush_seconds",
+            "Time to produce one batch's deltas and bad rows and commit its offsets.",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            registry=self.registry,
+        )
+        self.deltas_produced = Counter(
+            "mkpi_ingest_deltas_total",
+            "Delta messages produced (one per KPI key per flush).",
+            registry=self.registry,
+        )
+        self.ingest_aborts = Counter(
+            "mkpi_ingest_aborted_flushes_total",
+            "Flushes whose transaction was aborted; their input is read again.",
+            registry=self.registry,
+        )
+        self.ingest_refused = Counter(
+            "mkpi_ingest_refused_messages_total",
+            "Messages a topic refused to take from ingest (too large, not authorized, ...); their "
+            "flush is aborted and retried.",
+            ["topic"],
+            registry=self.registry,
+        )
+        self.events = Counter(
+            "mkpi_ingest_events_total",
+            "Valid, non-duplicate events counted, by event type.",
+            ["type"],
+            registry=self.registry,
+        )
+        self.ingest_partitions = Gauge(
+            "mkpi_ingest_assigned_partitions",
+            "Raw topic partitions this worker's ingest currently reads.",
+            registry=self.registry,
+        )
+        self.redis_up = Gauge(
+            "mkpi_redis_up",
+            "1 when the worker's last Redis call succeeded, 0 while Redis is unreachable (paused).",
+            registry=self.registry,
+        )
+        self.deltas_applied = Counter(
+            "mkpi_deltas_applied_total",
+            "Deltas merged into the KPI table.",
+            registry=self.registry,
+        )
+        self.deltas_replayed = Counter(
+            "mkpi_deltas_replayed_total",
+            "Deltas skipped because the table had already applied them (replay after restart).",
+            registry=self.registry,
+        )
+        self.view_errors = Counter(
+            "mkpi_redis_view_errors_total",
+            "Redis calls of the KPI agent that failed (view writes and unique-visitor counts); each "
+            "is retried until Redis answers.",
+            registry=self.registry,
+        )
+        self.deltas_invalid = Counter(
+            "mkpi_deltas_invalid_total",
+            "Messages on the delta topic that could not be decoded (skipped and logged).",
+            registry=self.registry,
+        )
+        self.measures = Counter(
+            "mkpi_measure_total",
+            "Additive measures behind the KPIs (counts; engaged_ms and lead_value_cents are sums), "
+            "all windows together. channel or campaign '*' is the roll-up over all of them.",
+            ["measure", "channel", "campaign"],
+            registry=self.registry,
+        )
+        self.kpi_current = Gauge(
+            "mkpi_kpi_current",
+            "Value of a KPI in the newest window seen for the series (NaN: ratio with denominator 0).",
+            ["kpi", "window", "channel", "campaign"],
+            registry=self.registry,
+        )
+        self.kpi_current_window_start = Gauge(
+            "mkpi_kpi_current_window_start_seconds",
+            "Start (Unix time) of the window mkpi_kpi_current reports.",
+            ["kpi", "window", "channel", "campaign"],
+            registry=self.registry,
+        )
+        self.late_events = Counter(
+            "mkpi_ingest_late_events_total",
+            "Valid events not counted in a window size because that window had passed retention "
+            "(end + grace + retention) by their partition's watermark; published on the late topic.",
+            ["window"],
+            registry=self.registry,
+        )
+        self.ingest_lag = Gauge(
+            "mkpi_ingest_lag_messages",
+            "Committed raw messages not yet read, per raw partition this worker's ingest reads.",
+            ["partition"],
+            registry=self.registry,
+        )
+        self.partition_watermark = Gauge(
+            "mkpi_ingest_partition_watermark_seconds",
+            "Event-time watermark (Unix time) ingest last published for a raw partition it owns.",
+            ["partition"],
+            registry=self.registry,
+        )
+        self.low_watermark = Gauge(
+            "mkpi_low_watermark_seconds",
+            "Lowest watermark over all raw partitions, as seen by the KPI agent (Unix time).",
+            registry=self.registry,
+        )
+        self.cells_closed = Counter(
+            "mkpi_cells_closed_total",
+            "Cells (window, channel, campaign) whose final result was emitted.",
+            registry=self.registry,
+        )
+        self.revisions = Counter(
+            "mkpi_cell_revisions_total",
+            "Results re-emitted for closed windows because late events (within retention) changed them.",
+            registry=self.registry,
+        )
+        self.cells_expired = Counter(
+            "mkpi_cells_expired_total",
+            "Cells removed from the KPI table after their window passed retention.",
+            registry=self.registry,
+        )
+        self.delta_gap_reads = Counter(
+            "mkpi_delta_gap_reads_total",
+            "Offset gaps on the delta topic read back from Kafka (most hold only transaction markers).",
+            registry=self.registry,
+        )
+        self.delta_gap_records = Counter(
+            "mkpi_delta_gap_records_total",
+            "Records found in those gaps: delta messages Faust's stream passed by (never delivered, or "
+            "applied without their outputs published), applied from Kafka.",
+            registry=self.registry,
+        )
+        self.alerts = Counter(
+            "mkpi_alerts_total",
+            "Drop alert events published on <prefix>.alerts.",
+            ["rule", "status", "cause"],
+            registry=self.registry,
+        )
+        self.alert_judgements = Counter(
+            "mkpi_alert_judgements_total",
+            "Closed windows judged by each drop alert rule: result is ok, breach, or unjudged "
+            "(no baseline window yet, or too little volume in it).",
+            ["rule", "result"],
+            registry=self.registry,
+        )
+        self.deltas_after_retention = Counter(
+            "mkpi_deltas_after_retention_total",
+            "Deltas for windows already past retention (dropped; should stay 0: see the logs).",
+            registry=self.registry,
+        )
+        self.kpi_last_closed = Gauge(
+            "mkpi_kpi_last_closed",
+            "Value of a KPI in the newest closed window of the series, revisions included.",
+            ["kpi", "window", "channel", "campaign"],
+            registry=self.registry,
+        )
+        self.kpi_last_closed_window_start = Gauge(
+            "mkpi_kpi_last_closed_window_start_seconds",
+            "Start (Unix time) of the window mkpi_kpi_last_closed reports.",
+            ["kpi", "window", "channel", "campaign"],
+            registry=self.registry,
+        )
+        for outcome in OUTCOMES:
+            self.ingest_messages.labels(outcome)
+        for reason in BadReason:
+            self.bad_rows.labels(reason.value)
+        for event_type in EVENT_TYPES:
+            self.events.labels(event_type)
+        for measure in MEASURES:
+            self.measures.labels(measure, "*", "*")

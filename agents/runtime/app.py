@@ -1,0 +1,62 @@
+"""create_app(settings): the Faust application with its topics, table, agent and services."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import faust
+
+from agents.kafka.connections import faust_credentials
+from agents.kafka.transport import URL_SCHEME
+from agents.metrics.registry import Metrics
+from agents.runtime.ingest import IngestService
+from agents.runtime.kpi_agent import register_kpi_agent
+from agents.runtime.web import WebServer
+from agents.settings import Settings
+from streams.core.alerts import configured_rules
+from streams.core.attribution import ChannelRules
+from streams.core.privacy import Pseudonymizer
+
+KPI_TABLE_NAME = "kpi-values"
+
+
+def create_app(settings: Settings, metrics: Metrics | None = None) -> faust.App:
+    metrics = metrics or Metrics()
+    datadir = Path(settings.stack_dir) / "worker-data" / settings.app_id
+    datadir.parent.mkdir(parents=True, exist_ok=True)
+    app = faust.App(
+        settings.app_id,
+        broker=f"{URL_SCHEME}://{settings.kafka_bootstrap}",
+        broker_credentials=faust_credentials(settings),
+        store="memory://",
+        datadir=str(datadir),
+        topic_partitions=settings.partitions,
+        topic_replication_factor=1,
+        consumer_auto_offset_reset="earliest",
+        broker_session_timeout=settings.kafka_session_timeout_seconds,
+        broker_heartbeat_interval=settings.kafka_session_timeout_seconds / 10,
+        web_enabled=True,
+        web_host=settings.web_host,
+        web_port=settings.web_port,
+        key_serializer="raw",
+        value_serializer="raw",
+    )
+    deltas = app.topic(
+        settings.deltas_topic, partitions=settings.partitions, key_type=bytes, value_type=bytes
+    )
+    alert_rules = configured_rules(settings.alert_rules_file, settings.windowing.sizes)
+    table = app.Table(KPI_TABLE_NAME, partitions=settings.partitions, key_type=bytes, value_type=bytes)
+    agent = register_kpi_agent(app, deltas, table, metrics, settings, alert_rules)
+    rules = ChannelRules.load(Path(settings.channel_rules_file) if settings.channel_rules_file else None)
+    ingest = IngestService(
+        settings,
+        metrics,
+        worker_name=settings.worker_name or socket.gethostname(),
+        rules=rules,
+        pseudonymizer=Pseudonymizer.from_key(settings.pseudonymization_key),
+        agent_is_behind=agent.is_behind,
+    )
+    app.service(ingest)  # type: ignore[arg-type]
+    app.web_server(WebServer(settings, metrics))
+    return app

@@ -1,0 +1,275 @@
+"""The Faust agent that applies delta messages to the KPI table and publishes what changed.
+
+The rules (merging, closing, expiry, replays, judging) are ``streams.core.engine.KpiEngine``'s;
+this agent reads the delta topic (and, where Faust passed records by, Kafka itself), calls the
+engine with the Faust table as its store, and publishes each message's outputs at once: one
+Redis round trip for the view, one for unique visitors, and one produce batch per output topic.
+Only then does it tell the engine the record's outputs are out.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+import faust
+import msgspec
+from faust.types import TP, TableT
+
+from agents.kafka.gap_reader import DeltaGapReader
+from agents.kafka.outputs import OutputMessage, OutputPublisher
+from agents.metrics.registry import Metrics
+from agents.metrics.series import CampaignSeries, WindowGauges
+from agents.redis.connections import redis_client
+from agents.redis.view import RedisView
+from agents.redis.visitors import VisitorSketches
+from agents.redis.waiting import until_redis_answers
+from agents.settings import Settings
+from streams.contracts.deltas import CellKey, series_partition
+from streams.contracts.outputs import KpiKey, KpiUpdate
+from streams.core.alerts import AlertRule, Cause
+from streams.core.cells import CellState, kpi_updates, unique_visitors_update
+from streams.core.engine import KpiEngine, Outputs
+from streams.core.labels import CampaignLabels
+
+log = logging.getLogger(__name__)
+
+_encoder = msgspec.json.Encoder()
+
+
+class TableStore:
+    """The Faust table as the engine's ``CellStore``: every write goes to its changelog."""
+
+    def __init__(self, table: TableT[bytes, bytes]) -> None:
+        self.table = table
+
+    def get(self, key: bytes) -> bytes | None:
+        value: bytes | None = self.table.get(key)
+        return value
+
+    def put(self, key: bytes, value: bytes) -> None:
+        self.table[key] = value
+
+    def delete(self, key: bytes) -> None:
+        self.table.pop(key, None)
+
+    def items(self) -> Iterable[tuple[bytes, bytes]]:
+        return self.table.items()
+
+
+class KpiTableAgent:
+    """The body of the agent, with the table, topics and outputs it works on."""
+
+    def __init__(
+        self,
+        table: TableT[bytes, bytes],
+        metrics: Metrics,
+        settings: Settings,
+        alert_rules: tuple[AlertRule, ...],
+    ) -> None:
+        self.table = table
+        self.store = TableStore(table)
+        self.engine = KpiEngine(settings.window_policy, alert_rules)
+        self.publisher = OutputPublisher(settings)
+        for rule in alert_rules:  # every series from the start, so increase() sees the first one
+            for status in ("firing", "resolved"):
+                for cause in Cause:
+                    metrics.alerts.labels(rule.name, status, cause.value)
+            for result in ("ok", "breach", "unjudged"):
+                metrics.alert_judgements.labels(rule.name, result)
+        self.metrics = metrics
+        self.counters = {
+            "deltas_invalid": metrics.deltas_invalid,
+            "deltas_replayed": metrics.deltas_replayed,
+            "deltas_after_retention": metrics.deltas_after_retention,
+            "deltas_applied": metrics.deltas_applied,
+            "revisions": metrics.revisions,
+            "cells_closed": metrics.cells_closed,
+            "cells_expired": metrics.cells_expired,
+        }
+        self.settings = settings
+        self.smallest_window = min(settings.windowing.sizes)
+        self.current = WindowGauges(metrics.kpi_current, metrics.kpi_current_window_start)
+        self.last_closed = WindowGauges(metrics.kpi_last_closed, metrics.kpi_last_closed_window_start)
+        labels = CampaignLabels(
+            settings.metrics_top_campaigns, settings.metrics_campaign_idle_seconds, time.monotonic
+        )
+        self.campaigns = CampaignSeries(metrics, labels, [self.current, self.last_closed])
+        self.gap_reader = DeltaGapReader(settings)
+        self.view: RedisView | None = None
+        self.visitors: VisitorSketches | None = None
+
+    def forget(self, partitions: Iterable[int]) -> None:
+        """Drop the indexes of revoked partitions; they are rebuilt if they come back."""
+        self.engine.forget(partitions)
+
+    def assigned(self, partitions: Iterable[int]) -> None:
+        """After a rebalance: the partitions to index, and the gauges to keep. Gauges of series
+        on partitions this worker no longer has are dropped: their new owner reports them, and
+        a stale copy here would stay on a board next to it. (Faust revokes every partition at
+        each rebalance, so gauges of partitions that come back are kept.)"""
+        owned, count = set(partitions), self.settings.partitions
+        self.engine.assigned(owned)
+        for gauges in (self.current, self.last_closed):
+            gauges.drop_where(
+                lambda channel, campaign: series_partition(channel, campaign, count) not in owned
+            )
+
+    def is_behind(self) -> bool:
+        """Whether delta messages are waiting for the agent (``KpiEngine.is_behind``). Ingest
+        then flushes seldom, so the agent gets fewer, larger messages; publishing KPI updates
+        per message costs the same for 10 deltas as for 500."""
+        consumer = self.table.app.consumer
+        topic = self.settings.deltas_topic
+        return self.engine.is_behind(
+            {partition: _highwater(consumer, TP(topic, partition)) for partition in self.engine.partitions}
+        )
+
+    async def process(self, stream: faust.StreamT[bytes]) -> None:
+        # Made here, inside the worker's event loop, which the Redis client binds to.
+        client = redis_client(self.settings, socket_timeout=5)
+        self.view = RedisView(client, self.settings.topic_prefix)
+        self.visitors = VisitorSketches(client, self.settings.app_id)
+        await self.publisher.start()
+        try:
+            async for event in stream.events():
+                partition, offset = event.message.partition, event.message.offset
+                if gap := self.engine.gap(partition, offset, self.store):
+                    await self._read_gap(partition, gap)
+                await self._on_record(partition, offset, event.value)
+        finally:
+            await self.gap_reader.stop()
+            await self.publisher.stop()
+
+    async def _read_gap(self, partition: int, gap: range) -> None:
+        """Apply (or publish again) what Kafka holds at ``gap``, before the record after it."""
+        records = await self.gap_reader.read(partition, gap)
+        self.metrics.delta_gap_reads.inc()
+        if records:
+            self.metrics.delta_gap_records.inc(len(records))
+            log.warning(
+                "delta partition %d: Faust passed by %d records at offsets %d-%d (never delivered, "
+                "or applied by a worker that died before publishing); applying them from Kafka",
+                partition,
+                len(records),
+                gap.start,
+                gap.stop - 1,
+            )
+        for record_offset, value in records:
+            await self._on_record(partition, record_offset, value)
+
+    async def _on_record(self, partition: int, offset: int, value: bytes | None) -> None:
+        """Fold one delta message into the table (synchronously: every table write of the
+        message happens before any output is awaited), publish what it changed, then record
+        in the table that its outputs are out."""
+        outputs = self.engine.apply(partition, offset, value, self.store)
+        self._count(outputs)
+        if not outputs.counts["deltas_invalid"]:
+            await self._publish(partition, outputs)
+        self.engine.published(partition, offset, self.store)
+
+    def _count(self, outputs: Outputs) -> None:
+        for name, amount in outputs.counts.items():
+            self.counters[name].inc(amount)
+        for delta in outputs.applied:
+            self.campaigns.observe(delta.key, delta.measures, delta.window_seconds == self.smallest_window)
+        if outputs.low_watermark is not None:
+            self.metrics.low_watermark.set(outputs.low_watermark)
+        for (rule, result), amount in outputs.judgements.items():
+            self.metrics.alert_judgements.labels(rule, result).inc(amount)
+        for event in outputs.fired:
+            self.metrics.alerts.labels(event.rule, event.status, event.cause).inc()
+
+    async def _publish(self, partition: int, outputs: Outputs) -> None:
+        """Gauges and the Redis view first, so whoever sees a value on a topic finds them
+        already there; then one batch per topic: the latest values, the results of closed
+        windows, and the alert events."""
+        now = datetime.now(UTC)
+        updates: list[tuple[KpiKey, KpiUpdate]] = []
+        counted: list[tuple[CellKey, CellState, int | None]] = []
+        for key, (state, changed) in outputs.cells.items():
+            window_end = self.engine.window_end(key)
+            updates += kpi_updates(key, state, changed, window_end, now)
+            if "page_views" in changed:
+                counted.append((key, state, window_end))
+        if counted:
+            updates += await self._unique_visitors(counted, now)
+        for kpi_key, update in updates:
+            if self.campaigns.has_gauges(kpi_key.campaign):
+                self.current.observe(kpi_key, update.value)
+                if update.final:
+                    self.last_closed.observe(kpi_key, update.value)
+        encoded = [(kpi_key, _encoder.encode(update), update.final) for kpi_key, update in updates]
+        await self._write_view([(kpi_key, body) for kpi_key, body, _ in encoded])
+        settings = self.settings
+        messages: list[OutputMessage] = []
+        for kpi_key, body, final in encoded:
+            raw_key = kpi_key.encode()
+            messages.append((settings.kpi_updates_topic, raw_key, body))
+            if final:
+                messages.append((settings.window_results_topic, raw_key, body))
+        messages += [(settings.alerts_topic, key, body) for key, body in outputs.alerts]
+        if messages:
+            await self.publisher.publish(partition, messages)
+
+    async def _unique_visitors(
+        self, cells: list[tuple[CellKey, CellState, int | None]], now: datetime
+    ) -> list[tuple[KpiKey, KpiUpdate]]:
+        """The unique visitors of cells with new page views (waiting for Redis if it is down)."""
+        visitors = self.visitors
+        assert visitors is not None
+        keys = [key for key, _, _ in cells]
+        counts = await until_redis_answers(
+            lambda: visitors.count_each(keys),
+            "unique visitor counts",
+            self.metrics.redis_up,
+            self.metrics.view_errors,
+        )
+        return [
+            unique_visitors_update(key, state, count, window_end, now)
+            for (key, state, window_end), count in zip(cells, counts, strict=True)
+        ]
+
+    async def _write_view(self, updates: list[tuple[KpiKey, bytes]]) -> None:
+        view = self.view
+        assert view is not None
+        await until_redis_answers(
+            lambda: view.write(updates), "the Redis view", self.metrics.redis_up, self.metrics.view_errors
+        )
+
+
+def _highwater(consumer: Any, tp: TP) -> int | None:
+    """The partition's end as last fetched; None before a fetch, or when a rebalance has just
+    taken the partition away (aiokafka asserts it is assigned)."""
+    try:
+        end: int | None = consumer.highwater(tp)
+    except (AssertionError, AttributeError):
+        return None
+    return end
+
+
+def register_kpi_agent(
+    app: faust.App,
+    deltas: faust.TopicT,
+    table: TableT[bytes, bytes],
+    metrics: Metrics,
+    settings: Settings,
+    alert_rules: tuple[AlertRule, ...],
+) -> KpiTableAgent:
+    body = KpiTableAgent(table, metrics, settings, alert_rules)
+
+    async def forget_revoked(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        revoked: set[Any] = args[0]
+        body.forget(tp.partition for tp in revoked if tp.topic == settings.deltas_topic)
+
+    async def take_assigned(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        assigned: set[Any] = args[0]
+        body.assigned(tp.partition for tp in assigned if tp.topic == settings.deltas_topic)
+
+    app.on_partitions_revoked.connect(forget_revoked)
+    app.on_partitions_assigned.connect(take_assigned)
+    app.agent(deltas, name="apply_kpi_deltas")(body.process)
+    return body

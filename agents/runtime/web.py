@@ -1,0 +1,116 @@
+"""The worker's HTTP server: /metrics for Prometheus, /healthz, /api/kpis over the Redis view,
+and the live board (/board, polling /api/board).
+
+It replaces Faust's own web stack (whose table-browsing routes are not wanted) and is
+bound to loopback unless MKPI_WEB_HOST says otherwise.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import msgspec
+from aiohttp import web
+from mode import Service
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from redis.exceptions import RedisError
+
+from agents.metrics.registry import Metrics
+from agents.redis.connections import redis_client
+from agents.redis.view import RedisView, ViewQuery, series_field
+from agents.settings import Settings
+from streams.contracts.deltas import ALL, ALL_TIME
+from streams.contracts.outputs import KpiKey
+from streams.core.board import DEFAULT_POINTS, MAX_POINTS, board_data, window_starts
+
+PAGE = Path(__file__).with_name("board.html")
+
+_encoder = msgspec.json.Encoder()
+
+
+class WebServer(Service):
+    def __init__(self, settings: Settings, metrics: Metrics, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.settings = settings
+        self.metrics = metrics
+        self._runner: web.AppRunner | None = None
+        self._view: RedisView | None = None
+
+    @property
+    def web_url(self) -> str:
+        return self.settings.web_url
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        """The Prometheus exposition; ``?name[]=<sample name>`` (repeatable) restricts it to
+        those metrics, as prometheus_client's own handlers do: cheap enough to poll often."""
+        names = request.query.getall("name[]", [])
+        registry = self.metrics.registry
+        body = generate_latest(registry.restricted_registry(names) if names else registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _health(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def _kpis(self, request: web.Request) -> web.Response:
+        """GET /api/kpis?window=60&kpi=...&channel=...&campaign=... -> the newest values."""
+        params = request.query
+        window = self._window(request, with_running_total=True)
+        query = ViewQuery(window, params.get("kpi"), params.get("channel"), params.get("campaign"))
+        assert self._view is not None
+        try:
+            updates = await self._view.latest(query)
+        except (RedisError, OSError) as exc:
+            raise web.HTTPServiceUnavailable(text=f"the Redis view is unavailable: {exc}") from None
+        return web.Response(body=_encoder.encode(updates), content_type="application/json")
+
+    def _window(self, request: web.Request, with_running_total: bool) -> int:
+        sizes = (*self.settings.windowing.sizes, *((ALL_TIME,) if with_running_total else ()))
+        try:
+            window = int(request.query.get("window", sizes[0]))
+        except ValueError:
+            window = -1
+        if window not in sizes:
+            raise web.HTTPBadRequest(text=f"window must be one of {', '.join(map(str, sizes))}")
+        return window
+
+    async def _board_page(self, request: web.Request) -> web.Response:
+        return web.Response(text=PAGE.read_text(encoding="utf-8"), content_type="text/html")
+
+    async def _board(self, request: web.Request) -> web.Response:
+        """GET /api/board?window=60&campaign=*&points=30 -> every KPI per channel, with history."""
+        window = self._window(request, with_running_total=False)
+        campaign = request.query.get("campaign", ALL)
+        try:
+            points = min(max(int(request.query.get("points", DEFAULT_POINTS)), 1), MAX_POINTS)
+        except ValueError:
+            raise web.HTTPBadRequest(text="points must be a whole number") from None
+        assert self._view is not None
+        try:
+            latest = await self._view.latest(ViewQuery(window, campaign=campaign))
+            newest = max((int(u.window_start.timestamp()) for u in latest), default=None)
+            starts = [] if newest is None else window_starts(self.settings.windowing, window, newest, points)
+            fields = [series_field(KpiKey(u.kpi, window, 0, u.channel, u.campaign)) for u in latest]
+            history = await self._view.window_values(window, starts, fields)
+        except (RedisError, OSError) as exc:
+            raise web.HTTPServiceUnavailable(text=f"the Redis view is unavailable: {exc}") from None
+        body = board_data(self.settings.windowing.sizes, window, campaign, starts, latest, history)
+        return web.Response(body=_encoder.encode(body), content_type="application/json")
+
+    async def on_start(self) -> None:
+        self._view = RedisView(redis_client(self.settings), self.settings.topic_prefix)
+        application = web.Application()
+        application.router.add_get("/metrics", self._metrics)
+        application.router.add_get("/healthz", self._health)
+        application.router.add_get("/api/kpis", self._kpis)
+        application.router.add_get("/api/board", self._board)
+        application.router.add_get("/board", self._board_page)
+        application.router.add_get("/", self._board_page)
+        self._runner = web.AppRunner(application, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, self.settings.web_host, self.settings.web_port).start()
+
+    async def on_stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self._view is not None:
+            await self._view.client.aclose()

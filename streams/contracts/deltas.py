@@ -1,0 +1,81 @@
+"""The internal delta topic's contract: cell identities, cell deltas, watermark marks and the
+message that carries them from ingest to the KPI agent."""
+
+from __future__ import annotations
+
+import zlib
+from typing import Annotated, NamedTuple
+
+import msgspec
+
+ALL = "*"
+
+
+#: Window size (and start) of the running totals: since counting began, never closed.
+ALL_TIME = 0
+
+
+#: Cells per delta message: a cell encodes to at most about 1 KB (a 256-character campaign
+#: and every measure), so a message stays under Kafka's default 1 MB limit.
+DELTAS_PER_MESSAGE = 500
+
+
+class CellKey(NamedTuple):
+    """Identity of one cell; the key of deltas and of the KPI table."""
+
+    window_seconds: int
+    window_start: int
+    channel: str
+    campaign: str
+
+    def encode(self) -> bytes:
+        return json_key(self)
+
+
+def series_partition(channel: str, campaign: str, partitions: int) -> int:
+    """The delta partition of every cell of a channel and campaign, whatever its window: all
+    windows of a series meet in one place, in order, which drop alerts need (they compare a
+    window with the ones before it). A stable hash, the same in every process."""
+    return zlib.crc32(json_key((channel, campaign))) % partitions
+
+
+def json_key(key: tuple[object, ...]) -> bytes:
+    """Kafka keys are JSON arrays: unambiguous whatever a campaign name holds."""
+    return msgspec.json.encode(key)
+
+
+class Delta(msgspec.Struct, frozen=True, kw_only=True):
+    """Increments of the measures of one cell, produced by one ingest flush."""
+
+    window_seconds: Annotated[int, msgspec.Meta(ge=0, description="0: a running total.")]
+    window_start: Annotated[int, msgspec.Meta(description="Unix seconds.")]
+    channel: str
+    campaign: str
+    measures: dict[str, int]
+
+    @property
+    def key(self) -> CellKey:
+        return CellKey(self.window_seconds, self.window_start, self.channel, self.campaign)
+
+
+class DeltaBatch(msgspec.Struct, frozen=True, kw_only=True):
+    """One message of the delta topic: cells of one partition from one flush, then (in the
+    flush's last message to each partition) the event-time marks of the raw partitions the
+    flush read, which apply after the deltas."""
+
+    schema_version: Annotated[str, msgspec.Meta(pattern="^2-[0-9]+-[0-9]+$")]
+    deltas: list[Delta]
+    marks: list[WatermarkMark] = []
+
+
+class WatermarkMark(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind", tag="watermark"):
+    """Event-time progress of one raw partition, sent by ingest to every delta partition."""
+
+    schema_version: Annotated[str, msgspec.Meta(pattern="^1-[0-9]+-[0-9]+$")]
+    raw_partition: Annotated[int, msgspec.Meta(ge=0)]
+    raw_partitions: Annotated[int, msgspec.Meta(gt=0, description="Partitions of the raw topic.")]
+    watermark: Annotated[
+        float | None,
+        msgspec.Meta(description="Unix seconds; null while the partition has never had an event."),
+    ]
+    idle: Annotated[bool, msgspec.Meta(description="No message for the idle timeout.")]

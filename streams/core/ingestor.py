@@ -1,0 +1,478 @@
+"""Batch ingest's pure part: raw records -> typed events -> pre-aggregated deltas.
+
+``BatchIngestor`` takes raw records and accumulates deltas, bad rows and outcome counts; the
+service in ``agents.runtime.ingest`` does the I/O around it (Kafka reads, the duplicate check
+in Redis, one transaction per flush).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import NamedTuple, Protocol
+
+from streams.contracts.deltas import CellKey, Delta, WatermarkMark
+from streams.contracts.events import TYPE_NAMES, PageView, RawEvent
+from streams.contracts.outputs import BadReason, BadRow, LateEvent
+from streams.contracts.versions import LATE_EVENT_VERSION, WATERMARK_MARK_VERSION
+from streams.core.aggregation import DeltaAggregator, published_cells
+from streams.core.attribution import Attribution, ChannelRules
+from streams.core.catalog import Contribution, contribution
+from streams.core.privacy import Pseudonymizer
+from streams.core.validation import Rejection, check_time_range, decode_event, event_time, make_bad_row
+from streams.core.watermarks import Lateness, PartitionWatermarks
+from streams.core.windows import WindowPolicy
+
+log = logging.getLogger(__name__)
+
+#: Names the producer of bad rows (``BadRow.processor``).
+PROCESSOR = "mkpi-ingest"
+NamedCell = tuple[CellKey, str, int]
+
+
+class RawRecord(Protocol):
+    """A record of the raw topic, as the Kafka client hands it out."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def value(self) -> bytes | None: ...
+
+
+class RawPartition(NamedTuple):
+    """A partition of the raw topic (equal to, and hashed like, the Kafka client's own)."""
+
+    topic: str
+    partition: int
+
+
+@dataclass(frozen=True, slots=True)
+class IngestPolicy:
+    """What screening and counting need of the configuration."""
+
+    windows: WindowPolicy
+    idle_timeout_seconds: int
+    max_event_bytes: int
+    max_event_age_seconds: int
+    max_event_future_seconds: int
+    dedup_horizon_seconds: int
+    blog_path_prefix: str
+    #: The site's own domains: referrers from them are internal navigation.
+    own_sites: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class CommitPoint:
+    """Where a raw partition resumes, and the watermark its next owner starts from."""
+
+    next_offset: int
+    watermark: float | None
+
+    def as_commit(self) -> tuple[int, str]:
+        return self.next_offset, json.dumps({"watermark": self.watermark})
+
+    @staticmethod
+    def watermark_from_metadata(metadata: str) -> float | None:
+        try:
+            value = json.loads(metadata).get("watermark") if metadata else None
+        except (ValueError, AttributeError):
+            return None
+        return float(value) if isinstance(value, int | float) else None
+
+
+@dataclass
+class Flushable:
+    """Everything one flush publishes, plus the offsets (and watermarks) it commits."""
+
+    deltas: list[Delta]
+    bad_rows: list[BadRow]
+    late_events: list[LateEvent]
+    marks: list[WatermarkMark]
+    commits: dict[RawPartition, CommitPoint]
+    #: Pseudonymous visitors of counted page views, per published cell (for HyperLogLogs).
+    visitors: dict[CellKey, set[str]] = field(default_factory=dict)
+    outcomes: Counter[str] = field(default_factory=Counter)
+    reasons: Counter[str] = field(default_factory=Counter)
+    event_types: Counter[str] = field(default_factory=Counter)
+    late_windows: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def has_messages(self) -> bool:
+        return bool(self.outcomes)
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """A valid event of a batch with what it would add, waiting for the duplicate check."""
+
+    record: RawRecord
+    event: RawEvent
+    at: datetime
+    attribution: Attribution
+    contribution: Contribution
+    #: Window sizes it is too late for (past retention by its partition's watermark).
+    missed_sizes: tuple[int, ...]
+    #: The partition's watermark it was judged against.
+    watermark: float | None
+    #: Its visitor (pseudonymized) when it is a page view, for the unique-visitor sketches.
+    visitor: str | None
+    #: (cell, its Redis name, horizon) of each published cell its distinct counts (sessions,
+    #: unique opens and clicks, visitors) are decided in, in the window sizes it is not too
+    #: late for; empty when it has none.
+    distinct_cells: tuple[NamedCell, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Screened:
+    """A batch after decoding and validation, before the duplicate check; nothing applied yet."""
+
+    candidates: list[Candidate]
+    rejected: list[tuple[RawRecord, Rejection]]
+    next_offsets: dict[RawPartition, int]
+
+
+class BatchIngestor:
+    """Pure accumulation of raw messages between two flushes.
+
+    A batch goes through ``screen`` (decode, validate, time range: no state touched), then
+    the duplicate check (I/O, outside this class), then ``apply``, which changes all state at
+    once, so a flush never sees half a batch.
+    """
+
+    def __init__(
+        self,
+        policy: IngestPolicy,
+        rules: ChannelRules,
+        pseudonymizer: Pseudonymizer,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.policy = policy
+        self.rules = rules
+        self.pseudonymize = pseudonymizer
+        self.clock = clock
+        self.windowing = policy.windows.windowing
+        self.lateness = Lateness(policy.windows)
+        self.watermarks = PartitionWatermarks(policy.idle_timeout_seconds, monotonic)
+        #: Partitions of the raw topic (all of them, not only this worker's).
+        self.raw_partitions = 0
+        self.aggregator = DeltaAggregator(self.windowing)
+        self.bad_rows: list[BadRow] = []
+        self.late_events: list[LateEvent] = []
+        self._unflushed_records = False
+        self.outcomes: Counter[str] = Counter()
+        self.reasons: Counter[str] = Counter()
+        self.event_types: Counter[str] = Counter()
+        self.late_windows: Counter[str] = Counter()
+        self.visitors: defaultdict[CellKey, set[str]] = defaultdict(set)
+        self._positions: dict[RawPartition, int] = {}
+        self._sent_marks: dict[int, tuple[float | None, bool]] = {}
+        #: Window size -> window start -> (channel, campaign) -> its published cells, named.
+        self._named: defaultdict[int, dict[int, dict[tuple[str, str], list[NamedCell]]]] = defaultdict(dict)
+        self._newest_named: dict[int, int] = {}
+
+    def assign(self, tp: RawPartition, start: int, watermark: float | None) -> None:
+        """Take over a raw partition from an offset (its committed one, or the start of its
+        log) and its committed watermark."""
+        self.watermarks.restore(tp.partition, watermark)
+        self._sent_marks.pop(tp.partition, None)
+        self._positions[tp] = start
+
+    def unread(self, tp: RawPartition, batch: Sequence[RawRecord]) -> Sequence[RawRecord]:
+        """The records of ``batch`` (one partition, in offset order) not read yet: none before
+        the partition is taken over, then those from its position on. Around a take-over the
+        consumer can hand out records from its own start offset, which may predate the last
+        committed flush, and hands them out again after the take-over moves it."""
+        position = self._positions.get(tp)
+        if position is None:
+            return []
+        if not batch or batch[0].offset >= position:
+            return batch
+        return [record for record in batch if record.offset >= position]
+
+    def position(self, tp: RawPartition) -> int | None:
+        """The next offset to read on a partition, once known."""
+        return self._positions.get(tp)
+
+    def revoke(self, tp: RawPartition) -> None:
+        """Forget a partition (after the flush that precedes its revocation)."""
+        self.watermarks.forget(tp.partition)
+        self._sent_marks.pop(tp.partition, None)
+        self._positions.pop(tp, None)
+
+    def _mark(self, partition: int) -> tuple[float | None, bool]:
+        return self.watermarks.current(partition), self.watermarks.idle(partition)
+
+    @property
+    def has_pending(self) -> bool:
+        """Messages to flush, or a watermark that moved (or went idle) since the last flush."""
+        return self._unflushed_records or any(
+            self._sent_marks.get(p) != self._mark(p) for p in self.watermarks.partitions
+        )
+
+    def screen(self, records: Sequence[RawRecord]) -> Screened:
+        """Decode and validate a batch, and judge each event's lateness against its partition's
+        watermark as it stands just before the event: the watermark moves with every valid
+        event, in partition order (duplicates included, so it does not depend on which copy
+        of a retried event is counted)."""
+        now = self.clock()
+        candidates: list[Candidate] = []
+        rejected: list[tuple[RawRecord, Rejection]] = []
+        next_offsets: dict[RawPartition, int] = {}
+        watermarks: dict[int, float | None] = {}
+        for record in records:
+            next_offsets[RawPartition(record.topic, record.partition)] = record.offset + 1
+            if record.partition not in watermarks:
+                watermarks[record.partition] = self.watermarks.current(record.partition)
+            try:
+                outcome = self._screen_one(record, now, watermarks[record.partition])
+            except Exception as exc:  # a bug must cost one bad row, never the worker
+                log.exception("screening failed at %s/%s", record.partition, record.offset)
+                outcome = Rejection(BadReason.PROCESSING_ERROR, f"{type(exc).__name__}: {exc}")
+            if isinstance(outcome, Rejection):
+                rejected.append((record, outcome))
+            else:
+                candidates.append(outcome)
+                at, previous = outcome.at.timestamp(), watermarks[record.partition]
+                watermarks[record.partition] = at if previous is None else max(previous, at)
+        return Screened(candidates, rejected, next_offsets)
+
+    def _screen_one(self, record: RawRecord, now: datetime, watermark: float | None) -> Candidate | Rejection:
+        decoded = decode_event(record.value or b"", self.policy.max_event_bytes)
+        if isinstance(decoded, Rejection):
+            return decoded
+        at = event_time(decoded)
+        out_of_range = check_time_range(
+            at, now, self.policy.max_event_age_seconds, self.policy.max_event_future_seconds
+        )
+        if out_of_range is not None:
+            return out_of_range
+        attribution = self.rules.attribute(decoded, self.policy.own_sites)
+        person = _unique_subject(decoded)
+        added = contribution(
+            decoded,
+            attribution,
+            self.policy.blog_path_prefix,
+            None if person is None else self.pseudonymize(person),
+        )
+        missed = self.lateness.missed_sizes(at.timestamp(), watermark)
+        visitor = visitor_of(decoded) if isinstance(decoded, PageView) else None
+        pseudonymous_visitor = None if visitor is None else self.pseudonymize(visitor)
+        needs_cells = added.uniques or pseudonymous_visitor is not None
+        cells = self._distinct_cells(at, attribution, missed) if needs_cells else ()
+        return Candidate(
+            record, decoded, at, attribution, added, missed, watermark, pseudonymous_visitor, cells
+        )
+
+    def sightings(self, screened: Screened) -> list[Sighting]:
+        """What to check in Redis: every candidate's event id, then every candidate's uniques,
+        each in every published cell it counts in (``Candidate.distinct_cells``)."""
+        dedup = self.policy.dedup_horizon_seconds
+        ids = [
+            Sighting("event", self.pseudonymize(c.event.event_id), c.record.partition, c.record.offset, dedup)
+            for c in screened.candidates
+        ]
+        uniques = [
+            Sighting(f"{u.namespace}:{cell_name}", u.key, c.record.partition, c.record.offset, horizon)
+            for c in screened.candidates
+            for u in c.contribution.uniques
+            for _, cell_name, horizon in c.distinct_cells
+        ]
+        return ids + uniques
+
+    def _distinct_cells(
+        self, at: datetime, attribution: Attribution, missed: tuple[int, ...]
+    ) -> tuple[NamedCell, ...]:
+        """The published cells a distinct count is decided in, with a Redis name and how long
+        to remember it: until no event of that window can still be accepted."""
+        cells: list[NamedCell] = []
+        for size, start in self.windowing.starts(at.timestamp()):
+            if size not in missed:
+                cells += self._named_cells(size, start, attribution.channel, attribution.campaign)
+        return tuple(cells)
+
+    def _named_cells(self, size: int, start: int, channel: str, campaign: str) -> list[NamedCell]:
+        """``published_cells`` with their Redis names and horizon; the same few come back for
+        every event of a window, so they are made once per window that can still take events.
+        When a newer window of a size appears, windows that ended more than grace + retention
+        before it are dropped, so the cache follows the live windows instead of growing."""
+        windows = self._named[size]
+        series = windows.get(start)
+        if series is None:
+            series = windows[start] = {}
+            if start > self._newest_named.get(size, start - 1):
+                self._newest_named[size] = start
+                expires_at = self.policy.windows.expires_at
+                for old in [old for old in windows if expires_at(size, old) < start]:
+                    del windows[old]
+        named = series.get((channel, campaign))
+        if named is None:
+            named = series[(channel, campaign)] = self._name_cells(size, start, channel, campaign)
+        return named
+
+    def _name_cells(self, size: int, start: int, channel: str, campaign: str) -> list[NamedCell]:
+        horizon = size + self.policy.max_event_age_seconds + self.policy.max_event_future_seconds
+        return [
+            (cell, cell.encode().decode(), horizon)
+            for cell in published_cells(size, start, channel, campaign)
+        ]
+
+    def apply(self, screened: Screened, verdicts: list[bool]) -> None:
+        """Fold a screened batch in; ``verdicts`` answer ``sightings(screened)`` in order."""
+        for record, rejection in screened.rejected:
+            self.watermarks.arrived(record.partition)
+            self._reject(rejection, record)
+        first_unique = len(screened.candidates)
+        unique_verdicts = iter(verdicts[first_unique:])
+        for candidate, counted in zip(screened.candidates, verdicts[:first_unique], strict=True):
+            firsts = [
+                (unique.measure, cell)
+                for unique in candidate.contribution.uniques
+                for cell, _, _ in candidate.distinct_cells
+                if next(unique_verdicts)
+            ]
+            self.watermarks.arrived(candidate.record.partition)
+            self.watermarks.observed(candidate.record.partition, candidate.at.timestamp())
+            if not counted:
+                self.outcomes["duplicate"] += 1
+                continue
+            try:
+                outcome = self._count(candidate, firsts)
+            except Exception as exc:  # a bug must cost one bad row, never the worker
+                log.exception(
+                    "processing failed at %s/%s", candidate.record.partition, candidate.record.offset
+                )
+                self._reject(
+                    Rejection(BadReason.PROCESSING_ERROR, f"{type(exc).__name__}: {exc}"), candidate.record
+                )
+                continue
+            self.outcomes[outcome] += 1
+            if outcome == "valid":
+                self.event_types[TYPE_NAMES[type(candidate.event)]] += 1
+        self._unflushed_records = True
+        self._positions.update(screened.next_offsets)
+
+    def _count(self, candidate: Candidate, firsts: list[tuple[str, CellKey]]) -> str:
+        """Count a candidate in every window it is not too late for; ``valid``, or ``late``
+        when it is too late for all of them."""
+        missed = candidate.missed_sizes
+        if missed:
+            self._record_late(candidate)
+        if len(missed) == len(self.windowing.sizes):
+            return "late"
+        at = candidate.at.timestamp()
+        self.aggregator.add(at, candidate.attribution, candidate.contribution.measures, skip_sizes=missed)
+        for measure, cell in firsts:
+            self.aggregator.add_to_published_cell(cell, measure, 1)
+        if candidate.visitor is not None:
+            for cell, _, _ in candidate.distinct_cells:
+                self.visitors[cell].add(candidate.visitor)
+        return "valid"
+
+    def _record_late(self, candidate: Candidate) -> None:
+        missed, watermark = candidate.missed_sizes, candidate.watermark
+        assert watermark is not None, "nothing is late before its partition has a watermark"
+        for size in missed:
+            self.late_windows[str(size)] += 1
+        self.late_events.append(
+            LateEvent(
+                schema_version=LATE_EVENT_VERSION,
+                source_topic=candidate.record.topic,
+                source_partition=candidate.record.partition,
+                source_offset=candidate.record.offset,
+                event_type=TYPE_NAMES[type(candidate.event)],
+                event_time=candidate.at,
+                watermark=datetime.fromtimestamp(watermark, UTC),
+                missed_window_seconds=list(missed),
+                counted_window_seconds=[s for s in self.windowing.sizes if s not in missed],
+                channel=candidate.attribution.channel,
+                campaign=candidate.attribution.campaign,
+            )
+        )
+
+    def _reject(self, rejection: Rejection, record: RawRecord) -> None:
+        payload = record.value or b""
+        self.bad_rows.append(
+            make_bad_row(
+                rejection,
+                payload,
+                record.topic,
+                record.partition,
+                record.offset,
+                PROCESSOR,
+                scrub=self.pseudonymize.scrub_payload,
+            )
+        )
+        self.outcomes["bad"] += 1
+        self.reasons[rejection.reason.value] += 1
+
+    def take(self) -> Flushable:
+        """Everything pending, with a mark for every owned partition and the commit point of
+        each (a partition never read and never committed has nothing to commit)."""
+        marks = []
+        commits = {}
+        for partition in self.watermarks.partitions:
+            watermark = self.watermarks.publish(partition)
+            idle = self.watermarks.idle(partition)
+            self._sent_marks[partition] = (watermark, idle)
+            marks.append(
+                WatermarkMark(
+                    schema_version=WATERMARK_MARK_VERSION,
+                    raw_partition=partition,
+                    raw_partitions=max(self.raw_partitions, partition + 1),
+                    watermark=watermark,
+                    idle=idle,
+                )
+            )
+        for tp, position in self._positions.items():
+            commits[tp] = CommitPoint(position, self.watermarks.current(tp.partition))
+        taken = Flushable(
+            deltas=self.aggregator.drain(),
+            bad_rows=self.bad_rows,
+            late_events=self.late_events,
+            marks=marks,
+            commits=commits,
+            outcomes=self.outcomes,
+            reasons=self.reasons,
+            event_types=self.event_types,
+            late_windows=self.late_windows,
+            visitors=dict(self.visitors),
+        )
+        self.bad_rows, self.late_events, self._unflushed_records = [], [], False
+        self.outcomes, self.reasons, self.event_types = Counter(), Counter(), Counter()
+        self.late_windows = Counter()
+        self.visitors = defaultdict(set)
+        return taken
+
+
+def _unique_subject(event: RawEvent) -> str | None:
+    """Whose uniqueness a unique measure counts: the session of a page view, the recipient of
+    an email event (pseudonymized before use)."""
+    if isinstance(event, PageView):
+        return event.session_id
+    email = getattr(event, "email", None)
+    return email.recipient if email is not None else None
+
+
+class Sighting(NamedTuple):
+    """A (pseudonymized) key seen in the raw message at ``partition``:``offset``."""
+
+    namespace: str
+    key: str
+    partition: int
+    offset: int
+    horizon_seconds: int
+
+
+def visitor_of(event: RawEvent) -> str | None:
+    """Whom a page view counts as: the user when known, else the anonymous (device) id."""
+    return event.user_id or event.anonymous_id

@@ -1,0 +1,63 @@
+"""Keyed pseudonymization of personal identifiers, applied before anything is kept.
+
+User ids, anonymous ids, session ids and email addresses are replaced by an HMAC-SHA256
+of the value under a secret key: the same person maps to the same pseudonym (so unique
+counts still work) and without the key the pseudonym cannot be reversed or recomputed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import re
+
+log = logging.getLogger(__name__)
+
+#: Used only with MKPI_INSECURE_DEV_MODE=true. Public, hence worthless as a secret.
+INSECURE_DEV_KEY = "mkpi-insecure-development-key-do-not-use"
+PSEUDONYM_PREFIX = "p1_"
+
+#: JSON fields that hold personal identifiers, wherever they appear in a payload.
+IDENTIFIER_FIELDS = ("anonymous_id", "user_id", "session_id", "recipient", "email")
+_FIELD_VALUE = re.compile(
+    rb'("(?:' + b"|".join(f.encode() for f in IDENTIFIER_FIELDS) + rb')"\s*:\s*")((?:[^"\\]|\\.)*)(")'
+)
+# Bounded repeats keep the scan linear on long inputs (an unbounded local part is quadratic).
+_EMAIL_ADDRESS = re.compile(rb"[A-Za-z0-9._%+\-]{1,64}@[A-Za-z0-9.\-]{1,253}\.[A-Za-z]{2,24}")
+
+
+class Pseudonymizer:
+    def __init__(self, key: str) -> None:
+        self._key = key.encode()
+
+    @classmethod
+    def from_key(cls, key: str) -> Pseudonymizer:
+        """The configured key; empty only in MKPI_INSECURE_DEV_MODE (settings check that)."""
+        if key:
+            return cls(key)
+        log.warning("MKPI_INSECURE_DEV_MODE: identifiers are pseudonymized with a public key")
+        return cls(INSECURE_DEV_KEY)
+
+    def __call__(self, value: str) -> str:
+        return PSEUDONYM_PREFIX + hmac.new(self._key, value.encode(), hashlib.sha256).hexdigest()[:32]
+
+    def optional(self, value: str | None) -> str | None:
+        return None if value is None else self(value)
+
+    def scrub_payload(self, payload: bytes) -> bytes:
+        """Pseudonymize identifiers inside a raw payload that is kept as a bad row.
+
+        Values of identifier fields are replaced wherever the text looks like JSON (even broken
+        JSON), and anything shaped like an email address is replaced anywhere.
+        """
+
+        def field(match: re.Match[bytes]) -> bytes:
+            value = match.group(2).decode("utf-8", errors="replace")
+            return match.group(1) + self(value).encode() + match.group(3)
+
+        def address(match: re.Match[bytes]) -> bytes:
+            return self(match.group(0).decode("ascii", errors="replace")).encode()
+
+        scrubbed = _FIELD_VALUE.sub(field, payload)
+        return _EMAIL_ADDRESS.sub(address, scrubbed) if b"@" in scrubbed else scrubbed

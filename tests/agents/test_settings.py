@@ -1,0 +1,187 @@
+from pathlib import Path
+
+import pytest
+
+from agents.settings import ConfigError, Settings, without_password
+
+DEV = {"MKPI_INSECURE_DEV_MODE": "true"}
+
+
+def test_defaults_are_valid_and_bind_to_loopback() -> None:
+    settings = Settings.from_env(DEV)
+    assert settings.web_host == "127.0.0.1"
+    assert settings.kafka_port == 9092
+    assert settings.deltas_topic == "mkpi.kpi-deltas"
+
+
+def test_environment_overrides_and_converts_types() -> None:
+    settings = Settings.from_env(
+        {**DEV, "MKPI_PARTITIONS": "6", "MKPI_FLUSH_INTERVAL_SECONDS": "0.25", "MKPI_TOPIC_PREFIX": "acme"}
+    )
+    assert (settings.partitions, settings.flush_interval_seconds, settings.app_id) == (6, 0.25, "acme")
+
+
+def test_every_problem_is_reported_with_the_variable_to_fix() -> None:
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env(
+            {
+                "MKPI_PARTITIONS": "many",
+                "MKPI_WINDOW_SIZES": "7",
+                "MKPI_KAFKA_BOOTSTRAP": "nohost",
+                "MKPI_PARTITONS": "3",
+            }
+        )
+    message = str(caught.value)
+    assert "MKPI_PARTITIONS: expected an integer, got 'many'" in message
+    assert "MKPI_PARTITONS is not a known setting" in message
+
+
+def test_value_errors_name_the_variable() -> None:
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env(
+            {"MKPI_WINDOW_SIZES": "7", "MKPI_KAFKA_BOOTSTRAP": "nohost", "MKPI_REDIS_URL": "http://x"}
+        )
+    message = str(caught.value)
+    for variable in ("MKPI_WINDOW_SIZES", "MKPI_KAFKA_BOOTSTRAP", "MKPI_REDIS_URL"):
+        assert variable in message
+
+
+def test_the_backlog_flush_interval_cannot_be_shorter_than_the_usual_one() -> None:
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env(
+            {**DEV, "MKPI_FLUSH_INTERVAL_SECONDS": "2", "MKPI_BACKLOG_FLUSH_INTERVAL_SECONDS": "1"}
+        )
+    assert "MKPI_BACKLOG_FLUSH_INTERVAL_SECONDS" in str(caught.value)
+
+
+def test_file_settings_apply_and_environment_wins(tmp_path: Path) -> None:
+    config = tmp_path / "mkpi.toml"
+    config.write_text('partitions = 12\ntopic_prefix = "fromfile"\n')
+    settings = Settings.from_env({**DEV, "MKPI_CONFIG_FILE": str(config), "MKPI_TOPIC_PREFIX": "fromenv"})
+    assert (settings.partitions, settings.topic_prefix) == (12, "fromenv")
+
+
+def test_file_problems_are_reported(tmp_path: Path) -> None:
+    config = tmp_path / "mkpi.toml"
+    config.write_text("partitions = 'x'\nunknown_thing = 1\n")
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({"MKPI_CONFIG_FILE": str(config)})
+    assert "'unknown_thing' is not a known setting" in str(caught.value)
+    assert "MKPI_PARTITIONS" in str(caught.value)
+    with pytest.raises(ConfigError, match="no such file"):
+        Settings.from_env({"MKPI_CONFIG_FILE": str(tmp_path / "missing.toml")})
+
+
+def test_as_environment_round_trips() -> None:
+    settings = Settings.from_env({**DEV, "MKPI_PARTITIONS": "4", "MKPI_WORKER_NAME": "w7"})
+    assert Settings.from_env(settings.as_environment()) == settings
+
+
+def test_a_missing_pseudonymization_key_is_refused_outside_dev_mode() -> None:
+    with pytest.raises(ConfigError, match="MKPI_PSEUDONYMIZATION_KEY is not set"):
+        Settings.from_env({}).validate_for_worker()
+    with pytest.raises(ConfigError, match="too short"):
+        Settings.from_env({"MKPI_PSEUDONYMIZATION_KEY": "short"}).validate_for_worker()
+    Settings.from_env({"MKPI_PSEUDONYMIZATION_KEY": "k" * 32}).validate_for_worker()
+    Settings.from_env(DEV).validate_for_worker()
+
+
+def test_booleans_accept_the_usual_spellings() -> None:
+    for text, value in (("true", True), ("YES", True), ("1", True), ("off", False), ("0", False)):
+        settings = Settings.from_env(
+            {**DEV, "MKPI_INSECURE_DEV_MODE": text, "MKPI_PSEUDONYMIZATION_KEY": "k" * 20}
+        )
+        assert settings.insecure_dev_mode is value
+    with pytest.raises(ConfigError, match="expected true or false"):
+        Settings.from_env({"MKPI_INSECURE_DEV_MODE": "maybe"})
+
+
+def test_redacted_masks_the_secret() -> None:
+    settings = Settings.from_env({"MKPI_PSEUDONYMIZATION_KEY": "super-secret-value-123"})
+    shown = settings.redacted()
+    assert shown["pseudonymization_key"] == "***"
+    assert "super-secret-value-123" not in repr(shown)
+
+
+def test_day_time_zone_must_be_a_real_zone() -> None:
+    assert (
+        Settings.from_env({**DEV, "MKPI_DAY_TIME_ZONE": "Asia/Tehran"}).windowing.day_zone.key
+        == "Asia/Tehran"
+    )
+    with pytest.raises(ConfigError, match="MKPI_DAY_TIME_ZONE"):
+        Settings.from_env({**DEV, "MKPI_DAY_TIME_ZONE": "Mars/Olympus"})
+
+
+def test_secrets_stay_out_of_repr_and_of_the_redis_url_shown() -> None:
+    settings = Settings.from_env(
+        {
+            "MKPI_PSEUDONYMIZATION_KEY": "super-secret-value-123",
+            "MKPI_REDIS_URL": "rediss://mkpi:p4ss-w0rd@redis.internal:6380/0",
+        }
+    )
+    assert "super-secret-value-123" not in repr(settings)
+    shown = settings.redacted()
+    assert shown["redis_url"] == "rediss://mkpi:***@redis.internal:6380/0"
+    assert "p4ss-w0rd" not in repr(shown)
+    assert without_password("redis://:only-a-password@10.0.0.5:6379/0") == "redis://:***@10.0.0.5:6379/0"
+    assert without_password("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
+
+
+def test_kafka_security_settings_are_checked_together(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("not read by validation")
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env(
+            {
+                **DEV,
+                "MKPI_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+                "MKPI_KAFKA_SASL_MECHANISM": "SCRAM-SHA-1",
+                "MKPI_KAFKA_TLS_CERT_FILE": str(ca),
+            }
+        )
+    message = str(caught.value)
+    assert "MKPI_KAFKA_SASL_MECHANISM='SCRAM-SHA-1': one of SCRAM-SHA-512, SCRAM-SHA-256, PLAIN" in message
+    assert "MKPI_KAFKA_SASL_USERNAME=''" in message and "MKPI_KAFKA_SASL_PASSWORD=''" in message
+    assert "MKPI_KAFKA_TLS_CERT_FILE" in message and "MKPI_KAFKA_TLS_KEY_FILE" in message
+
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env(
+            {
+                **DEV,
+                "MKPI_KAFKA_SASL_USERNAME": "mkpi",
+                "MKPI_KAFKA_SASL_PASSWORD": "hunter2-secret",
+                "MKPI_KAFKA_TLS_CA_FILE": str(tmp_path / "missing.pem"),
+            }
+        )
+    message = str(caught.value)
+    assert "does not use SASL" in message and "does not use TLS" in message
+    assert "MKPI_KAFKA_TLS_CA_FILE" in message and "no such file" in message
+    assert "hunter2-secret" not in message
+
+    settings = Settings.from_env(
+        {
+            **DEV,
+            "MKPI_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+            "MKPI_KAFKA_SASL_USERNAME": "mkpi",
+            "MKPI_KAFKA_SASL_PASSWORD": "hunter2-secret",
+            "MKPI_KAFKA_TLS_CA_FILE": str(ca),
+        }
+    )
+    assert settings.redacted()["kafka_sasl_password"] == "***"
+    assert "hunter2-secret" not in repr(settings)
+
+
+def test_redis_tls_files_need_a_rediss_url(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("")
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({**DEV, "MKPI_REDIS_TLS_CA_FILE": str(ca)})
+    assert "MKPI_REDIS_TLS_CA_FILE" in str(caught.value) and "rediss://" in str(caught.value)
+    settings = Settings.from_env(
+        {
+            **DEV,
+            "MKPI_REDIS_URL": "rediss://worker:pw@redis.example:6380/0",
+            "MKPI_REDIS_TLS_CA_FILE": str(ca),
+        }
+    )
+    assert settings.redacted()["redis_url"] == "rediss://worker:***@redis.example:6380/0"

@@ -1,0 +1,261 @@
+"""BatchIngestor: the pure part of ingest, fed with consumer records built by hand."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from aiokafka import ConsumerRecord, TopicPartition
+
+from agents.settings import Settings
+from streams.contracts.deltas import ALL
+from streams.core.attribution import ChannelRules
+from streams.core.ingestor import BatchIngestor
+from streams.core.privacy import Pseudonymizer
+
+NOW = datetime(2026, 11, 27, 10, 0, 40, tzinfo=UTC)
+
+
+def record(partition: int, offset: int, value: bytes | None) -> ConsumerRecord[bytes, bytes]:
+    return ConsumerRecord(
+        topic="raw",
+        partition=partition,
+        offset=offset,
+        timestamp=0,
+        timestamp_type=0,
+        key=None,
+        value=value,
+        checksum=None,
+        serialized_key_size=0,
+        serialized_value_size=len(value or b""),
+        headers=(),
+    )
+
+
+def page_view(event_id: str, medium: str, **extra: Any) -> bytes:
+    event = {
+        "type": "page_view",
+        "schema_version": "1-0-0",
+        "event_id": event_id,
+        "occurred_at": "2026-11-27T10:00:30Z",
+        "utm": {"source": "google", "medium": medium, "campaign": "c1"},
+        "page": {"path": "/"},
+        **extra,
+    }
+    return json.dumps(event).encode()
+
+
+def ingestor(**settings: str) -> BatchIngestor:
+    config = Settings.from_env({"MKPI_PSEUDONYMIZATION_KEY": "k" * 32, **settings})
+    return BatchIngestor(
+        config.ingest_policy, ChannelRules.load(), Pseudonymizer("k" * 32), clock=lambda: NOW
+    )
+
+
+def test_every_message_ends_valid_bad_or_duplicate_and_offsets_advance_per_partition() -> None:
+    ingest = ingestor()
+    screened = ingest.screen(
+        [
+            record(0, 5, page_view("a", "organic")),
+            record(0, 6, b"{broken"),
+            record(1, 9, None),
+            record(1, 10, page_view("b", "cpc")),
+            record(1, 11, page_view("a", "organic")),
+        ]
+    )
+    assert not ingest.has_pending, "screening must not change state"
+    assert [s.offset for s in ingest.sightings(screened)] == [5, 10, 11]
+    ingest.apply(screened, [True, True, False])
+    taken = ingest.take()
+    assert taken.outcomes == {"valid": 2, "bad": 2, "duplicate": 1}
+    assert taken.reasons == {"not_json": 2}
+    assert taken.event_types == {"page_view": 2}
+    occurred = datetime(2026, 11, 27, 10, 0, 30, tzinfo=UTC).timestamp()
+    assert {tp: (c.next_offset, c.watermark) for tp, c in taken.commits.items()} == {
+        TopicPartition("raw", 0): (7, occurred),
+        TopicPartition("raw", 1): (12, occurred),
+    }
+    assert [(m.raw_partition, m.watermark, m.idle) for m in taken.marks] == [
+        (0, occurred, False),
+        (1, occurred, False),
+    ]
+    assert [(row.source_partition, row.source_offset) for row in taken.bad_rows] == [(0, 6), (1, 9)]
+    minute = {(d.channel, d.campaign): d.measures for d in taken.deltas if d.window_seconds == 60}
+    assert minute[(ALL, "c1")] == {"page_views": 2, "organic_page_views": 1}
+    assert minute[("paid_search", ALL)] == {"page_views": 1}
+    assert {d.window_seconds for d in taken.deltas} == {60, 3600, 86400}
+    assert not ingest.has_pending
+    empty = ingest.take()
+    assert (empty.deltas, empty.bad_rows, empty.outcomes) == ([], [], {})
+
+
+def test_event_ids_are_pseudonymized_in_sightings() -> None:
+    ingest = ingestor()
+    [sighting] = ingest.sightings(ingest.screen([record(0, 1, page_view("user@example.com", "organic"))]))
+    assert "user@example.com" not in sighting.key
+    assert sighting.key == Pseudonymizer("k" * 32)("user@example.com")
+
+
+def test_events_outside_the_time_range_are_bad_rows() -> None:
+    ingest = ingestor(MKPI_MAX_EVENT_AGE_SECONDS="3600", MKPI_MAX_EVENT_FUTURE_SECONDS="60")
+    screened = ingest.screen(
+        [
+            record(0, 1, page_view("old", "organic", occurred_at="2026-11-27T08:59:00Z")),
+            record(0, 2, page_view("future", "organic", occurred_at="2026-11-27T10:02:00Z")),
+            record(0, 3, page_view("fine", "organic", occurred_at="2026-11-27T09:01:00Z")),
+        ]
+    )
+    assert [c.event.event_id for c in screened.candidates] == ["fine"]
+    assert [(r.offset, j.reason.value) for r, j in screened.rejected] == [
+        (1, "timestamp_out_of_range"),
+        (2, "timestamp_out_of_range"),
+    ]
+
+
+def test_client_clock_skew_is_corrected_before_windowing() -> None:
+    ingest = ingestor()
+    skewed = page_view(
+        "skew",
+        "organic",
+        occurred_at="2026-11-27T12:00:10Z",  # the phone's clock is 2 hours ahead...
+        sent_at="2026-11-27T12:00:20Z",
+        received_at="2026-11-27T10:00:21Z",  # ...as the collector's clock shows
+    )
+    [candidate] = ingest.screen([record(0, 1, skewed)]).candidates
+    assert candidate.at == datetime(2026, 11, 27, 10, 0, 11, tzinfo=UTC)
+
+
+def test_bad_rows_keep_no_identifier_in_clear() -> None:
+    ingest = ingestor()
+    broken = (
+        b'{"type":"page_view","user_id":"u-12345","anonymous_id":"anon-999","note":"mail me: jo@example.org"'
+    )
+    ingest.apply(ingest.screen([record(0, 1, broken)]), [])
+    [row] = ingest.take().bad_rows
+    for secret in ("u-12345", "anon-999", "jo@example.org"):
+        assert secret not in row.payload
+    pseudonymize = Pseudonymizer("k" * 32)
+    assert pseudonymize("u-12345") in row.payload and pseudonymize("jo@example.org") in row.payload
+
+
+def test_sessions_and_unique_opens_count_only_on_a_first_sighting() -> None:
+    ingest = ingestor()
+    view = page_view("v1", "organic", session_id="s-1")
+    opens = [
+        json.dumps(
+            {
+                "type": "email_open",
+                "schema_version": "1-0-0",
+                "event_id": f"o{i}",
+                "occurred_at": "2026-11-27T10:00:30Z",
+                "email": {"message_id": "m1", "recipient": "reader@example.com"},
+                "machine_open": machine,
+            }
+        ).encode()
+        for i, machine in ((1, False), (2, False), (3, True))
+    ]
+    screened = ingest.screen([record(0, 1, view), *(record(0, 2 + i, o) for i, o in enumerate(opens))])
+    sightings = ingest.sightings(screened)
+    # Distinct counts are decided per published cell: 3 window sizes x 3 grains = 9 cells each.
+    kinds = [s.namespace.split(":")[0] for s in sightings]
+    assert kinds == ["event"] * 4 + ["session"] * 9 + ["organic-session"] * 9 + ["open"] * 18
+    assert len({s.namespace for s in sightings if s.namespace.startswith("session")}) == 9
+    assert "reader@example.com" not in repr(sightings) and "s-1" not in {s.key for s in sightings}
+    # Redis would answer: all events new; the session is new; the first open is, the second is not.
+    ingest.apply(screened, [True] * 4 + [True] * 18 + [True] * 9 + [False] * 9)
+    minute = {(d.channel, d.campaign): d.measures for d in ingest.take().deltas if d.window_seconds == 60}
+    assert minute[(ALL, ALL)] == {
+        "page_views": 1,
+        "organic_page_views": 1,
+        "sessions": 1,
+        "organic_sessions": 1,
+        "email_opens": 2,
+        "email_unique_opens": 1,
+        "email_machine_opens": 1,
+    }
+
+
+def test_events_past_retention_are_counted_only_in_windows_still_open_or_reported_late() -> None:
+    ingest = ingestor(MKPI_WINDOW_SIZES="60,3600", MKPI_GRACE_SECONDS="0", MKPI_WINDOW_RETENTION_SECONDS="60")
+    ahead = page_view("ahead", "organic").replace(b"10:00:30", b"10:05:00")
+    screened = ingest.screen([record(0, 1, ahead), record(0, 2, page_view("behind", "organic"))])
+    ingest.apply(screened, [True] * len(ingest.sightings(screened)))
+    taken = ingest.take()
+    assert taken.outcomes == {"valid": 2}
+    assert taken.late_windows == {"60": 1}
+    [late] = taken.late_events
+    assert (late.source_partition, late.source_offset, late.event_type) == (0, 2, "page_view")
+    assert (late.missed_window_seconds, late.counted_window_seconds) == ([60], [3600])
+    assert late.watermark == datetime(2026, 11, 27, 10, 5, tzinfo=UTC)
+    minute_starts = {d.window_start for d in taken.deltas if d.window_seconds == 60}
+    hour = {(d.channel, d.campaign): d.measures for d in taken.deltas if d.window_seconds == 3600}
+    assert minute_starts == {int(datetime(2026, 11, 27, 10, 5, tzinfo=UTC).timestamp())}
+    assert hour[(ALL, ALL)]["page_views"] == 2
+
+    only_minutes = ingestor(
+        MKPI_WINDOW_SIZES="60", MKPI_GRACE_SECONDS="0", MKPI_WINDOW_RETENTION_SECONDS="60"
+    )
+    screened = only_minutes.screen([record(3, 1, ahead), record(3, 2, page_view("behind", "organic"))])
+    only_minutes.apply(screened, [True] * len(only_minutes.sightings(screened)))
+    taken = only_minutes.take()
+    assert taken.outcomes == {"valid": 1, "late": 1}
+    assert taken.event_types == {"page_view": 1}
+    assert [late.counted_window_seconds for late in taken.late_events] == [[]]
+
+
+def test_a_partition_resumes_from_its_committed_watermark() -> None:
+    ingest = ingestor(MKPI_WINDOW_SIZES="60", MKPI_GRACE_SECONDS="0", MKPI_WINDOW_RETENTION_SECONDS="60")
+    committed = datetime(2026, 11, 27, 10, 5, tzinfo=UTC).timestamp()
+    ingest.assign(TopicPartition("raw", 0), 100, committed)
+    assert ingest.has_pending, "the restored mark is not published yet"
+    screened = ingest.screen([record(0, 100, page_view("behind", "organic"))])
+    ingest.apply(screened, [True] * len(ingest.sightings(screened)))
+    taken = ingest.take()
+    assert taken.outcomes == {"late": 1}
+    assert taken.commits[TopicPartition("raw", 0)].next_offset == 101
+    assert [(m.raw_partition, m.watermark) for m in taken.marks] == [(0, committed)]
+
+
+def test_only_records_from_a_taken_over_position_on_are_read() -> None:
+    """Around a take-over the consumer hands out records from before the committed offset, or
+    the same records again after the take-over moves it back: they are not read twice."""
+    ingest = ingestor()
+    tp = TopicPartition("raw", 0)
+    batch = [record(0, offset, page_view(f"e{offset}", "organic")) for offset in range(100, 104)]
+    assert ingest.unread(tp, batch) == [], "not taken over yet"
+    ingest.assign(tp, 102, None)
+    assert [r.offset for r in ingest.unread(tp, batch)] == [102, 103]
+    screened = ingest.screen(ingest.unread(tp, batch))
+    ingest.apply(screened, [True] * len(ingest.sightings(screened)))
+    assert ingest.unread(tp, batch) == [], "read once; the second delivery is dropped"
+    later = [record(0, 104, page_view("e104", "organic"))]
+    assert ingest.unread(tp, later) == later
+    ingest.revoke(tp)
+    assert ingest.unread(tp, later) == []
+
+
+def test_cell_names_are_cached_for_windows_that_can_take_events_and_stay_right() -> None:
+    def at_minute(minute: int, event_id: str) -> bytes:
+        occurred = f"2026-11-27T09:{minute:02d}:30Z".encode()
+        return page_view(event_id, "organic", session_id=f"s-{event_id}").replace(
+            b"2026-11-27T10:00:30Z", occurred
+        )
+
+    settings = {"MKPI_GRACE_SECONDS": "0", "MKPI_WINDOW_RETENTION_SECONDS": "60"}
+    # Partition 0 walks twenty minutes forward; partition 1, behind it, still sends to windows
+    # partition 0 has left; then partition 0 moves on again.
+    sent = [(0, minute) for minute in range(30, 50)] + [(1, 31), (1, 46), (0, 50)]
+    ingest = ingestor(**settings)
+    for offset, (partition, minute) in enumerate(sent):
+        message = at_minute(minute, f"e{offset}")
+        screened = ingest.screen([record(partition, offset, message)])
+        alone = ingestor(**settings)
+        expected = alone.sightings(alone.screen([record(partition, offset, message)]))
+        assert ingest.sightings(screened) == expected
+        assert len({s.namespace for s in expected if s.namespace.startswith("session:")}) == 9
+        ingest.apply(screened, [True] * len(expected))
+    minute_starts = sorted(ingest._named[60])
+    # A minute window takes events until its end + grace + retention (here 60 s).
+    assert minute_starts == [int(datetime(2026, 11, 27, 9, m, tzinfo=UTC).timestamp()) for m in (48, 49, 50)]
+    assert len(ingest._named[3600]) == len(ingest._named[86400]) == 1
