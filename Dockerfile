@@ -4,6 +4,7 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY streams ./streams
 COPY agents ./agents
+COPY devtools ./devtools
 COPY schemas ./schemas
 RUN pip install --no-cache-dir .
 RUN useradd --create-home mkpi

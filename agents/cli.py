@@ -34,7 +34,7 @@ log = logging.getLogger("mkpi")
 
 def _configure_logging(settings: Settings) -> None:
     logging.basicConfig(
-        level=settings.log_level.upper(),
+        level=settings.worker.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
 
@@ -48,8 +48,8 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     app = create_app(settings)
     worker = BoundedShutdownWorker(
         app,
-        shutdown_timeout_seconds=settings.shutdown_timeout_seconds,
-        loglevel=settings.log_level,
+        shutdown_timeout_seconds=settings.worker.shutdown_timeout_seconds,
+        loglevel=settings.worker.log_level,
         quiet=True,
     )
     worker.execute_from_commandline()
@@ -72,8 +72,8 @@ def cmd_generate(settings: Settings, args: argparse.Namespace) -> int:
             args.seed,
             campaigns=args.campaigns,
             fractions=fractions,
-            grace_seconds=settings.grace_seconds,
-            retention_seconds=settings.window_retention_seconds,
+            grace_seconds=settings.windows.grace_seconds,
+            retention_seconds=settings.windows.window_retention_seconds,
         )
     except ValueError as exc:
         print(f"mkpi generate: {exc}", file=sys.stderr)
@@ -85,7 +85,7 @@ def cmd_generate(settings: Settings, args: argparse.Namespace) -> int:
         if args.hours:
             story = dataclasses.replace(story, hours=args.hours)
         start = story.start(datetime.now(UTC))
-        messages, count = story.messages(args.seed, start, settings.grace_seconds), None
+        messages, count = story.messages(args.seed, start, settings.windows.grace_seconds), None
         print(f"story {story.name}: {story.description}; {story.hours} hours from {start:%Y-%m-%d %H:%M}Z")
         for alert in story.expected_alerts(start):
             print(
@@ -150,7 +150,7 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     settings.validate_for_worker()
     if cmd_stack(settings, argparse.Namespace(action="up")):
         return 1
-    log_path = Path(settings.stack_dir) / "logs" / f"worker-{settings.app_id}.log"
+    log_path = Path(settings.stack.stack_dir) / "logs" / f"worker-{settings.topics.app_id}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log_file:
         worker = subprocess.Popen(
@@ -160,17 +160,17 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
             stderr=subprocess.STDOUT,
         )
     try:
-        if not wait_for_http(f"{settings.web_url}/healthz", worker, timeout=120):
+        if not wait_for_http(f"{settings.web.url}/healthz", worker, timeout=120):
             print(f"the worker did not become healthy; see {log_path}", file=sys.stderr)
             return 1
         print(
             "\nmkpi is running.\n"
-            f"  live board:   {settings.web_url}/board\n"
-            f"  metrics:      {settings.web_url}/metrics   (look for mkpi_kpi_current)\n"
+            f"  live board:   {settings.web.url}/board\n"
+            f"  metrics:      {settings.web.url}/metrics   (look for mkpi_kpi_current)\n"
             f"  worker log:   {log_path}\n"
-            f"  query:        mkpi query --kpi organic_traffic   or   {settings.web_url}/api/kpis\n"
-            f"  KPI topic:    {settings.kpi_updates_topic} on {settings.kafka_bootstrap}\n"
-            f"  raw events:   {settings.raw_topic}   bad rows: {settings.bad_rows_topic}\n"
+            f"  query:        mkpi query --kpi organic_traffic   or   {settings.web.url}/api/kpis\n"
+            f"  KPI topic:    {settings.topics.kpi_updates_topic} on {settings.kafka.bootstrap}\n"
+            f"  raw events:   {settings.topics.raw_topic}   bad rows: {settings.topics.bad_rows_topic}\n"
             "  stop:         Ctrl-C (stops the generator and the worker); "
             "'mkpi stack down' stops Kafka and Redis\n",
             flush=True,
@@ -202,7 +202,7 @@ def cmd_query(settings: Settings, args: argparse.Namespace) -> int:
     from agents.redis.view import RedisView, ViewQuery, render_table
     from streams.contracts.deltas import ALL_TIME
 
-    sizes = (*settings.windowing.sizes, ALL_TIME)
+    sizes = (*settings.windows.windowing.sizes, ALL_TIME)
     window = sizes[0] if args.window is None else args.window
     if window not in sizes:
         print(f"mkpi query: --window must be one of {', '.join(map(str, sizes))}", file=sys.stderr)
@@ -211,7 +211,7 @@ def cmd_query(settings: Settings, args: argparse.Namespace) -> int:
     async def run() -> list[Any]:
         client = redis_client(settings)
         try:
-            view = RedisView(client, settings.topic_prefix)
+            view = RedisView(client, settings.topics.topic_prefix)
             return await view.latest(ViewQuery(window, args.kpi, args.channel, args.campaign))
         finally:
             await client.aclose()
@@ -325,13 +325,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     except RedisError as exc:
         print(
-            f"mkpi: cannot use Redis at {without_password(settings.redis_url)} ({exc}); fix MKPI_REDIS_URL",
+            f"mkpi: cannot use Redis at {without_password(settings.redis.url)} ({exc}); fix MKPI_REDIS_URL",
             file=sys.stderr,
         )
         return 1
     except KafkaConnectionError as exc:
         print(
-            f"mkpi: cannot reach Kafka at {settings.kafka_bootstrap} ({exc}); start it with "
+            f"mkpi: cannot reach Kafka at {settings.kafka.bootstrap} ({exc}); start it with "
             "'mkpi stack up' or fix MKPI_KAFKA_BOOTSTRAP",
             file=sys.stderr,
         )

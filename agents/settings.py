@@ -1,9 +1,10 @@
-"""Typed settings, read from environment variables and an optional TOML file.
+"""Typed settings in sections, read from environment variables and an optional TOML file.
 
-Every setting has one environment variable (``MKPI_`` + upper-case name). A TOML
-file named by ``MKPI_CONFIG_FILE`` may set the same names in lower case; the
-environment wins over the file. Validation happens once, at start-up, and each
-problem names the variable to fix.
+Every setting has one environment variable: ``MKPI_`` + its flat name in upper case, where the
+flat name is the section's prefix + the field's name (``kafka.bootstrap`` is
+``MKPI_KAFKA_BOOTSTRAP``, ``windows.grace_seconds`` is ``MKPI_GRACE_SECONDS``). A TOML file
+named by ``MKPI_CONFIG_FILE`` may set the same flat names in lower case; the environment wins
+over the file. Validation happens once, at start-up, and each problem names the variable to fix.
 """
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ from __future__ import annotations
 import dataclasses
 import os
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import urlparse
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -43,93 +44,38 @@ def without_password(url: str) -> str:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class Settings:
-    """Everything a worker, the generator and the local stack need."""
+class KafkaSettings:
+    """How every client reaches the brokers."""
 
-    kafka_bootstrap: str = "127.0.0.1:9092"
+    PREFIX: ClassVar[str] = "kafka_"
+    bootstrap: str = "127.0.0.1:9092"
     #: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL, as the broker's listener expects.
-    kafka_security_protocol: str = "PLAINTEXT"
+    security_protocol: str = "PLAINTEXT"
     #: SCRAM-SHA-512, SCRAM-SHA-256 or PLAIN (SASL protocols only).
-    kafka_sasl_mechanism: str = "SCRAM-SHA-512"
-    kafka_sasl_username: str = ""
-    kafka_sasl_password: str = dataclasses.field(default="", repr=False)
+    sasl_mechanism: str = "SCRAM-SHA-512"
+    sasl_username: str = ""
+    sasl_password: str = dataclasses.field(default="", repr=False)
     #: PEM file of the CA(s) the broker's certificate must chain to; empty: the system's CAs.
-    kafka_tls_ca_file: str = ""
+    tls_ca_file: str = ""
     #: PEM client certificate and key, for brokers that require client authentication.
-    kafka_tls_cert_file: str = ""
-    kafka_tls_key_file: str = ""
-    #: redis://[user:password@]host:port/db, rediss://... for TLS, or unix:///path.
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    #: PEM CA file for rediss:// (empty: the system's CAs), and a client certificate and key
-    #: for servers that require one.
-    redis_tls_ca_file: str = ""
-    redis_tls_cert_file: str = ""
-    redis_tls_key_file: str = ""
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    #: How long a worker may go silent before the broker hands its partitions to the others.
+    session_timeout_seconds: int = 30
+
+    @property
+    def port(self) -> int:
+        return _split_host_port(self.bootstrap.split(",")[0])[1]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TopicSettings:
+    """The raw topic, and the prefix every topic, group and Redis key of mkpi's own carries."""
+
+    PREFIX: ClassVar[str] = ""
     raw_topic: str = "marketing.events.raw"
     topic_prefix: str = "mkpi"
     partitions: int = 3
-    #: Tumbling window sizes in seconds, comma-separated; each a divisor of a day.
-    window_sizes: str = "60,3600,86400"
-    #: Time zone day windows are aligned to (IANA name).
-    day_time_zone: str = "UTC"
-    #: A window closes (final result) once every raw partition's event time is past its end
-    #: plus this much.
-    grace_seconds: int = 60
-    #: After closing, a window still takes late events (each emits a revision) until event time
-    #: reaches its end + grace + this; later events are counted and published as late.
-    window_retention_seconds: int = 3600
-    #: A raw partition without messages for this long stops holding windows open: its
-    #: watermark advances with the wall clock.
-    idle_timeout_seconds: int = 30
-    blog_path_prefix: str = "/blog/"
-    #: How often ingest publishes deltas and commits while it keeps up with the raw topic...
-    flush_interval_seconds: float = 0.2
-    #: ...and while it has a backlog (more than a batch of records waiting): longer flushes
-    #: pre-aggregate more events per cell.
-    backlog_flush_interval_seconds: float = 1.0
-    ingest_max_records: int = 5000
-    #: After SIGTERM, the worker exits after this long even if its graceful stop has not ended.
-    shutdown_timeout_seconds: int = 45
-    max_event_bytes: int = 65536
-    #: Events older than this (by corrected event time, against the wall clock) are bad rows.
-    max_event_age_seconds: int = 7 * 86400
-    #: Events further in the future than this are bad rows.
-    max_event_future_seconds: int = 600
-    #: How long an event_id is remembered to drop client retries.
-    dedup_horizon_seconds: int = 86400
-    #: How long sessions, unique opens and unique clicks are remembered to count them once.
-    unique_horizon_seconds: int = 30 * 86400
-    #: HMAC key for pseudonymizing user and anonymous ids and email addresses (secret).
-    pseudonymization_key: str = dataclasses.field(default="", repr=False)
-    #: Allows a built-in, public pseudonymization key. Never in production.
-    insecure_dev_mode: bool = False
-    #: A TOML file of channel rules replacing the built-in ones (streams/channel_rules.toml).
-    channel_rules_file: str = ""
-    #: A YAML file of drop alert rules replacing the shipped ones (streams/alert_rules.yml);
-    #: "none" turns in-stream alerts off.
-    alert_rules_file: str = ""
-    #: Your own site's domains (comma-separated): referrers from them are internal navigation.
-    site_domains: str = ""
-    #: Campaigns with their own Prometheus series (by recent volume); the rest count as "other".
-    metrics_top_campaigns: int = 50
-    #: A campaign without events for this long loses its Prometheus series.
-    metrics_campaign_idle_seconds: int = 3600
-    web_host: str = "127.0.0.1"
-    web_port: int = 6066
-    log_level: str = "info"
-    #: How long a worker may go silent before the broker hands its partitions to the others.
-    kafka_session_timeout_seconds: int = 30
-    #: Names this worker's transactional producer; unique per worker, stable across restarts.
-    worker_name: str = ""
-    # Local stack (``mkpi stack``): where the broker and Redis live on this machine.
-    stack_dir: str = dataclasses.field(default_factory=_default_stack_dir)
-    kafka_version: str = "3.9.1"
-    kafka_controller_port: int = 9093
-    #: The local broker's SASL_SSL (SCRAM) and SSL (client certificate) listeners, for trying
-    #: security settings against it; 0 leaves one out.
-    kafka_sasl_ssl_port: int = 9094
-    kafka_ssl_port: int = 9095
-    kafka_heap: str = "512m"
 
     @property
     def app_id(self) -> str:
@@ -168,38 +114,208 @@ class Settings:
     def ingest_group_id(self) -> str:
         return f"{self.topic_prefix}-ingest"
 
-    @property
-    def kafka_port(self) -> int:
-        return _split_host_port(self.kafka_bootstrap.split(",")[0])[1]
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RedisSettings:
+    """The Redis server of the view, the board's history and the duplicate check."""
+
+    PREFIX: ClassVar[str] = "redis_"
+    #: redis://[user:password@]host:port/db, rediss://... for TLS, or unix:///path.
+    url: str = "redis://127.0.0.1:6379/0"
+    #: PEM CA file for rediss:// (empty: the system's CAs), and a client certificate and key
+    #: for servers that require one.
+    tls_ca_file: str = ""
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class WindowSettings:
+    """Window sizes and their life cycle in event time."""
+
+    PREFIX: ClassVar[str] = ""
+    #: Tumbling window sizes in seconds, comma-separated; each a divisor of a day.
+    window_sizes: str = "60,3600,86400"
+    #: Time zone day windows are aligned to (IANA name).
+    day_time_zone: str = "UTC"
+    #: A window closes (final result) once every raw partition's event time is past its end
+    #: plus this much.
+    grace_seconds: int = 60
+    #: After closing, a window still takes late events (each emits a revision) until event time
+    #: reaches its end + grace + this; later events are counted and published as late.
+    window_retention_seconds: int = 3600
+    #: A raw partition without messages for this long stops holding windows open: its
+    #: watermark advances with the wall clock.
+    idle_timeout_seconds: int = 30
 
     @property
     def windowing(self) -> Windowing:
         return Windowing(parse_sizes(self.window_sizes), ZoneInfo(self.day_time_zone))
 
     @property
-    def window_policy(self) -> WindowPolicy:
+    def policy(self) -> WindowPolicy:
         return WindowPolicy(self.windowing, self.grace_seconds, self.window_retention_seconds)
 
-    @property
-    def ingest_policy(self) -> IngestPolicy:
-        return IngestPolicy(
-            windows=self.window_policy,
-            idle_timeout_seconds=self.idle_timeout_seconds,
-            max_event_bytes=self.max_event_bytes,
-            max_event_age_seconds=self.max_event_age_seconds,
-            max_event_future_seconds=self.max_event_future_seconds,
-            dedup_horizon_seconds=self.dedup_horizon_seconds,
-            blog_path_prefix=self.blog_path_prefix,
-            own_sites=self.site_domain_list,
-        )
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class IngestSettings:
+    """How ingest reads, screens, counts and flushes raw events."""
+
+    PREFIX: ClassVar[str] = ""
+    #: How often ingest publishes deltas and commits while it keeps up with the raw topic...
+    flush_interval_seconds: float = 0.2
+    #: ...and while it has a backlog (more than a batch of records waiting): longer flushes
+    #: pre-aggregate more events per cell.
+    backlog_flush_interval_seconds: float = 1.0
+    ingest_max_records: int = 5000
+    max_event_bytes: int = 65536
+    #: Events older than this (by corrected event time, against the wall clock) are bad rows.
+    max_event_age_seconds: int = 7 * 86400
+    #: Events further in the future than this are bad rows.
+    max_event_future_seconds: int = 600
+    #: How long an event_id is remembered to drop client retries.
+    dedup_horizon_seconds: int = 86400
+    #: How long sessions, unique opens and unique clicks are remembered to count them once.
+    unique_horizon_seconds: int = 30 * 86400
+    blog_path_prefix: str = "/blog/"
+    #: Your own site's domains (comma-separated): referrers from them are internal navigation.
+    site_domains: str = ""
+    #: A TOML file of channel rules replacing the built-in ones (streams/core/channel_rules.toml).
+    channel_rules_file: str = ""
+    #: HMAC key for pseudonymizing user and anonymous ids and email addresses (secret).
+    pseudonymization_key: str = dataclasses.field(default="", repr=False)
+    #: Allows a built-in, public pseudonymization key. Never in production.
+    insecure_dev_mode: bool = False
 
     @property
     def site_domain_list(self) -> tuple[str, ...]:
         return tuple(d.strip().lower() for d in self.site_domains.split(",") if d.strip())
 
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AlertSettings:
+    PREFIX: ClassVar[str] = "alert_"
+    #: A YAML file of drop alert rules replacing the shipped ones (streams/core/alert_rules.yml);
+    #: "none" turns in-stream alerts off.
+    rules_file: str = ""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class MetricSettings:
+    PREFIX: ClassVar[str] = "metrics_"
+    #: Campaigns with their own Prometheus series (by recent volume); the rest count as "other".
+    top_campaigns: int = 50
+    #: A campaign without events for this long loses its Prometheus series.
+    campaign_idle_seconds: int = 3600
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class WebSettings:
+    """The worker's HTTP surface: /metrics, /healthz, the board and its API."""
+
+    PREFIX: ClassVar[str] = "web_"
+    host: str = "127.0.0.1"
+    port: int = 6066
+
     @property
-    def web_url(self) -> str:
-        return f"http://{self.web_host}:{self.web_port}"
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class WorkerSettings:
+    PREFIX: ClassVar[str] = ""
+    #: Names this worker's transactional producer; unique per worker, stable across restarts.
+    worker_name: str = ""
+    log_level: str = "info"
+    #: After SIGTERM, the worker exits after this long even if its graceful stop has not ended.
+    shutdown_timeout_seconds: int = 45
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class StackSettings:
+    """The local stack (``mkpi stack``): where the broker and Redis live on this machine."""
+
+    PREFIX: ClassVar[str] = ""
+    stack_dir: str = dataclasses.field(default_factory=_default_stack_dir)
+    kafka_version: str = "3.9.1"
+    kafka_controller_port: int = 9093
+    #: The local broker's SASL_SSL (SCRAM) and SSL (client certificate) listeners, for trying
+    #: security settings against it; 0 leaves one out.
+    kafka_sasl_ssl_port: int = 9094
+    kafka_ssl_port: int = 9095
+    kafka_heap: str = "512m"
+
+
+Section = (
+    KafkaSettings
+    | TopicSettings
+    | RedisSettings
+    | WindowSettings
+    | IngestSettings
+    | AlertSettings
+    | MetricSettings
+    | WebSettings
+    | WorkerSettings
+    | StackSettings
+)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything a worker, the generator and the local stack need, in sections."""
+
+    kafka: KafkaSettings = dataclasses.field(default_factory=KafkaSettings)
+    topics: TopicSettings = dataclasses.field(default_factory=TopicSettings)
+    redis: RedisSettings = dataclasses.field(default_factory=RedisSettings)
+    windows: WindowSettings = dataclasses.field(default_factory=WindowSettings)
+    ingest: IngestSettings = dataclasses.field(default_factory=IngestSettings)
+    alerts: AlertSettings = dataclasses.field(default_factory=AlertSettings)
+    metrics: MetricSettings = dataclasses.field(default_factory=MetricSettings)
+    web: WebSettings = dataclasses.field(default_factory=WebSettings)
+    worker: WorkerSettings = dataclasses.field(default_factory=WorkerSettings)
+    stack: StackSettings = dataclasses.field(default_factory=StackSettings)
+
+    SECRET_FIELDS: ClassVar[frozenset[str]] = frozenset({"pseudonymization_key", "kafka_sasl_password"})
+
+    @property
+    def ingest_policy(self) -> IngestPolicy:
+        ingest = self.ingest
+        return IngestPolicy(
+            windows=self.windows.policy,
+            idle_timeout_seconds=self.windows.idle_timeout_seconds,
+            max_event_bytes=ingest.max_event_bytes,
+            max_event_age_seconds=ingest.max_event_age_seconds,
+            max_event_future_seconds=ingest.max_event_future_seconds,
+            dedup_horizon_seconds=ingest.dedup_horizon_seconds,
+            blog_path_prefix=ingest.blog_path_prefix,
+            own_sites=ingest.site_domain_list,
+        )
+
+    def value(self, name: str) -> Any:
+        """A setting by its flat name (``kafka_bootstrap``)."""
+        section, field = _FLAT[name]
+        return getattr(getattr(self, section), field)
+
+    def flat(self) -> Iterator[tuple[str, Any]]:
+        """(flat name, value) of every setting, section by section."""
+        for name in _FLAT:
+            yield name, self.value(name)
+
+    def replace(self, **values: Any) -> Settings:
+        """A copy with some settings changed, by flat name (``replace(grace_seconds=0)``)."""
+        unknown = sorted(set(values) - set(_FLAT))
+        if unknown:
+            raise TypeError(f"not a setting: {', '.join(unknown)}")
+        by_section: dict[str, dict[str, Any]] = {}
+        for name, value in values.items():
+            section, field = _FLAT[name]
+            by_section.setdefault(section, {})[field] = value
+        changed = {
+            section: dataclasses.replace(getattr(self, section), **fields)
+            for section, fields in by_section.items()
+        }
+        return dataclasses.replace(self, **changed)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -210,56 +326,49 @@ class Settings:
         config_file = env.get(CONFIG_FILE_VARIABLE)
         if config_file:
             raw.update(_read_config_file(Path(config_file), problems))
-        for field in dataclasses.fields(cls):
-            variable = ENV_PREFIX + field.name.upper()
+        for name in _FLAT:
+            variable = ENV_PREFIX + name.upper()
             if variable in env:
-                raw[field.name] = env[variable]
+                raw[name] = env[variable]
         unknown = sorted(
             name
             for name in env
             if name.startswith(ENV_PREFIX)
             and name != CONFIG_FILE_VARIABLE
-            and name[len(ENV_PREFIX) :].lower() not in _FIELD_NAMES
+            and name[len(ENV_PREFIX) :].lower() not in _FLAT
         )
         for name in unknown:
             problems.append(f"{name} is not a known setting (typo?)")
         values: dict[str, Any] = {}
-        for field in dataclasses.fields(cls):
-            if field.name not in raw:
-                continue
+        for name, value in raw.items():
             try:
-                values[field.name] = _coerce(raw[field.name], _FIELD_TYPES[field.name])
+                values[name] = _coerce(value, _FIELD_TYPES[name])
             except ValueError as exc:
-                problems.append(f"{ENV_PREFIX}{field.name.upper()}: {exc}")
+                problems.append(f"{ENV_PREFIX}{name.upper()}: {exc}")
         if problems:
             raise ConfigError(_format_problems(problems))
-        settings = cls(**values)
+        settings = cls().replace(**values)
         settings.validate()
         return settings
-
-    SECRET_FIELDS = frozenset({"pseudonymization_key", "kafka_sasl_password"})
 
     def redacted(self) -> dict[str, str]:
         """Every setting as text, secrets masked (and a password in the Redis URL): safe to
         print or log."""
         shown = {
-            field.name: "***"
-            if field.name in self.SECRET_FIELDS and getattr(self, field.name)
-            else str(getattr(self, field.name))
-            for field in dataclasses.fields(self)
+            name: "***" if name in self.SECRET_FIELDS and value else str(value) for name, value in self.flat()
         }
-        shown["redis_url"] = without_password(self.redis_url)
+        shown["redis_url"] = without_password(self.redis.url)
         return shown
 
     def validate_for_worker(self) -> None:
         """What only a worker needs: a pseudonymization key, or an explicit dev mode."""
         problems: list[str] = []
-        if not self.pseudonymization_key and not self.insecure_dev_mode:
+        if not self.ingest.pseudonymization_key and not self.ingest.insecure_dev_mode:
             problems.append(
                 "MKPI_PSEUDONYMIZATION_KEY is not set: set it to a long random secret (for example "
                 "`openssl rand -hex 32`), or set MKPI_INSECURE_DEV_MODE=true on a development machine"
             )
-        elif self.pseudonymization_key and len(self.pseudonymization_key) < 16:
+        elif self.ingest.pseudonymization_key and len(self.ingest.pseudonymization_key) < 16:
             problems.append(
                 "MKPI_PSEUDONYMIZATION_KEY: too short; use at least 16 characters (32 random bytes is best)"
             )
@@ -268,35 +377,32 @@ class Settings:
 
     def as_environment(self) -> dict[str, str]:
         """The ``MKPI_*`` variables that reproduce these settings (for child processes)."""
-        return {
-            ENV_PREFIX + field.name.upper(): str(getattr(self, field.name))
-            for field in dataclasses.fields(self)
-        }
+        return {ENV_PREFIX + name.upper(): str(value) for name, value in self.flat()}
 
     def _validate_kafka_security(self, bad: Callable[[str, str], None]) -> None:
-        protocol = self.kafka_security_protocol
+        protocol = self.kafka.security_protocol
         if protocol not in KAFKA_SECURITY_PROTOCOLS:
             bad("kafka_security_protocol", f"one of {', '.join(KAFKA_SECURITY_PROTOCOLS)}")
         if protocol.startswith("SASL_"):
-            if self.kafka_sasl_mechanism not in KAFKA_SASL_MECHANISMS:
+            if self.kafka.sasl_mechanism not in KAFKA_SASL_MECHANISMS:
                 bad("kafka_sasl_mechanism", f"one of {', '.join(KAFKA_SASL_MECHANISMS)}")
             # Only empty values are shown: bad() prints the value, and a password must not be.
             for name in ("kafka_sasl_username", "kafka_sasl_password"):
-                if not getattr(self, name):
+                if not self.value(name):
                     bad(name, f"MKPI_KAFKA_SECURITY_PROTOCOL={protocol} needs it")
-        elif self.kafka_sasl_username or self.kafka_sasl_password:
+        elif self.kafka.sasl_username or self.kafka.sasl_password:
             bad(
                 "kafka_security_protocol",
                 "a SASL user is set but the protocol does not use SASL: use SASL_SSL (or SASL_PLAINTEXT)",
             )
         tls = ("kafka_tls_ca_file", "kafka_tls_cert_file", "kafka_tls_key_file")
-        if not protocol.endswith("SSL") and any(getattr(self, name) for name in tls):
+        if not protocol.endswith("SSL") and any(self.value(name) for name in tls):
             bad(
                 "kafka_security_protocol",
                 "TLS files are set but the protocol does not use TLS: use SSL or SASL_SSL",
             )
         _check_files(self, tls, bad)
-        if bool(self.kafka_tls_cert_file) != bool(self.kafka_tls_key_file):
+        if bool(self.kafka.tls_cert_file) != bool(self.kafka.tls_key_file):
             bad(
                 "kafka_tls_cert_file",
                 "set both MKPI_KAFKA_TLS_CERT_FILE and MKPI_KAFKA_TLS_KEY_FILE, or neither",
@@ -307,71 +413,71 @@ class Settings:
         problems: list[str] = []
 
         def bad(name: str, why: str) -> None:
-            problems.append(f"{ENV_PREFIX}{name.upper()}={getattr(self, name)!r}: {why}")
+            problems.append(f"{ENV_PREFIX}{name.upper()}={self.value(name)!r}: {why}")
 
-        for address in self.kafka_bootstrap.split(","):
+        for address in self.kafka.bootstrap.split(","):
             try:
                 _split_host_port(address)
             except ValueError as exc:
                 bad("kafka_bootstrap", str(exc))
         self._validate_kafka_security(bad)
-        parsed = urlparse(self.redis_url)
+        parsed = urlparse(self.redis.url)
         if parsed.scheme not in ("redis", "rediss", "unix") or not (parsed.hostname or parsed.path):
             bad("redis_url", "expected redis://host:port/db, rediss://... or unix:///path")
         redis_tls = ("redis_tls_ca_file", "redis_tls_cert_file", "redis_tls_key_file")
         for name in redis_tls:
-            if getattr(self, name) and parsed.scheme != "rediss":
+            if self.value(name) and parsed.scheme != "rediss":
                 bad(name, "only used with TLS: make MKPI_REDIS_URL a rediss:// URL, or unset this")
         _check_files(self, redis_tls, bad)
-        if bool(self.redis_tls_cert_file) != bool(self.redis_tls_key_file):
+        if bool(self.redis.tls_cert_file) != bool(self.redis.tls_key_file):
             bad(
                 "redis_tls_cert_file",
                 "set both MKPI_REDIS_TLS_CERT_FILE and MKPI_REDIS_TLS_KEY_FILE, or neither",
             )
         for name in ("raw_topic", "topic_prefix"):
-            value = getattr(self, name)
+            value = self.value(name)
             if not value or not all(c.isalnum() or c in "._-" for c in value) or len(value) > 200:
                 bad(name, "a Kafka topic name: letters, digits, '.', '_' and '-' only")
-        if not 1 <= self.partitions <= 1000:
+        if not 1 <= self.topics.partitions <= 1000:
             bad("partitions", "must be between 1 and 1000")
         try:
-            parse_sizes(self.window_sizes)
+            parse_sizes(self.windows.window_sizes)
         except ValueError as exc:
             bad("window_sizes", str(exc))
         try:
-            ZoneInfo(self.day_time_zone)
+            ZoneInfo(self.windows.day_time_zone)
         except (ZoneInfoNotFoundError, ValueError):
             bad("day_time_zone", "an IANA time zone name such as UTC, Europe/Berlin or Asia/Tehran")
-        if not self.blog_path_prefix.startswith("/"):
+        if not self.ingest.blog_path_prefix.startswith("/"):
             bad("blog_path_prefix", "must start with '/'")
-        if not 0.01 <= self.flush_interval_seconds <= 60:
+        if not 0.01 <= self.ingest.flush_interval_seconds <= 60:
             bad("flush_interval_seconds", "must be between 0.01 and 60 seconds")
-        if not self.flush_interval_seconds <= self.backlog_flush_interval_seconds <= 60:
+        if not self.ingest.flush_interval_seconds <= self.ingest.backlog_flush_interval_seconds <= 60:
             bad(
                 "backlog_flush_interval_seconds",
                 "must be between MKPI_FLUSH_INTERVAL_SECONDS and 60 seconds",
             )
-        if not 1 <= self.shutdown_timeout_seconds <= 3600:
+        if not 1 <= self.worker.shutdown_timeout_seconds <= 3600:
             bad("shutdown_timeout_seconds", "must be between 1 and 3600 seconds")
-        if not 1 <= self.ingest_max_records <= 1_000_000:
+        if not 1 <= self.ingest.ingest_max_records <= 1_000_000:
             bad("ingest_max_records", "must be between 1 and 1,000,000")
-        if not 64 <= self.max_event_bytes <= 10_000_000:
+        if not 64 <= self.ingest.max_event_bytes <= 10_000_000:
             bad("max_event_bytes", "must be between 64 and 10,000,000")
         for name in ("web_port", "kafka_controller_port"):
-            if not 1 <= getattr(self, name) <= 65535:
+            if not 1 <= self.value(name) <= 65535:
                 bad(name, "must be a TCP port (1-65535)")
         for name in ("kafka_sasl_ssl_port", "kafka_ssl_port"):
-            if not 0 <= getattr(self, name) <= 65535:
+            if not 0 <= self.value(name) <= 65535:
                 bad(name, "must be a TCP port (1-65535), or 0 for none")
-        if not 1 <= self.metrics_top_campaigns <= 10_000:
+        if not 1 <= self.metrics.top_campaigns <= 10_000:
             bad("metrics_top_campaigns", "must be between 1 and 10,000")
-        if self.metrics_campaign_idle_seconds <= 0:
+        if self.metrics.campaign_idle_seconds <= 0:
             bad("metrics_campaign_idle_seconds", "must be a positive number of seconds")
-        if not 6 <= self.kafka_session_timeout_seconds <= 300:
+        if not 6 <= self.kafka.session_timeout_seconds <= 300:
             bad("kafka_session_timeout_seconds", "must be between 6 and 300 seconds (the broker's limits)")
-        if self.grace_seconds < 0:
+        if self.windows.grace_seconds < 0:
             bad("grace_seconds", "must be 0 or more seconds")
-        if self.window_retention_seconds < 0:
+        if self.windows.window_retention_seconds < 0:
             bad("window_retention_seconds", "must be 0 or more seconds")
         for name in (
             "idle_timeout_seconds",
@@ -380,18 +486,18 @@ class Settings:
             "dedup_horizon_seconds",
             "unique_horizon_seconds",
         ):
-            if getattr(self, name) <= 0:
+            if self.value(name) <= 0:
                 bad(name, "must be a positive number of seconds")
-        if self.channel_rules_file and not Path(self.channel_rules_file).is_file():
+        if self.ingest.channel_rules_file and not Path(self.ingest.channel_rules_file).is_file():
             bad("channel_rules_file", "no such file")
-        if self.alert_rules_file not in ("", "none") and not Path(self.alert_rules_file).is_file():
+        if self.alerts.rules_file not in ("", "none") and not Path(self.alerts.rules_file).is_file():
             bad("alert_rules_file", "no such file (or 'none' to turn drop alerts off)")
-        if self.log_level.lower() not in ("debug", "info", "warning", "error"):
+        if self.worker.log_level.lower() not in ("debug", "info", "warning", "error"):
             bad("log_level", "one of debug, info, warning, error")
-        parts = self.kafka_version.split(".")
+        parts = self.stack.kafka_version.split(".")
         if len(parts) != 3 or not all(p.isdigit() for p in parts) or int(parts[0]) not in (3, 4):
             bad("kafka_version", "an Apache Kafka release such as 3.9.1 or 4.0.0")
-        if not self.kafka_heap[:-1].isdigit() or self.kafka_heap[-1].lower() not in "mg":
+        if not self.stack.kafka_heap[:-1].isdigit() or self.stack.kafka_heap[-1].lower() not in "mg":
             bad("kafka_heap", "a JVM heap size such as 512m or 1g")
         if problems:
             raise ConfigError(_format_problems(problems))
@@ -403,15 +509,27 @@ KAFKA_SASL_MECHANISMS = ("SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN")
 
 def _check_files(settings: Settings, names: tuple[str, ...], bad: Callable[[str, str], None]) -> None:
     for name in names:
-        path = getattr(settings, name)
+        path = settings.value(name)
         if path and not Path(path).is_file():
             bad(name, "no such file")
 
 
-_FIELD_NAMES = frozenset(f.name for f in dataclasses.fields(Settings))
+def _flat_names() -> dict[str, tuple[str, str]]:
+    """Flat name -> (section, field), section by section in declaration order."""
+    names = {}
+    for section in dataclasses.fields(Settings):
+        kind: Any = section.default_factory  # every section has one
+        for field in dataclasses.fields(kind):
+            names[kind.PREFIX + field.name] = (section.name, field.name)
+    return names
+
+
+_FLAT = _flat_names()
 _FIELD_TYPES: dict[str, type] = {
-    f.name: {"str": str, "int": int, "float": float, "bool": bool}[str(f.type)]
-    for f in dataclasses.fields(Settings)
+    name: {"str": str, "int": int, "float": float, "bool": bool}[
+        str(next(f.type for f in dataclasses.fields(getattr(Settings(), section)) if f.name == field))
+    ]
+    for name, (section, field) in _FLAT.items()
 }
 
 
@@ -455,9 +573,9 @@ def _read_config_file(path: Path, problems: list[str]) -> dict[str, Any]:
     except (OSError, tomllib.TOMLDecodeError) as exc:
         problems.append(f"{CONFIG_FILE_VARIABLE}={str(path)!r}: cannot read it: {exc}")
         return {}
-    for key in sorted(set(data) - _FIELD_NAMES):
+    for key in sorted(set(data) - set(_FLAT)):
         problems.append(f"{path}: {key!r} is not a known setting")
-    return {k: v for k, v in data.items() if k in _FIELD_NAMES}
+    return {k: v for k, v in data.items() if k in _FLAT}
 
 
 def _format_problems(problems: list[str]) -> str:

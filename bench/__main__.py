@@ -93,7 +93,14 @@ def run_contender(name: str, settings: Settings, events: int) -> Result:
     """A, A2 or B in a process of its own; the line of output that starts with ``{"events"``
     is its measurement (Faust logs to standard output too)."""
     program = ["bench.naive_faust"] if name == "b" else ["bench.contenders", name]
-    command = [sys.executable, "-m", *program, settings.kafka_bootstrap, settings.raw_topic, str(events)]
+    command = [
+        sys.executable,
+        "-m",
+        *program,
+        settings.kafka.bootstrap,
+        settings.topics.raw_topic,
+        str(events),
+    ]
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE)
     assert process.stdout is not None
     output = [line for line in process.stdout.read().decode().splitlines() if line.startswith('{"events"')]
@@ -139,11 +146,11 @@ def _process_cpu_and_peak(pid: int) -> tuple[float, float]:
 
 
 async def changelog_messages(settings: Settings) -> int:
-    topic = f"{settings.app_id}-kpi-values-changelog"
+    topic = f"{settings.topics.app_id}-kpi-values-changelog"
     consumer = AIOKafkaConsumer(**kafka_options(settings))
     await consumer.start()
     try:
-        partitions = [TopicPartition(topic, p) for p in range(settings.partitions)]  # as Faust made it
+        partitions = [TopicPartition(topic, p) for p in range(settings.topics.partitions)]  # as Faust made it
         ends = await consumer.end_offsets(partitions)
         return sum(ends.values())
     finally:
@@ -160,7 +167,7 @@ async def probe_freshness(settings: Settings, rate: float, seconds: float, seed:
     scenario = Scenario(seed, campaigns=50)
     producer = AIOKafkaProducer(**kafka_options(settings), linger_ms=5, acks=1)
     consumer = AIOKafkaConsumer(
-        settings.kpi_updates_topic, **kafka_options(settings), auto_offset_reset="latest"
+        settings.topics.kpi_updates_topic, **kafka_options(settings), auto_offset_reset="latest"
     )
     sent: dict[str, float] = {}
     seen: dict[str, float] = {}
@@ -174,12 +181,14 @@ async def probe_freshness(settings: Settings, rate: float, seconds: float, seed:
         while (elapsed := time.monotonic() - started) < seconds:
             while produced < elapsed * rate:
                 message = next(events)
-                await producer.send(settings.raw_topic, message.payload, key=message.key)
+                await producer.send(settings.topics.raw_topic, message.payload, key=message.key)
                 produced += 1
             if len(sent) < elapsed * PROBES_PER_SECOND:
                 campaign = f"probe{len(sent):05d}"
                 await producer.send(
-                    settings.raw_topic, scenario.probe(campaign, datetime.now(UTC)), key=campaign.encode()
+                    settings.topics.raw_topic,
+                    scenario.probe(campaign, datetime.now(UTC)),
+                    key=campaign.encode(),
                 )
                 sent[campaign] = time.time()
             await asyncio.sleep(0.002)
@@ -219,11 +228,11 @@ def measure_freshness(base: Settings, max_rate: float, seconds: float, seed: int
         settings = bench_settings(base)
         try:
             asyncio.run(ensure_topics(settings))
-            log_path = Path(tempfile.gettempdir()) / f"{settings.topic_prefix}-worker.log"
+            log_path = Path(tempfile.gettempdir()) / f"{settings.topics.topic_prefix}-worker.log"
             print(f"freshness at {share}% of C's rate (worker log: {log_path}) ...", flush=True)
             worker = start_worker(settings, log_path)
             try:
-                if not wait_for_http(f"{settings.web_url}/healthz", worker, timeout=120):
+                if not wait_for_http(f"{settings.web.url}/healthz", worker, timeout=120):
                     raise SystemExit(f"the worker did not become healthy; see {log_path}")
                 rate = max_rate * share / 100
                 results[f"at_{share}_percent"] = asyncio.run(probe_freshness(settings, rate, seconds, seed))
@@ -246,7 +255,7 @@ def run_pipeline(settings: Settings, events: int, log_path: Path) -> Result:
             if worker.poll() is not None:
                 raise SystemExit(f"the worker exited with {worker.returncode}; see {log_path}")
             try:
-                totals = _metrics(settings.web_url)
+                totals = _metrics(settings.web.url)
             except OSError:
                 time.sleep(0.5)
                 continue
@@ -326,7 +335,7 @@ def campaign_curve(
             asyncio.run(ensure_topics(settings))
             print(f"campaign curve: {campaigns:,} campaigns, pre-loading {events:,} events ...", flush=True)
             asyncio.run(preload(settings, events, campaigns, seed))
-            log_path = Path(tempfile.gettempdir()) / f"{settings.topic_prefix}-worker.log"
+            log_path = Path(tempfile.gettempdir()) / f"{settings.topics.topic_prefix}-worker.log"
             points.append({"campaigns": campaigns, **run_pipeline(settings, events, log_path).as_json()})
         finally:
             remove_data(settings)
@@ -337,7 +346,7 @@ def run_all(settings: Settings, events: int, contenders: list[str]) -> dict[str,
     results = {}
     for name in contenders:
         if name == "c":
-            log_path = Path(tempfile.gettempdir()) / f"{settings.topic_prefix}-worker.log"
+            log_path = Path(tempfile.gettempdir()) / f"{settings.topics.topic_prefix}-worker.log"
             print(f"running c (the worker; its log: {log_path}) ...", flush=True)
             results["c"] = run_pipeline(settings, events, log_path)
         else:
@@ -363,7 +372,7 @@ def summary(settings: Settings, events: int, results: dict[str, Result]) -> dict
         "machine": machine(),
         "commit": commit.strip() + (" with uncommitted changes" if changed.strip() else ""),
         "events": events,
-        "partitions": settings.partitions,
+        "partitions": settings.topics.partitions,
         "contenders": {name: result.as_json() for name, result in results.items()},
         "ratios": ratios,
     }
@@ -398,7 +407,7 @@ def main() -> None:
     settings = bench_settings(base)
     try:
         asyncio.run(ensure_topics(settings))
-        print(f"pre-loading {args.events:,} events on {settings.raw_topic} ...", flush=True)
+        print(f"pre-loading {args.events:,} events on {settings.topics.raw_topic} ...", flush=True)
         asyncio.run(preload(settings, args.events, args.campaigns, args.seed))
         results = run_all(settings, args.events, contenders)
     finally:

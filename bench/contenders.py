@@ -23,7 +23,7 @@ from streams.contracts.events import TYPE_NAMES
 from streams.core.attribution import ChannelRules
 from streams.core.validation import Rejection, decode_event
 
-MAX_EVENT_BYTES = Settings().max_event_bytes  # the worker's default limit
+MAX_EVENT_BYTES = Settings().ingest.max_event_bytes  # the worker's default limit
 
 
 async def consume(bootstrap: str, topic: str, count: int, decode: bool) -> dict[str, float]:

@@ -28,7 +28,7 @@ from streams.core.attribution import ChannelRules
 from streams.core.catalog import contribution
 from streams.core.validation import Rejection, decode_event
 
-MAX_EVENT_BYTES = Settings().max_event_bytes  # the worker's default limit
+MAX_EVENT_BYTES = Settings().ingest.max_event_bytes  # the worker's default limit
 
 
 def build(bootstrap: str, topic: str, count: int) -> faust.App:

@@ -112,7 +112,7 @@ def slope(points: list[tuple[float, float]]) -> float:
 
 def worker_sample(settings: Settings, pid: int, started: float) -> Sample:
     query = urllib.parse.urlencode([("name[]", name) for name in SAMPLED_METRICS])
-    with urllib.request.urlopen(f"{settings.web_url}/metrics?{query}", timeout=5) as response:
+    with urllib.request.urlopen(f"{settings.web.url}/metrics?{query}", timeout=5) as response:
         text = response.read().decode()
     totals: dict[str, float] = dict.fromkeys(SAMPLED_METRICS, 0.0)
     for family in text_string_to_metric_families(text):
@@ -136,7 +136,7 @@ def worker_sample(settings: Settings, pid: int, started: float) -> Sample:
 async def accounted(settings: Settings) -> Counter[str]:
     """Outcomes summed over the (read committed) ingest reports."""
     consumer = AIOKafkaConsumer(
-        settings.accounting_topic,
+        settings.topics.accounting_topic,
         **kafka_options(settings),
         auto_offset_reset="earliest",
         isolation_level="read_committed",
@@ -164,8 +164,8 @@ async def uncommitted_deltas(settings: Settings, settle_seconds: float = 30.0) -
     try:
         deadline = time.monotonic() + settle_seconds
         while True:
-            committed = await admin.list_consumer_group_offsets(settings.app_id)
-            delta_partitions = [tp for tp in committed if tp.topic == settings.deltas_topic]
+            committed = await admin.list_consumer_group_offsets(settings.topics.app_id)
+            delta_partitions = [tp for tp in committed if tp.topic == settings.topics.deltas_topic]
             ends = await consumer.end_offsets(delta_partitions)
             behind = max((ends[tp] - committed[tp].offset for tp in delta_partitions), default=-1)
             if 0 <= behind <= 1 or time.monotonic() > deadline:
@@ -188,7 +188,7 @@ async def feed(settings: Settings, rate: float, seconds: float, seed: int, truth
         while (elapsed := time.monotonic() - started) < seconds:
             while produced < elapsed * rate:
                 message = next(events)
-                await producer.send(settings.raw_topic, message.payload, key=message.key)
+                await producer.send(settings.topics.raw_topic, message.payload, key=message.key)
                 truth.add(message)
                 produced += 1
             await asyncio.sleep(0.005)
@@ -202,8 +202,8 @@ async def soak(
     settings: Settings, worker: subprocess.Popen[bytes], minutes: float, rate: float, every: float, seed: int
 ) -> SoakReport:
     windows = (
-        f"windows {settings.window_sizes} s, grace {settings.grace_seconds} s, "
-        f"retention {settings.window_retention_seconds} s"
+        f"windows {settings.windows.window_sizes} s, grace {settings.windows.grace_seconds} s, "
+        f"retention {settings.windows.window_retention_seconds} s"
     )
     report = SoakReport(minutes=minutes, rate=rate, produced=0, windows=windows)
     truth = GroundTruth()
@@ -233,12 +233,12 @@ async def soak(
 def run_soak(base: Settings, minutes: float, rate: float, every: float, seed: int) -> SoakReport:
     """A worker of its own on fresh topics, fed for ``minutes``; its data is removed after."""
     settings = bench_settings(base)
-    log_path = Path(tempfile.gettempdir()) / f"{settings.topic_prefix}-soak-worker.log"
+    log_path = Path(tempfile.gettempdir()) / f"{settings.topics.topic_prefix}-soak-worker.log"
     try:
         asyncio.run(ensure_topics(settings))
         worker = start_worker(settings, log_path)
         try:
-            if not wait_for_http(f"{settings.web_url}/healthz", worker, timeout=120):
+            if not wait_for_http(f"{settings.web.url}/healthz", worker, timeout=120):
                 raise SystemExit(f"the worker did not become healthy; see {log_path}")
             return asyncio.run(soak(settings, worker, minutes, rate, every, seed))
         finally:

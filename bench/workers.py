@@ -4,7 +4,6 @@ and the clean-up afterwards (shared by the benchmark and the soak run)."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import os
 import platform
 import secrets
@@ -47,12 +46,11 @@ def machine() -> str:
 def bench_settings(base: Settings) -> Settings:
     """Topics, worker name and web port of one run of its own."""
     prefix = f"bench{uuid.uuid4().hex[:8]}"
-    return dataclasses.replace(
-        base,
+    return base.replace(
         topic_prefix=prefix,
         raw_topic=f"{prefix}.raw",
         worker_name=f"{prefix}-c",
-        pseudonymization_key=base.pseudonymization_key or secrets.token_hex(32),
+        pseudonymization_key=base.ingest.pseudonymization_key or secrets.token_hex(32),
         web_port=free_port(),
     )
 
@@ -68,4 +66,4 @@ def start_worker(settings: Settings, log_path: Path) -> subprocess.Popen[bytes]:
 def remove_data(settings: Settings) -> None:
     """The run's topics and Redis keys go when it ends (a million events leave ten million
     duplicate-check keys behind)."""
-    asyncio.run(remove_run_data(settings, [settings.topic_prefix]))
+    asyncio.run(remove_run_data(settings, [settings.topics.topic_prefix]))

@@ -204,9 +204,9 @@ class Scenario:
         self.fractions = fractions or Fractions()
         self.fractions.validate()
         defaults = Settings()
-        self.grace_seconds = defaults.grace_seconds if grace_seconds is None else grace_seconds
+        self.grace_seconds = defaults.windows.grace_seconds if grace_seconds is None else grace_seconds
         self.retention_seconds = (
-            defaults.window_retention_seconds if retention_seconds is None else retention_seconds
+            defaults.windows.window_retention_seconds if retention_seconds is None else retention_seconds
         )
         if self.fractions.revising and self.retention_seconds < JOURNEY_SPAN + 300:
             raise ValueError(f"--revising needs a retention of at least {JOURNEY_SPAN + 300} seconds")
@@ -729,7 +729,7 @@ async def produce_messages(
                 ahead = (index / rate) - (time.monotonic() - started)
                 if ahead > 0:
                     await asyncio.sleep(ahead)
-            pending.append(await producer.send(settings.raw_topic, message.payload, key=message.key))
+            pending.append(await producer.send(settings.topics.raw_topic, message.payload, key=message.key))
             truth.add(message)
             if len(pending) >= 1000:
                 await asyncio.gather(*pending)

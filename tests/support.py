@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import math
 import os
@@ -71,7 +70,7 @@ def isolated_settings(**overrides: object) -> Settings:
         "kafka_session_timeout_seconds": 10,
     }
     values.update(overrides)
-    return dataclasses.replace(base, **values)  # type: ignore[arg-type]
+    return base.replace(**values)
 
 
 def leads_delta(minute: int, campaign: str, leads: int) -> bytes:
@@ -110,7 +109,7 @@ class WorkerProcess:
             if self.process.poll() is not None:
                 raise RuntimeError(f"worker exited with {self.process.returncode}:\n{self.log_tail()}")
             try:
-                with urllib.request.urlopen(f"{self.settings.web_url}/healthz", timeout=1) as response:
+                with urllib.request.urlopen(f"{self.settings.web.url}/healthz", timeout=1) as response:
                     if response.status == 200:
                         return
             except OSError:
@@ -140,11 +139,11 @@ class WorkerProcess:
             self.process.wait()
 
     def get_json(self, path: str) -> Any:
-        with urllib.request.urlopen(f"{self.settings.web_url}{path}", timeout=10) as response:
+        with urllib.request.urlopen(f"{self.settings.web.url}{path}", timeout=10) as response:
             return json.loads(response.read())
 
     def metrics_text(self, query: str = "") -> str:
-        with urllib.request.urlopen(f"{self.settings.web_url}/metrics{query}", timeout=5) as response:
+        with urllib.request.urlopen(f"{self.settings.web.url}/metrics{query}", timeout=5) as response:
             return str(response.read().decode())
 
     def metrics(self, query: str = "") -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -239,7 +238,7 @@ async def produce_in_parts(
     size = math.ceil(len(payloads) / parts)
     for start in range(0, len(payloads), size):
         part_keys = list(keys[start : start + size]) if keys is not None else None
-        await produce(settings, settings.raw_topic, list(payloads[start : start + size]), part_keys)
+        await produce(settings, settings.topics.raw_topic, list(payloads[start : start + size]), part_keys)
         await asyncio.sleep(pause)
 
 
@@ -296,7 +295,7 @@ async def accounting_totals(settings: Settings) -> dict[str, Counter[str]]:
         "events_by_type": Counter(),
         "late_by_window": Counter(),
     }
-    for record in await read_everything(settings, [settings.accounting_topic]):
+    for record in await read_everything(settings, [settings.topics.accounting_topic]):
         report = json.loads(record.value)
         for part in totals:
             totals[part].update(report.get(part, {}))

@@ -62,7 +62,7 @@ class DeltaGapReader:
 
     async def _fetch(self, partition: int, offsets: range) -> _Known:
         consumer = await self._started()
-        tp = TopicPartition(self.settings.deltas_topic, partition)
+        tp = TopicPartition(self.settings.topics.deltas_topic, partition)
         assigned = consumer.assignment()
         if tp not in assigned:
             # Assigning logs at INFO, and a worker reads a gap about once per delta message
@@ -91,7 +91,7 @@ class DeltaGapReader:
         if self._consumer is None:
             consumer = AIOKafkaConsumer(
                 **kafka_options(self.settings),
-                client_id=f"{self.settings.app_id}-gap-reader",
+                client_id=f"{self.settings.topics.app_id}-gap-reader",
                 enable_auto_commit=False,
                 isolation_level="read_committed",
                 auto_offset_reset="earliest",

@@ -36,7 +36,7 @@ class OutputPublisher:
         """Made inside the worker's event loop, which the client binds to."""
         self._producer = AIOKafkaProducer(
             **kafka_options(self.settings),
-            client_id=f"{self.settings.app_id}-kpi-outputs",
+            client_id=f"{self.settings.topics.app_id}-kpi-outputs",
             acks="all",
             enable_idempotence=True,
             max_batch_size=MAX_BATCH_BYTES,

@@ -26,16 +26,16 @@ class TopicSpec:
 
 
 def topic_specs(settings: Settings) -> list[TopicSpec]:
-    n = settings.partitions
+    n = settings.topics.partitions
     return [
-        TopicSpec(settings.raw_topic, n, {}),
-        TopicSpec(settings.deltas_topic, n, {}),
-        TopicSpec(settings.bad_rows_topic, n, {}),
-        TopicSpec(settings.accounting_topic, 1, {}),
-        TopicSpec(settings.kpi_updates_topic, n, {"cleanup.policy": "compact"}),
-        TopicSpec(settings.window_results_topic, n, {}),
-        TopicSpec(settings.late_events_topic, n, {}),
-        TopicSpec(settings.alerts_topic, n, {}),
+        TopicSpec(settings.topics.raw_topic, n, {}),
+        TopicSpec(settings.topics.deltas_topic, n, {}),
+        TopicSpec(settings.topics.bad_rows_topic, n, {}),
+        TopicSpec(settings.topics.accounting_topic, 1, {}),
+        TopicSpec(settings.topics.kpi_updates_topic, n, {"cleanup.policy": "compact"}),
+        TopicSpec(settings.topics.window_results_topic, n, {}),
+        TopicSpec(settings.topics.late_events_topic, n, {}),
+        TopicSpec(settings.topics.alerts_topic, n, {}),
     ]
 
 

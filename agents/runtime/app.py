@@ -23,38 +23,40 @@ KPI_TABLE_NAME = "kpi-values"
 
 def create_app(settings: Settings, metrics: Metrics | None = None) -> faust.App:
     metrics = metrics or Metrics()
-    datadir = Path(settings.stack_dir) / "worker-data" / settings.app_id
+    datadir = Path(settings.stack.stack_dir) / "worker-data" / settings.topics.app_id
     datadir.parent.mkdir(parents=True, exist_ok=True)
     app = faust.App(
-        settings.app_id,
-        broker=f"{URL_SCHEME}://{settings.kafka_bootstrap}",
+        settings.topics.app_id,
+        broker=f"{URL_SCHEME}://{settings.kafka.bootstrap}",
         broker_credentials=faust_credentials(settings),
         store="memory://",
         datadir=str(datadir),
-        topic_partitions=settings.partitions,
+        topic_partitions=settings.topics.partitions,
         topic_replication_factor=1,
         consumer_auto_offset_reset="earliest",
-        broker_session_timeout=settings.kafka_session_timeout_seconds,
-        broker_heartbeat_interval=settings.kafka_session_timeout_seconds / 10,
+        broker_session_timeout=settings.kafka.session_timeout_seconds,
+        broker_heartbeat_interval=settings.kafka.session_timeout_seconds / 10,
         web_enabled=True,
-        web_host=settings.web_host,
-        web_port=settings.web_port,
+        web_host=settings.web.host,
+        web_port=settings.web.port,
         key_serializer="raw",
         value_serializer="raw",
     )
     deltas = app.topic(
-        settings.deltas_topic, partitions=settings.partitions, key_type=bytes, value_type=bytes
+        settings.topics.deltas_topic, partitions=settings.topics.partitions, key_type=bytes, value_type=bytes
     )
-    alert_rules = configured_rules(settings.alert_rules_file, settings.windowing.sizes)
-    table = app.Table(KPI_TABLE_NAME, partitions=settings.partitions, key_type=bytes, value_type=bytes)
+    alert_rules = configured_rules(settings.alerts.rules_file, settings.windows.windowing.sizes)
+    table = app.Table(KPI_TABLE_NAME, partitions=settings.topics.partitions, key_type=bytes, value_type=bytes)
     agent = register_kpi_agent(app, deltas, table, metrics, settings, alert_rules)
-    rules = ChannelRules.load(Path(settings.channel_rules_file) if settings.channel_rules_file else None)
+    rules = ChannelRules.load(
+        Path(settings.ingest.channel_rules_file) if settings.ingest.channel_rules_file else None
+    )
     ingest = IngestService(
         settings,
         metrics,
-        worker_name=settings.worker_name or socket.gethostname(),
+        worker_name=settings.worker.worker_name or socket.gethostname(),
         rules=rules,
-        pseudonymizer=Pseudonymizer.from_key(settings.pseudonymization_key),
+        pseudonymizer=Pseudonymizer.from_key(settings.ingest.pseudonymization_key),
         agent_is_behind=agent.is_behind,
     )
     app.service(ingest)  # type: ignore[arg-type]

@@ -111,19 +111,19 @@ class IngestService(Service):
         #: Whether the KPI agent in this worker has delta messages waiting (see ``_consume``).
         self.agent_is_behind = agent_is_behind
         self.metrics = metrics
-        self.transactional_id = f"{settings.app_id}-ingest-{worker_name}"
+        self.transactional_id = f"{settings.topics.app_id}-ingest-{worker_name}"
         self._retry_flush_after = 0.0
         self.ingestor = BatchIngestor(settings.ingest_policy, rules, pseudonymizer)
         self._flush_lock = asyncio.Lock()
         self._encoder = msgspec.json.Encoder()
         self._delta_partitions: list[int] = []
-        for size in settings.windowing.sizes:  # exported at 0 from the start, so rate() works
+        for size in settings.windows.windowing.sizes:  # exported at 0 from the start, so rate() works
             metrics.late_events.labels(f"{size}s")
         #: A visitor sketch lives until no event can reach its window, plus a day for readers.
-        policy = settings.window_policy
+        policy = settings.windows.policy
         self._visitor_ttls = {
             size: size + policy.grace_seconds + policy.retention_seconds + 86400
-            for size in settings.windowing.sizes
+            for size in settings.windows.windowing.sizes
         }
 
     async def on_start(self) -> None:
@@ -131,31 +131,33 @@ class IngestService(Service):
         settings = self.settings
         self.consumer = AIOKafkaConsumer(
             **kafka_options(settings),
-            group_id=settings.ingest_group_id,
-            client_id=f"{settings.app_id}-ingest",
+            group_id=settings.topics.ingest_group_id,
+            client_id=f"{settings.topics.app_id}-ingest",
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             isolation_level="read_committed",
-            session_timeout_ms=settings.kafka_session_timeout_seconds * 1000,
-            heartbeat_interval_ms=settings.kafka_session_timeout_seconds * 100,
+            session_timeout_ms=settings.kafka.session_timeout_seconds * 1000,
+            heartbeat_interval_ms=settings.kafka.session_timeout_seconds * 100,
             max_partition_fetch_bytes=4 * 1024 * 1024,
         )
         self.producer = self._new_producer()
-        self.admin = AIOKafkaAdminClient(**kafka_options(settings), client_id=f"{settings.app_id}-ingest")
+        self.admin = AIOKafkaAdminClient(
+            **kafka_options(settings), client_id=f"{settings.topics.app_id}-ingest"
+        )
         self.redis = redis_client(settings, socket_timeout=5, socket_connect_timeout=5)
-        self.first_sightings = RedisSightings(self.redis, settings.app_id)
-        self.visitor_sketches = VisitorSketches(self.redis, settings.app_id)
+        self.first_sightings = RedisSightings(self.redis, settings.topics.app_id)
+        self.visitor_sketches = VisitorSketches(self.redis, settings.topics.app_id)
         await self.admin.start()
         await self.producer.start()
         await self.consumer.start()
-        self._delta_partitions = sorted(await self.producer.partitions_for(settings.deltas_topic))
-        self.consumer.subscribe([self.settings.raw_topic], listener=_FlushBeforeRevoke(self))
-        log.info("ingest reading %s as %s", self.settings.raw_topic, self.transactional_id)
+        self._delta_partitions = sorted(await self.producer.partitions_for(settings.topics.deltas_topic))
+        self.consumer.subscribe([self.settings.topics.raw_topic], listener=_FlushBeforeRevoke(self))
+        log.info("ingest reading %s as %s", self.settings.topics.raw_topic, self.transactional_id)
 
     def _new_producer(self) -> FencedTransactionalProducer:
         return FencedTransactionalProducer(
             **kafka_options(self.settings),
-            client_id=f"{self.settings.app_id}-ingest",
+            client_id=f"{self.settings.topics.app_id}-ingest",
             transactional_id=self.transactional_id,
             enable_idempotence=True,
             linger_ms=5,
@@ -200,7 +202,7 @@ class IngestService(Service):
         if not assigned:
             self.metrics.ingest_partitions.set(0)
             return
-        committed = await stable_committed_offsets(self.admin, self.settings.ingest_group_id, assigned)
+        committed = await stable_committed_offsets(self.admin, self.settings.topics.ingest_group_id, assigned)
         fresh = [tp for tp in assigned if tp not in committed]
         log_starts = await self.consumer.beginning_offsets(fresh) if fresh else {}
         for tp in assigned:
@@ -211,7 +213,9 @@ class IngestService(Service):
                 start, watermark = point.offset, CommitPoint.watermark_from_metadata(point.metadata)
             self.consumer.seek(tp, start)
             self.ingestor.assign(RawPartition(tp.topic, tp.partition), start, watermark)
-        self.ingestor.raw_partitions = len(self.consumer.partitions_for_topic(self.settings.raw_topic) or ())
+        self.ingestor.raw_partitions = len(
+            self.consumer.partitions_for_topic(self.settings.topics.raw_topic) or ()
+        )
         self.metrics.ingest_partitions.set(len(assigned))
 
     @Service.task
@@ -224,11 +228,11 @@ class IngestService(Service):
         while not self.should_stop:
             await self._wait_before_retry()
             batches = await self.consumer.getmany(
-                timeout_ms=int(settings.flush_interval_seconds * 1000),
-                max_records=settings.ingest_max_records,
+                timeout_ms=int(settings.ingest.flush_interval_seconds * 1000),
+                max_records=settings.ingest.ingest_max_records,
             )
             # More than a batch waits here, or deltas wait for the agent.
-            behind = self._report_lag() > settings.ingest_max_records or self.agent_is_behind()
+            behind = self._report_lag() > settings.ingest.ingest_max_records or self.agent_is_behind()
             if batches:
                 async with self._flush_lock:  # positions are settled (no take-over under way)
                     records = [
@@ -240,7 +244,11 @@ class IngestService(Service):
                         screened = self.ingestor.screen(records)
                         counts = await self._check_duplicates(screened)
                         self.ingestor.apply(screened, counts)
-            interval = settings.backlog_flush_interval_seconds if behind else settings.flush_interval_seconds
+            interval = (
+                settings.ingest.backlog_flush_interval_seconds
+                if behind
+                else settings.ingest.flush_interval_seconds
+            )
             if time.monotonic() - last_flush >= interval:
                 await self.flush()
                 last_flush = time.monotonic()
@@ -339,13 +347,13 @@ class IngestService(Service):
                 raise OutputRefused(topic, exc) from exc
 
         for partition, batch in delta_batches(pending.deltas, pending.marks, len(self._delta_partitions)):
-            await send(settings.deltas_topic, encode(batch), partition)
+            await send(settings.topics.deltas_topic, encode(batch), partition)
         for bad_row in pending.bad_rows:
-            await send(settings.bad_rows_topic, encode(bad_row))
+            await send(settings.topics.bad_rows_topic, encode(bad_row))
         for late in pending.late_events:
-            await send(settings.late_events_topic, encode(late))
+            await send(settings.topics.late_events_topic, encode(late))
         if pending.has_messages:
-            await send(settings.accounting_topic, encode(self._report(pending)))
+            await send(settings.topics.accounting_topic, encode(self._report(pending)))
         # Every message must be written before the offsets are committed with them: aiokafka
         # commits a transaction even when one of its sends failed.
         outcomes = await asyncio.gather(*(delivery for _, delivery in deliveries), return_exceptions=True)
@@ -359,7 +367,7 @@ class IngestService(Service):
             # partitions' owner: a stalled worker cannot commit a batch another one re-reads.
             await self.producer.send_offsets_to_transaction(
                 {TopicPartition(*tp): point.as_commit() for tp, point in pending.commits.items()},
-                membership(self.consumer, settings.ingest_group_id),
+                membership(self.consumer, settings.topics.ingest_group_id),
             )
 
     def _report(self, pending: Flushable) -> IngestReport:

@@ -72,7 +72,7 @@ class KpiTableAgent:
     ) -> None:
         self.table = table
         self.store = TableStore(table)
-        self.engine = KpiEngine(settings.window_policy, alert_rules)
+        self.engine = KpiEngine(settings.windows.policy, alert_rules)
         self.publisher = OutputPublisher(settings)
         for rule in alert_rules:  # every series from the start, so increase() sees the first one
             for status in ("firing", "resolved"):
@@ -91,11 +91,11 @@ class KpiTableAgent:
             "cells_expired": metrics.cells_expired,
         }
         self.settings = settings
-        self.smallest_window = min(settings.windowing.sizes)
+        self.smallest_window = min(settings.windows.windowing.sizes)
         self.current = WindowGauges(metrics.kpi_current, metrics.kpi_current_window_start)
         self.last_closed = WindowGauges(metrics.kpi_last_closed, metrics.kpi_last_closed_window_start)
         labels = CampaignLabels(
-            settings.metrics_top_campaigns, settings.metrics_campaign_idle_seconds, time.monotonic
+            settings.metrics.top_campaigns, settings.metrics.campaign_idle_seconds, time.monotonic
         )
         self.campaigns = CampaignSeries(metrics, labels, [self.current, self.last_closed])
         self.gap_reader = DeltaGapReader(settings)
@@ -111,7 +111,7 @@ class KpiTableAgent:
         on partitions this worker no longer has are dropped: their new owner reports them, and
         a stale copy here would stay on a board next to it. (Faust revokes every partition at
         each rebalance, so gauges of partitions that come back are kept.)"""
-        owned, count = set(partitions), self.settings.partitions
+        owned, count = set(partitions), self.settings.topics.partitions
         self.engine.assigned(owned)
         for gauges in (self.current, self.last_closed):
             gauges.drop_where(
@@ -123,7 +123,7 @@ class KpiTableAgent:
         then flushes seldom, so the agent gets fewer, larger messages; publishing KPI updates
         per message costs the same for 10 deltas as for 500."""
         consumer = self.table.app.consumer
-        topic = self.settings.deltas_topic
+        topic = self.settings.topics.deltas_topic
         return self.engine.is_behind(
             {partition: _highwater(consumer, TP(topic, partition)) for partition in self.engine.partitions}
         )
@@ -131,8 +131,8 @@ class KpiTableAgent:
     async def process(self, stream: faust.StreamT[bytes]) -> None:
         # Made here, inside the worker's event loop, which the Redis client binds to.
         client = redis_client(self.settings, socket_timeout=5)
-        self.view = RedisView(client, self.settings.topic_prefix)
-        self.visitors = VisitorSketches(client, self.settings.app_id)
+        self.view = RedisView(client, self.settings.topics.topic_prefix)
+        self.visitors = VisitorSketches(client, self.settings.topics.app_id)
         await self.publisher.start()
         try:
             async for event in stream.events():
@@ -208,10 +208,10 @@ class KpiTableAgent:
         messages: list[OutputMessage] = []
         for kpi_key, body, final in encoded:
             raw_key = kpi_key.encode()
-            messages.append((settings.kpi_updates_topic, raw_key, body))
+            messages.append((settings.topics.kpi_updates_topic, raw_key, body))
             if final:
-                messages.append((settings.window_results_topic, raw_key, body))
-        messages += [(settings.alerts_topic, key, body) for key, body in outputs.alerts]
+                messages.append((settings.topics.window_results_topic, raw_key, body))
+        messages += [(settings.topics.alerts_topic, key, body) for key, body in outputs.alerts]
         if messages:
             await self.publisher.publish(partition, messages)
 
@@ -263,11 +263,11 @@ def register_kpi_agent(
 
     async def forget_revoked(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         revoked: set[Any] = args[0]
-        body.forget(tp.partition for tp in revoked if tp.topic == settings.deltas_topic)
+        body.forget(tp.partition for tp in revoked if tp.topic == settings.topics.deltas_topic)
 
     async def take_assigned(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         assigned: set[Any] = args[0]
-        body.assigned(tp.partition for tp in assigned if tp.topic == settings.deltas_topic)
+        body.assigned(tp.partition for tp in assigned if tp.topic == settings.topics.deltas_topic)
 
     app.on_partitions_revoked.connect(forget_revoked)
     app.on_partitions_assigned.connect(take_assigned)

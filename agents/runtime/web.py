@@ -38,7 +38,7 @@ class WebServer(Service):
 
     @property
     def web_url(self) -> str:
-        return self.settings.web_url
+        return self.settings.web.url
 
     async def _metrics(self, request: web.Request) -> web.Response:
         """The Prometheus exposition; ``?name[]=<sample name>`` (repeatable) restricts it to
@@ -64,7 +64,7 @@ class WebServer(Service):
         return web.Response(body=_encoder.encode(updates), content_type="application/json")
 
     def _window(self, request: web.Request, with_running_total: bool) -> int:
-        sizes = (*self.settings.windowing.sizes, *((ALL_TIME,) if with_running_total else ()))
+        sizes = (*self.settings.windows.windowing.sizes, *((ALL_TIME,) if with_running_total else ()))
         try:
             window = int(request.query.get("window", sizes[0]))
         except ValueError:
@@ -88,16 +88,20 @@ class WebServer(Service):
         try:
             latest = await self._view.latest(ViewQuery(window, campaign=campaign))
             newest = max((int(u.window_start.timestamp()) for u in latest), default=None)
-            starts = [] if newest is None else window_starts(self.settings.windowing, window, newest, points)
+            starts = (
+                []
+                if newest is None
+                else window_starts(self.settings.windows.windowing, window, newest, points)
+            )
             fields = [series_field(KpiKey(u.kpi, window, 0, u.channel, u.campaign)) for u in latest]
             history = await self._view.window_values(window, starts, fields)
         except (RedisError, OSError) as exc:
             raise web.HTTPServiceUnavailable(text=f"the Redis view is unavailable: {exc}") from None
-        body = board_data(self.settings.windowing.sizes, window, campaign, starts, latest, history)
+        body = board_data(self.settings.windows.windowing.sizes, window, campaign, starts, latest, history)
         return web.Response(body=_encoder.encode(body), content_type="application/json")
 
     async def on_start(self) -> None:
-        self._view = RedisView(redis_client(self.settings), self.settings.topic_prefix)
+        self._view = RedisView(redis_client(self.settings), self.settings.topics.topic_prefix)
         application = web.Application()
         application.router.add_get("/metrics", self._metrics)
         application.router.add_get("/healthz", self._health)
@@ -107,7 +111,7 @@ class WebServer(Service):
         application.router.add_get("/", self._board_page)
         self._runner = web.AppRunner(application, access_log=None)
         await self._runner.setup()
-        await web.TCPSite(self._runner, self.settings.web_host, self.settings.web_port).start()
+        await web.TCPSite(self._runner, self.settings.web.host, self.settings.web.port).start()
 
     async def on_stop(self) -> None:
         if self._runner is not None:

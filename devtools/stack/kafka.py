@@ -94,16 +94,16 @@ class KafkaBroker:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> KafkaBroker:
-        host = settings.kafka_bootstrap.split(",")[0].rpartition(":")[0]
+        host = settings.kafka.bootstrap.split(",")[0].rpartition(":")[0]
         return cls(
-            version=settings.kafka_version,
-            home=Path(settings.stack_dir) / f"kafka-{settings.kafka_version}",
+            version=settings.stack.kafka_version,
+            home=Path(settings.stack.stack_dir) / f"kafka-{settings.stack.kafka_version}",
             host=host,
-            port=settings.kafka_port,
-            controller_port=settings.kafka_controller_port,
-            heap=settings.kafka_heap,
-            sasl_ssl_port=settings.kafka_sasl_ssl_port,
-            ssl_port=settings.kafka_ssl_port,
+            port=settings.kafka.port,
+            controller_port=settings.stack.kafka_controller_port,
+            heap=settings.stack.kafka_heap,
+            sasl_ssl_port=settings.stack.kafka_sasl_ssl_port,
+            ssl_port=settings.stack.kafka_ssl_port,
         )
 
     @property

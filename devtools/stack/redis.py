@@ -30,17 +30,17 @@ class LocalRedis:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> LocalRedis:
-        parsed = urlparse(settings.redis_url)
+        parsed = urlparse(settings.redis.url)
         return cls(
             settings=settings,
             host=parsed.hostname or "127.0.0.1",
             port=parsed.port or 6379,
-            home=Path(settings.stack_dir) / f"redis-{parsed.port or 6379}",
+            home=Path(settings.stack.stack_dir) / f"redis-{parsed.port or 6379}",
         )
 
     @property
     def url(self) -> str:
-        return self.settings.redis_url
+        return self.settings.redis.url
 
     @property
     def pid_file(self) -> Path:

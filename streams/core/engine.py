@@ -102,6 +102,19 @@ class DeltaPartition:
     alert_through: dict[str, int] = field(default_factory=dict)
 
 
+@dataclass(slots=True)
+class _Record:
+    """The delta message being applied, and where its changes go."""
+
+    owned: DeltaPartition
+    partition: int
+    offset: int
+    #: The message was applied before (a replay after a crash): it only publishes again.
+    replay: bool
+    outputs: Outputs
+    store: CellStore
+
+
 class KpiEngine:
     """The KPI table's rules over the delta partitions this worker owns."""
 
@@ -203,11 +216,11 @@ class KpiEngine:
             outputs.counts["deltas_invalid"] += 1
             log.error("skipping undecodable delta message at %s/%s: %s", partition, offset, exc)
             return outputs
-        replay = owned.continuity.was_applied(offset)
+        record = _Record(owned, partition, offset, owned.continuity.was_applied(offset), outputs, store)
         for delta in batch.deltas:
-            self._on_delta(owned, delta, partition, offset, replay, outputs, store)
+            self._on_delta(record, delta)
         if batch.marks:
-            self._on_marks(owned, batch.marks, partition, offset, outputs, store)
+            self._on_marks(record, batch.marks)
         return outputs
 
     def published(self, partition: int, offset: int, store: CellStore) -> None:
@@ -217,20 +230,12 @@ class KpiEngine:
             store.put(table_keys.published_key(partition), _encoder.encode(offset))
         owned.continuity.published(offset)
 
-    def _on_delta(
-        self,
-        owned: DeltaPartition,
-        delta: Delta,
-        partition: int,
-        offset: int,
-        replay: bool,
-        outputs: Outputs,
-        store: CellStore,
-    ) -> None:
-        windows, key = owned.windows, delta.key
+    def _on_delta(self, record: _Record, delta: Delta) -> None:
+        windows, key, outputs, store = record.owned.windows, delta.key, record.outputs, record.store
+        partition, offset = record.partition, record.offset
         stored_key = table_keys.cell_key(partition, key)
         if windows.is_expired(key):
-            if replay:
+            if record.replay:
                 # Applied before its window expired. The cell is still stored when the message
                 # that expired it was this one (cells a message changes outlive it by a mark),
                 # and its outputs may have died with a worker: publish them again.
@@ -258,20 +263,13 @@ class KpiEngine:
             outputs.counts["deltas_applied"] += 1
             if state.revision:
                 outputs.counts["revisions"] += 1
-                self._revise_alert_history(owned, key, state, partition, store)
+                self._revise_alert_history(record, key, state)
             outputs.applied.append(delta)
         outputs.cell(key, state, delta.measures)
 
-    def _on_marks(
-        self,
-        owned: DeltaPartition,
-        marks: list[WatermarkMark],
-        partition: int,
-        offset: int,
-        outputs: Outputs,
-        store: CellStore,
-    ) -> None:
-        windows = owned.windows
+    def _on_marks(self, record: _Record, marks: list[WatermarkMark]) -> None:
+        windows, outputs, store = record.owned.windows, record.outputs, record.store
+        partition, offset = record.partition, record.offset
         replayed = False
         for mark in marks:
             stored_key = table_keys.mark_key(partition, mark.raw_partition)
@@ -305,22 +303,13 @@ class KpiEngine:
             closed.append(key)
             outputs.cell(key, state, state.measures)
         for rule in self.alert_rules:
-            self._judge(owned, rule, closed, low, partition, offset, replayed, outputs, store)
+            self._judge(record, rule, closed, low, replayed)
         for key in windows.expired(keep=outputs.cells):
             store.delete(table_keys.cell_key(partition, key))
             outputs.counts["cells_expired"] += 1
 
     def _judge(
-        self,
-        owned: DeltaPartition,
-        rule: AlertRule,
-        closed: list[CellKey],
-        low: float,
-        partition: int,
-        offset: int,
-        replay: bool,
-        outputs: Outputs,
-        store: CellStore,
+        self, record: _Record, rule: AlertRule, closed: list[CellKey], low: float, replay: bool
     ) -> None:
         """Judge every window of ``rule``'s series that the low watermark has closed since the
         last mark, in order; a window without a cell counts as zero. A series starts being
@@ -333,6 +322,7 @@ class KpiEngine:
             for key in closed
             if key.window_seconds == size and rule.scope.covers(key.channel, key.campaign)
         ]
+        owned = record.owned
         if not replay and not rule_cells and owned.alert_through.get(rule.name) == through:
             return  # the usual mark: no window of this size closed since the last one
         owned.alert_through[rule.name] = through
@@ -340,30 +330,21 @@ class KpiEngine:
         for key in rule_cells:
             if (key.channel, key.campaign) not in watched:
                 before = self.policy.windowing.start(size, key.window_start - 1)
-                watched[(key.channel, key.campaign)] = SeriesState(judged_through=before, partition=partition)
+                watched[(key.channel, key.campaign)] = SeriesState(
+                    judged_through=before, partition=record.partition
+                )
         for (channel, campaign), state in list(watched.items()):
             if state.judged_through >= through:
-                if replay and state.judged_by == offset:
+                if replay and state.judged_by == record.offset:
                     topic_key = alert_key(rule.name, channel, campaign)
-                    outputs.alerts.extend((topic_key, body) for body in state.last_events)
+                    record.outputs.alerts.extend((topic_key, body) for body in state.last_events)
                 continue
-            self._judge_series(
-                owned, rule, channel, campaign, state, through, partition, offset, outputs, store
-            )
+            self._judge_series(record, rule, channel, campaign, state, through)
 
     def _judge_series(
-        self,
-        owned: DeltaPartition,
-        rule: AlertRule,
-        channel: str,
-        campaign: str,
-        state: SeriesState,
-        through: int,
-        partition: int,
-        offset: int,
-        outputs: Outputs,
-        store: CellStore,
+        self, record: _Record, rule: AlertRule, channel: str, campaign: str, state: SeriesState, through: int
     ) -> None:
+        outputs, store, partition = record.outputs, record.store, record.partition
         size = rule.window_seconds
         series = (rule.kpi.name, size, channel, campaign)
         events = []
@@ -376,12 +357,12 @@ class KpiEngine:
             result = "unjudged" if judged is None else "breach" if judged.breached else "ok"
             outputs.judgements[(rule.name, result)] += 1
             events += [alert_event(rule, series, transition, now) for transition in outcome.transitions]
-        state.judged_by = offset
+        state.judged_by = record.offset
         state.last_events = [_encoder.encode(event) for event in events]
         stored_key = table_keys.alert_key(partition, rule.name, channel, campaign)
         if state.is_idle() and not events:  # with events, kept for a replay to re-send them
             store.delete(stored_key)
-            del owned.alert_series[rule.name][(channel, campaign)]
+            del record.owned.alert_series[rule.name][(channel, campaign)]
         else:
             store.put(stored_key, _encoder.encode(state))
         topic_key = alert_key(rule.name, channel, campaign)
@@ -399,18 +380,16 @@ class KpiEngine:
             outputs.fired.append(event)
             outputs.alerts.append((topic_key, body))
 
-    def _revise_alert_history(
-        self, owned: DeltaPartition, key: CellKey, state: CellState, partition: int, store: CellStore
-    ) -> None:
+    def _revise_alert_history(self, record: _Record, key: CellKey, state: CellState) -> None:
         """A closed window's cell changed (a late event): later baselines read the new value."""
         for rule in self.alert_rules:
             if rule.window_seconds != key.window_seconds:
                 continue
-            series_state = owned.alert_series[rule.name].get((key.channel, key.campaign))
+            series_state = record.owned.alert_series[rule.name].get((key.channel, key.campaign))
             if series_state is not None and key.window_start in series_state.observations:
                 series_state.revise(key.window_start, observation_of(rule, state.measures))
-                stored_key = table_keys.alert_key(partition, rule.name, key.channel, key.campaign)
-                store.put(stored_key, _encoder.encode(series_state))
+                stored_key = table_keys.alert_key(record.partition, rule.name, key.channel, key.campaign)
+                record.store.put(stored_key, _encoder.encode(series_state))
 
     def window_end(self, key: CellKey) -> int | None:
         """The exclusive end of a cell's window; None for a running total."""

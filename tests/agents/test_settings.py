@@ -9,16 +9,20 @@ DEV = {"MKPI_INSECURE_DEV_MODE": "true"}
 
 def test_defaults_are_valid_and_bind_to_loopback() -> None:
     settings = Settings.from_env(DEV)
-    assert settings.web_host == "127.0.0.1"
-    assert settings.kafka_port == 9092
-    assert settings.deltas_topic == "mkpi.kpi-deltas"
+    assert settings.web.host == "127.0.0.1"
+    assert settings.kafka.port == 9092
+    assert settings.topics.deltas_topic == "mkpi.kpi-deltas"
 
 
 def test_environment_overrides_and_converts_types() -> None:
     settings = Settings.from_env(
         {**DEV, "MKPI_PARTITIONS": "6", "MKPI_FLUSH_INTERVAL_SECONDS": "0.25", "MKPI_TOPIC_PREFIX": "acme"}
     )
-    assert (settings.partitions, settings.flush_interval_seconds, settings.app_id) == (6, 0.25, "acme")
+    assert (settings.topics.partitions, settings.ingest.flush_interval_seconds, settings.topics.app_id) == (
+        6,
+        0.25,
+        "acme",
+    )
 
 
 def test_every_problem_is_reported_with_the_variable_to_fix() -> None:
@@ -58,7 +62,7 @@ def test_file_settings_apply_and_environment_wins(tmp_path: Path) -> None:
     config = tmp_path / "mkpi.toml"
     config.write_text('partitions = 12\ntopic_prefix = "fromfile"\n')
     settings = Settings.from_env({**DEV, "MKPI_CONFIG_FILE": str(config), "MKPI_TOPIC_PREFIX": "fromenv"})
-    assert (settings.partitions, settings.topic_prefix) == (12, "fromenv")
+    assert (settings.topics.partitions, settings.topics.topic_prefix) == (12, "fromenv")
 
 
 def test_file_problems_are_reported(tmp_path: Path) -> None:
@@ -91,7 +95,7 @@ def test_booleans_accept_the_usual_spellings() -> None:
         settings = Settings.from_env(
             {**DEV, "MKPI_INSECURE_DEV_MODE": text, "MKPI_PSEUDONYMIZATION_KEY": "k" * 20}
         )
-        assert settings.insecure_dev_mode is value
+        assert settings.ingest.insecure_dev_mode is value
     with pytest.raises(ConfigError, match="expected true or false"):
         Settings.from_env({"MKPI_INSECURE_DEV_MODE": "maybe"})
 
@@ -105,7 +109,7 @@ def test_redacted_masks_the_secret() -> None:
 
 def test_day_time_zone_must_be_a_real_zone() -> None:
     assert (
-        Settings.from_env({**DEV, "MKPI_DAY_TIME_ZONE": "Asia/Tehran"}).windowing.day_zone.key
+        Settings.from_env({**DEV, "MKPI_DAY_TIME_ZONE": "Asia/Tehran"}).windows.windowing.day_zone.key
         == "Asia/Tehran"
     )
     with pytest.raises(ConfigError, match="MKPI_DAY_TIME_ZONE"):
@@ -185,3 +189,21 @@ def test_redis_tls_files_need_a_rediss_url(tmp_path: Path) -> None:
         }
     )
     assert settings.redacted()["redis_url"] == "rediss://worker:***@redis.example:6380/0"
+
+
+def test_each_setting_has_one_section_and_one_variable() -> None:
+    settings = Settings()
+    names = [name for name, _ in settings.flat()]
+    assert len(names) == len(set(names)) == 48
+    assert settings.value("kafka_bootstrap") == settings.kafka.bootstrap
+    assert settings.value("grace_seconds") == settings.windows.grace_seconds
+    assert settings.value("web_port") == settings.web.port
+    assert settings.value("alert_rules_file") == settings.alerts.rules_file
+
+
+def test_replace_takes_flat_names_and_refuses_unknown_ones() -> None:
+    changed = Settings().replace(grace_seconds=5, web_port=7000, kafka_sasl_username="u")
+    assert (changed.windows.grace_seconds, changed.web.port, changed.kafka.sasl_username) == (5, 7000, "u")
+    assert changed.windows.window_sizes == Settings().windows.window_sizes
+    with pytest.raises(TypeError, match="not a setting: grace"):
+        Settings().replace(grace=5)

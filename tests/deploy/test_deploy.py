@@ -56,29 +56,29 @@ def test_worker_settings_are_valid_and_ports_match_them() -> None:
     for name in ("worker", "generator"):
         service_settings(services[name])  # raises ConfigError when a variable is wrong
     worker = service_settings(services["worker"])
-    assert worker.web_host == "0.0.0.0", "inside a container the worker must listen beyond loopback"
-    assert worker.web_port in container_ports(services["worker"])
-    kafka_host, kafka_port = worker.kafka_bootstrap.rsplit(":", 1)
+    assert worker.web.host == "0.0.0.0", "inside a container the worker must listen beyond loopback"
+    assert worker.web.port in container_ports(services["worker"])
+    kafka_host, kafka_port = worker.kafka.bootstrap.rsplit(":", 1)
     assert kafka_host == "kafka"
     listeners = services["kafka"]["environment"]["KAFKA_ADVERTISED_LISTENERS"]
     assert f"//kafka:{kafka_port}" in listeners
     external = re.search(r"EXTERNAL://localhost:(\d+)", listeners)
     assert external is not None
     default = Settings.from_env({"MKPI_INSECURE_DEV_MODE": "true"})
-    assert container_ports(services["kafka"])[int(external.group(1))] == default.kafka_port
-    redis_port = int(worker.redis_url.rsplit(":", 1)[1].split("/")[0])
+    assert container_ports(services["kafka"])[int(external.group(1))] == default.kafka.port
+    redis_port = int(worker.redis.url.rsplit(":", 1)[1].split("/")[0])
     assert container_ports(services["redis"])[redis_port] == int(
-        default.redis_url.rsplit(":", 1)[1].split("/")[0]
+        default.redis.url.rsplit(":", 1)[1].split("/")[0]
     )
 
 
 def test_compose_runs_in_dev_mode_unless_given_a_key() -> None:
     worker = compose()["services"]["worker"]
-    assert service_settings(worker).insecure_dev_mode is True
+    assert service_settings(worker).ingest.insecure_dev_mode is True
     keyed = service_settings(
         worker, {"MKPI_PSEUDONYMIZATION_KEY": "k" * 32, "MKPI_INSECURE_DEV_MODE": "false"}
     )
-    assert keyed.insecure_dev_mode is False and keyed.pseudonymization_key == "k" * 32
+    assert keyed.ingest.insecure_dev_mode is False and keyed.ingest.pseudonymization_key == "k" * 32
 
 
 def test_prometheus_scrapes_the_worker_port_and_grafana_reads_prometheus() -> None:
@@ -87,7 +87,7 @@ def test_prometheus_scrapes_the_worker_port_and_grafana_reads_prometheus() -> No
     scrape = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
     [job] = scrape["scrape_configs"]
     [discovery] = job["dns_sd_configs"]  # every replica of the worker service
-    assert (discovery["names"], discovery["type"], discovery["port"]) == (["worker"], "A", worker.web_port)
+    assert (discovery["names"], discovery["type"], discovery["port"]) == (["worker"], "A", worker.web.port)
     [alerting] = scrape["alerting"]["alertmanagers"]
     [target] = alerting["static_configs"][0]["targets"]
     assert target.split(":")[0] in services and int(target.split(":")[1]) in container_ports(

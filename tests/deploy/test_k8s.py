@@ -48,8 +48,8 @@ def test_the_workers_settings_are_valid_settings() -> None:
     environment |= {item["name"]: "mkpi-worker-0" for item in container["env"]}
     settings = Settings.from_env(environment)  # unknown or bad MKPI_* variables raise
     assert (
-        settings.worker_name == "mkpi-worker-0"
-        and settings.partitions >= one("StatefulSet")["spec"]["replicas"]
+        settings.worker.worker_name == "mkpi-worker-0"
+        and settings.topics.partitions >= one("StatefulSet")["spec"]["replicas"]
     )
     refs = {name for source in container["envFrom"] for name in [next(iter(source.values()))["name"]]}
     assert refs == {
@@ -66,7 +66,7 @@ def test_ports_probes_service_and_labels_agree() -> None:
     )
     container = worker_container()
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert ports == {"http": settings.web_port}
+    assert ports == {"http": settings.web.port}
     for probe in ("readinessProbe", "livenessProbe"):
         assert container[probe]["httpGet"] == {"path": "/healthz", "port": "http"}
     workers, service = one("StatefulSet"), one("Service")

@@ -79,7 +79,7 @@ async def run_story(story: Story, log_dir: Path, kill_after_firing: bool = False
     # story (1 s per s) and judge the silence after it.
     settings = isolated_settings(window_sizes="3600,86400", idle_timeout_seconds=86400)
     start = story.start(datetime.now(UTC))
-    messages = list(story.messages(SEED, start, settings.grace_seconds))
+    messages = list(story.messages(SEED, start, settings.windows.grace_seconds))
     later: list[Message] = []
     if kill_after_firing:
         dip = story.open_dip(start)
@@ -87,14 +87,18 @@ async def run_story(story: Story, log_dir: Path, kill_after_firing: bool = False
         cut = next(i for i, m in enumerate(messages) if event_time(m) > dip.ends + timedelta(minutes=30))
         messages, later = messages[:cut], messages[cut:]
     await ensure_topics(settings)
-    await produce(settings, settings.raw_topic, [m.payload for m in messages], [m.key for m in messages])
+    await produce(
+        settings, settings.topics.raw_topic, [m.payload for m in messages], [m.key for m in messages]
+    )
     worker = WorkerProcess(settings, log_dir)
     worker.start()
     try:
         if kill_after_firing:
             await wait_until(lambda: "alert firing" in worker.log_tail(500), timeout=120)
             worker.kill()
-            await produce(settings, settings.raw_topic, [m.payload for m in later], [m.key for m in later])
+            await produce(
+                settings, settings.topics.raw_topic, [m.payload for m in later], [m.key for m in later]
+            )
             worker.start()
         # Each campaign's series lives on its own delta partition, and each partition goes at
         # its own pace: wait until both campaigns' hours are judged up to the story's last
@@ -105,13 +109,15 @@ async def run_story(story: Story, log_dir: Path, kill_after_firing: bool = False
                 KpiKey(OPEN_RATE_KPI, HOUR, int(last.timestamp()), "*", c).encode() for c in CAMPAIGNS[:2]
             }
             done = partial(_has_keys, keys)
-            records = await read_topic_until(settings, settings.window_results_topic, done, timeout=300)
+            records = await read_topic_until(
+                settings, settings.topics.window_results_topic, done, timeout=300
+            )
             assert done(records), worker.log_tail()
             await asyncio.sleep(5)  # judged on the same mark, just after
         else:
             wanted = 2 * (story.hours - 2)
             await wait_until(lambda: judged(judgements(worker), OPEN_RATE_RULE) >= wanted, timeout=300)
-        alerts = await read_everything(settings, [settings.alerts_topic])
+        alerts = await read_everything(settings, [settings.topics.alerts_topic])
         counts = judgements(worker)
     finally:
         worker.stop()

@@ -53,23 +53,25 @@ async def test_the_board_shows_live_values_with_sparklines_in_chromium(tmp_path:
     await ensure_topics(settings)
     # Six quiet hours before now give the sparklines a course; then live traffic, twice.
     story = dataclasses.replace(STORIES["steady-week"], hours=6)
-    history = list(story.messages(7, story.start(datetime.now(UTC)), settings.grace_seconds))
+    history = list(story.messages(7, story.start(datetime.now(UTC)), settings.windows.grace_seconds))
     live = Scenario(8, campaigns=4).messages(None, lambda: datetime.now(UTC))
     first = [next(live) for _ in range(1500)]
     sent = history + first
-    await produce(settings, settings.raw_topic, [m.payload for m in sent], [m.key for m in sent])
+    await produce(settings, settings.topics.raw_topic, [m.payload for m in sent], [m.key for m in sent])
 
     worker = WorkerProcess(settings, tmp_path)
     worker.start()
     try:
         await wait_for_accounting(settings, len(sent), timeout=120)
         async with HeadlessChromium(tmp_path / "chromium", width=2000, height=1000) as browser:
-            await browser.open(f"{settings.web_url}/board?window={HOUR}")
+            await browser.open(f"{settings.web.url}/board?window={HOUR}")
             _, before, _, _ = await browser.wait_for(page_views_shown_as(page_views_by_hour(sent)), 90)
 
             second = [next(live) for _ in range(1500)]
             sent += second
-            await produce(settings, settings.raw_topic, [m.payload for m in second], [m.key for m in second])
+            await produce(
+                settings, settings.topics.raw_topic, [m.payload for m in second], [m.key for m in second]
+            )
             shown = page_views_shown_as(page_views_by_hour(sent))
             _, after, points, refreshes = await browser.wait_for(shown, 90)
             assert after != before, "the page did not change as events flowed"

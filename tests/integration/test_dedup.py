@@ -14,8 +14,8 @@ pytestmark = pytest.mark.kafka
 
 async def test_a_key_counts_on_its_first_sighting_and_on_redelivery_of_that_message_only() -> None:
     settings = isolated_settings()
-    client = aioredis.Redis.from_url(settings.redis_url)
-    sightings = RedisSightings(client, settings.app_id)
+    client = aioredis.Redis.from_url(settings.redis.url)
+    sightings = RedisSightings(client, settings.topics.app_id)
     cell = '[60,1795761900,"*","spring sale 2026"]'  # cell names hold spaces and quotes
     try:
         first = [
@@ -32,7 +32,7 @@ async def test_a_key_counts_on_its_first_sighting_and_on_redelivery_of_that_mess
         ]
         assert await sightings.counts(again) == [True, False, True]
         assert await sightings.counts([]) == []
-        ttl = await client.ttl(f"{settings.app_id}:session:{cell}:s1")
+        ttl = await client.ttl(f"{settings.topics.app_id}:session:{cell}:s1")
         assert 590 <= ttl <= 600, "remembered for its horizon"
     finally:
         await client.aclose()

@@ -37,14 +37,16 @@ async def send_transactions(
 ) -> list[list[int]]:
     """Each (values, commit) is one transaction on a delta partition, committed or aborted;
     returns the offsets its records got."""
-    producer = AIOKafkaProducer(**kafka_options(settings), transactional_id=f"{settings.app_id}-gap-probe")
+    producer = AIOKafkaProducer(
+        **kafka_options(settings), transactional_id=f"{settings.topics.app_id}-gap-probe"
+    )
     await producer.start()
     offsets: list[list[int]] = []
     try:
         for values, commit in transactions:
             await producer.begin_transaction()
             sent = [
-                await producer.send_and_wait(settings.deltas_topic, value, partition=partition)
+                await producer.send_and_wait(settings.topics.deltas_topic, value, partition=partition)
                 for value in values
             ]
             offsets.append([metadata.offset for metadata in sent])
@@ -120,7 +122,7 @@ async def test_deltas_the_faust_group_committed_past_are_applied(tmp_path: Path)
         key = json.dumps(["leads", 60, minute, "*", CAMPAIGN], separators=(",", ":")).encode()
         records = await read_topic_until(
             settings,
-            settings.kpi_updates_topic,
+            settings.topics.kpi_updates_topic,
             lambda found: any(json.loads(r.value)["value"] == 31 for r in found if r.key == key),
             timeout=60,
         )
@@ -135,10 +137,12 @@ async def test_deltas_the_faust_group_committed_past_are_applied(tmp_path: Path)
 
 async def commit_group_offset(settings: Settings, partition: int, offset: int) -> None:
     """Set the Faust group's committed offset of a delta partition, as Faust itself might."""
-    group = AIOKafkaConsumer(**kafka_options(settings), group_id=settings.app_id, enable_auto_commit=False)
+    group = AIOKafkaConsumer(
+        **kafka_options(settings), group_id=settings.topics.app_id, enable_auto_commit=False
+    )
     await group.start()
     try:
-        tp = TopicPartition(settings.deltas_topic, partition)
+        tp = TopicPartition(settings.topics.deltas_topic, partition)
         group.assign([tp])
         await group.commit({tp: OffsetAndMetadata(offset, "")})
     finally:
@@ -152,11 +156,11 @@ def marks_at(settings: Settings, watermark: float) -> list[dict[str, object]]:
             "kind": "watermark",
             "schema_version": "1-0-0",
             "raw_partition": raw,
-            "raw_partitions": settings.partitions,
+            "raw_partitions": settings.topics.partitions,
             "watermark": watermark,
             "idle": False,
         }
-        for raw in range(settings.partitions)
+        for raw in range(settings.topics.partitions)
     ]
 
 
@@ -198,7 +202,7 @@ async def test_outputs_lost_with_a_worker_are_published_again_though_faust_resum
     worker.start()
     try:
         await read_topic_until(
-            settings, settings.kpi_updates_topic, lambda found: 2 in leads(found, old_key), 60
+            settings, settings.topics.kpi_updates_topic, lambda found: 2 in leads(found, old_key), 60
         )
     finally:
         assert worker.stop() == 0
@@ -207,7 +211,7 @@ async def test_outputs_lost_with_a_worker_are_published_again_though_faust_resum
     producer = AIOKafkaProducer(**kafka_options(settings))
     await producer.start()
     try:
-        changelog = f"{settings.app_id}-{KPI_TABLE_NAME}-changelog"
+        changelog = f"{settings.topics.app_id}-{KPI_TABLE_NAME}-changelog"
         await producer.send_and_wait(changelog, str(second - 1).encode(), key=published_key(0), partition=0)
     finally:
         await producer.stop()
@@ -218,12 +222,12 @@ async def test_outputs_lost_with_a_worker_are_published_again_though_faust_resum
     try:
         await send_transactions(settings, [([leads_delta(minute, CAMPAIGN, 2)], True)])
         records = await read_topic_until(
-            settings, settings.kpi_updates_topic, lambda found: 3 in leads(found), 60
+            settings, settings.topics.kpi_updates_topic, lambda found: 3 in leads(found), 60
         )
         assert leads(records) == [1, 1, 3], "the outputs of the second record went out again, once"
         assert leads(records, old_key) == [1, 2, 2], "the revised cell its marks expired too"
         results = await read_topic_until(
-            settings, settings.window_results_topic, lambda found: len(leads(found, old_key)) == 3, 10
+            settings, settings.topics.window_results_topic, lambda found: len(leads(found, old_key)) == 3, 10
         )
         assert leads(results, old_key) == [1, 2, 2], "final result, revision, revision again"
         assert worker.metrics()[("mkpi_delta_gap_records_total", ())] == 1, "read back from Kafka"

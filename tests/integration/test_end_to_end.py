@@ -136,7 +136,7 @@ async def test_page_views_become_exact_kpis_on_topic_and_metrics(worker: WorkerP
     payloads, expected = build_events(1500, seed=7)
     malformed = [payload for group in MALFORMED.values() for payload in group]
     mixed = payloads[:700] + malformed + payloads[700:]
-    await produce(settings, settings.raw_topic, mixed)
+    await produce(settings, settings.topics.raw_topic, mixed)
 
     wanted_kpis = {"page_views", "organic_traffic", "blog_traffic"}
 
@@ -144,7 +144,7 @@ async def test_page_views_become_exact_kpis_on_topic_and_metrics(worker: WorkerP
         latest = latest_values(records)
         return all(latest.get(key) == value for key, value in expected.items())
 
-    records = await read_topic_until(settings, settings.kpi_updates_topic, caught_up, timeout=90)
+    records = await read_topic_until(settings, settings.topics.kpi_updates_topic, caught_up, timeout=90)
     latest = {k: v for k, v in latest_values(records).items() if k[0] in wanted_kpis}
     assert latest == expected, worker.log_tail()
 
@@ -198,11 +198,11 @@ async def test_page_views_become_exact_kpis_on_topic_and_metrics(worker: WorkerP
 
     # Every malformed message is on the bad-row topic, once, with its reason and coordinates.
     bad = await read_topic_until(
-        settings, settings.bad_rows_topic, lambda r: len(r) >= len(malformed), timeout=30
+        settings, settings.topics.bad_rows_topic, lambda r: len(r) >= len(malformed), timeout=30
     )
     rows = [json.loads(record.value) for record in bad]
     assert Counter(row["reason"] for row in rows) == {k: len(v) for k, v in MALFORMED.items()}
-    assert all(row["source_topic"] == settings.raw_topic for row in rows)
+    assert all(row["source_topic"] == settings.topics.raw_topic for row in rows)
     assert len({(row["source_partition"], row["source_offset"]) for row in rows}) == len(malformed)
 
 
@@ -212,19 +212,21 @@ async def test_deltas_of_an_aborted_transaction_are_not_counted(worker: WorkerPr
     minute = int(time.time()) // 60 * 60  # a window that cannot have expired
     key = json.dumps(["leads", 60, minute, "*", "probe"], separators=(",", ":")).encode()
 
-    producer = AIOKafkaProducer(**kafka_options(settings), transactional_id=f"{settings.app_id}-probe")
+    producer = AIOKafkaProducer(**kafka_options(settings), transactional_id=f"{settings.topics.app_id}-probe")
     await producer.start()
     try:
         await producer.begin_transaction()
-        await producer.send_and_wait(settings.deltas_topic, leads_delta(minute, "probe", 1000), partition=0)
+        await producer.send_and_wait(
+            settings.topics.deltas_topic, leads_delta(minute, "probe", 1000), partition=0
+        )
         await producer.abort_transaction()
         async with producer.transaction():
-            await producer.send(settings.deltas_topic, leads_delta(minute, "probe", 5), partition=0)
+            await producer.send(settings.topics.deltas_topic, leads_delta(minute, "probe", 5), partition=0)
     finally:
         await producer.stop()
 
     records = await read_topic_until(
-        settings, settings.kpi_updates_topic, lambda r: any(rec.key == key for rec in r), timeout=60
+        settings, settings.topics.kpi_updates_topic, lambda r: any(rec.key == key for rec in r), timeout=60
     )
     values = [json.loads(rec.value)["value"] for rec in records if rec.key == key]
     assert values == [5]

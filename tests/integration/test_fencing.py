@@ -22,7 +22,7 @@ pytestmark = pytest.mark.kafka
 
 def group_consumer(settings: Settings, group: str) -> AIOKafkaConsumer:
     return AIOKafkaConsumer(
-        settings.raw_topic,
+        settings.topics.raw_topic,
         **kafka_options(settings),
         group_id=group,
         enable_auto_commit=False,
@@ -43,7 +43,7 @@ async def poll_until(consumers: list[AIOKafkaConsumer], done: object, timeout: f
 async def committed_offset(consumer: AIOKafkaConsumer, settings: Settings, wanted: int | None) -> int | None:
     """The group's committed offset of raw partition 0, once it is ``wanted`` (the transaction
     coordinator writes a commit's markers to the group's log just after EndTxn answers)."""
-    probe = TopicPartition(settings.raw_topic, 0)
+    probe = TopicPartition(settings.topics.raw_topic, 0)
     for _ in range(50):
         offset = await consumer.committed(probe)
         if offset == wanted:
@@ -56,16 +56,16 @@ async def commit(
     producer: AIOKafkaProducer, settings: Settings, value: bytes, offset: int, group: str
 ) -> None:
     async with producer.transaction():
-        await producer.send(settings.late_events_topic, value)
+        await producer.send(settings.topics.late_events_topic, value)
         await producer.send_offsets_to_transaction(
-            {TopicPartition(settings.raw_topic, 0): OffsetAndMetadata(offset, "")}, group
+            {TopicPartition(settings.topics.raw_topic, 0): OffsetAndMetadata(offset, "")}, group
         )
 
 
 async def test_a_commit_in_the_name_of_a_left_generation_aborts_its_transaction() -> None:
     settings = isolated_settings(partitions=1)
     await ensure_topics(settings)
-    group = f"{settings.topic_prefix}-fencing"
+    group = f"{settings.topics.topic_prefix}-fencing"
     first, second = group_consumer(settings, group), group_consumer(settings, group)
     fenced = FencedTransactionalProducer(**kafka_options(settings), transactional_id=f"{group}-fenced")
     unfenced = AIOKafkaProducer(**kafka_options(settings), transactional_id=f"{group}-unfenced")
@@ -98,7 +98,7 @@ async def test_a_commit_in_the_name_of_a_left_generation_aborts_its_transaction(
         await commit(unfenced, settings, b"unchecked", 7, group)
         assert await committed_offset(first, settings, 7) == 7
 
-        records = await read_everything(settings, [settings.late_events_topic])
+        records = await read_everything(settings, [settings.topics.late_events_topic])
         assert sorted(r.value for r in records) == [b"current", b"unchecked"]
     finally:
         for client in (first, second, fenced, unfenced):

@@ -47,7 +47,7 @@ async def test_the_hand_worked_answers_match(tmp_path: Path) -> None:
     # Two campaigns keep their own Prometheus series; the third is folded into "other".
     settings = isolated_settings(max_event_age_seconds=5 * 365 * 86400, metrics_top_campaigns=2)
     await ensure_topics(settings)
-    await produce(settings, settings.raw_topic, list(lines))
+    await produce(settings, settings.topics.raw_topic, list(lines))
     worker = WorkerProcess(settings, tmp_path)
     worker.start()
     try:
@@ -56,7 +56,7 @@ async def test_the_hand_worked_answers_match(tmp_path: Path) -> None:
         published: dict[tuple[Any, ...], tuple[int, int | None]] = {}
 
         async def all_published() -> bool:
-            records = await read_everything(settings, [settings.kpi_updates_topic])
+            records = await read_everything(settings, [settings.topics.kpi_updates_topic])
             for record in records:
                 value = json.loads(record.value)
                 published[tuple(json.loads(record.key))] = (value["numerator"], value["denominator"])

@@ -8,7 +8,6 @@ the ingest accounting topic, the bad-row topic and /metrics.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 from collections import Counter
 from datetime import UTC, datetime
@@ -69,13 +68,15 @@ async def test_ten_thousand_malformed_payloads_mixed_with_valid_ones(tmp_path: P
     worker = WorkerProcess(settings, tmp_path)
     worker.start()
     try:
-        await produce(settings, settings.raw_topic, payloads)
+        await produce(settings, settings.topics.raw_topic, payloads)
         totals = await wait_for_accounting(settings, truth.raw, timeout=180)
         assert totals["outcomes"] == truth.outcomes, worker.log_tail()
         assert totals["bad_reasons"] == truth.bad_reasons
         assert totals["events_by_type"] == truth.valid_by_type
 
-        rows = [json.loads(r.value) for r in await read_everything(settings, [settings.bad_rows_topic])]
+        rows = [
+            json.loads(r.value) for r in await read_everything(settings, [settings.topics.bad_rows_topic])
+        ]
         assert Counter(row["reason"] for row in rows) == truth.bad_reasons
         assert len({(row["source_partition"], row["source_offset"]) for row in rows}) == len(rows)
 
@@ -129,9 +130,7 @@ async def test_two_workers_split_the_raw_topic_and_share_the_duplicate_memory(tm
     truth = truth_of(messages)
     await ensure_topics(settings)
     workers = [
-        WorkerProcess(
-            dataclasses.replace(settings, worker_name=f"w{i}", web_port=free_port()), tmp_path, f"w{i}"
-        )
+        WorkerProcess(settings.replace(worker_name=f"w{i}", web_port=free_port()), tmp_path, f"w{i}")
         for i in range(2)
     ]
     for worker in workers:
@@ -139,14 +138,16 @@ async def test_two_workers_split_the_raw_topic_and_share_the_duplicate_memory(tm
     try:
         for worker in workers:  # both ingest consumers have joined and split the partitions
             await wait_until(lambda w=worker: w.metrics()[("mkpi_ingest_assigned_partitions", ())] == 2, 60)
-        await produce(settings, settings.raw_topic, [m.payload for m in messages])
+        await produce(settings, settings.topics.raw_topic, [m.payload for m in messages])
         totals = await wait_for_accounting(settings, truth.raw, timeout=180)
         assert totals["outcomes"] == truth.outcomes, workers[0].log_tail()
         assert totals["events_by_type"] == truth.valid_by_type
-        reports = [json.loads(r.value) for r in await read_everything(settings, [settings.accounting_topic])]
+        reports = [
+            json.loads(r.value) for r in await read_everything(settings, [settings.topics.accounting_topic])
+        ]
         assert {report["worker"] for report in reports} == {
-            f"{settings.app_id}-ingest-w0",
-            f"{settings.app_id}-ingest-w1",
+            f"{settings.topics.app_id}-ingest-w0",
+            f"{settings.topics.app_id}-ingest-w1",
         }
     finally:
         for worker in workers:
@@ -177,27 +178,31 @@ async def test_a_topic_refusing_a_message_holds_its_flush_until_it_takes_it(tmp_
     truth.outcomes["bad"] += len(oversized)
     truth.bad_reasons["not_json"] += len(oversized)
     await ensure_topics(settings)
-    await set_topic_config(settings, settings.bad_rows_topic, {"max.message.bytes": "2048"})
+    await set_topic_config(settings, settings.topics.bad_rows_topic, {"max.message.bytes": "2048"})
     payloads = [m.payload for m in messages]
-    await produce(settings, settings.raw_topic, [*payloads[:1000], *oversized, *payloads[1000:]])
+    await produce(settings, settings.topics.raw_topic, [*payloads[:1000], *oversized, *payloads[1000:]])
 
     worker = WorkerProcess(settings, tmp_path)
     worker.start()
-    refused = ("mkpi_ingest_refused_messages_total", (("topic", settings.bad_rows_topic),))
+    refused = ("mkpi_ingest_refused_messages_total", (("topic", settings.topics.bad_rows_topic),))
     try:
         await wait_until(lambda: worker.metrics().get(refused, 0) >= 2, timeout=60)
         log_text = worker.log_path.read_text(errors="replace")
-        assert f"{settings.bad_rows_topic} refused a message from ingest" in log_text
+        assert f"{settings.topics.bad_rows_topic} refused a message from ingest" in log_text
         assert "raise the topic's max.message.bytes" in log_text
         held = sum((await accounting_totals(settings))["outcomes"].values())
         assert held < truth.raw, "nothing is committed past the refused flush"
         assert worker.process is not None and worker.process.poll() is None, "the worker keeps going"
 
-        await set_topic_config(settings, settings.bad_rows_topic, {"max.message.bytes": str(1024 * 1024)})
+        await set_topic_config(
+            settings, settings.topics.bad_rows_topic, {"max.message.bytes": str(1024 * 1024)}
+        )
         totals = await wait_for_accounting(settings, truth.raw, timeout=120)
         assert totals["outcomes"] == truth.outcomes, worker.log_tail()
         assert totals["bad_reasons"] == truth.bad_reasons
-        bad_rows = [json.loads(r.value) for r in await read_everything(settings, [settings.bad_rows_topic])]
+        bad_rows = [
+            json.loads(r.value) for r in await read_everything(settings, [settings.topics.bad_rows_topic])
+        ]
         big = sorted(row["payload"][:5] for row in bad_rows if len(row["payload"]) > 3000)
         assert big == sorted(p[:5].decode() for p in oversized), "each oversized bad row once"
     finally:

@@ -15,7 +15,6 @@ results (final, then revisions), the late topic, Redis and /metrics.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import itertools
 import json
 import math
@@ -346,15 +345,15 @@ async def inject_faults(settings: Settings, workers: list[WorkerProcess], messag
 
     async def send(part: list[Message]) -> None:
         nonlocal produced
-        await produce(settings, settings.raw_topic, [m.payload for m in part], [m.key for m in part])
+        await produce(settings, settings.topics.raw_topic, [m.payload for m in part], [m.key for m in part])
         produced += len(part)
 
     await send(parts[0])
     await wait_for_accounting(settings, produced, timeout=300)
     await send(parts[1])
     started = time.monotonic()
-    assert workers[1].stop(timeout=settings.shutdown_timeout_seconds + 30) == 0, workers[1].log_tail()
-    assert time.monotonic() - started < settings.shutdown_timeout_seconds, "a graceful stop, in time"
+    assert workers[1].stop(timeout=settings.worker.shutdown_timeout_seconds + 30) == 0, workers[1].log_tail()
+    assert time.monotonic() - started < settings.worker.shutdown_timeout_seconds, "a graceful stop, in time"
     workers[1].start()
     await wait_for_accounting(settings, produced, timeout=300)
     await send(parts[2])
@@ -396,7 +395,9 @@ async def test_every_kpi_of_every_window_is_exact(tmp_path: Path, run: str) -> N
         partitions=plan.partitions,
     )
     messages = generate(77, count)
-    expected = expected_results(messages, settings.partitions, ZoneInfo(settings.day_time_zone))
+    expected = expected_results(
+        messages, settings.topics.partitions, ZoneInfo(settings.windows.day_time_zone)
+    )
     assert {key[0] for key in expected.parts} == set(DEFINITIONS), "the data exercises every KPI"
     assert expected.outcomes["late"] and expected.late_by_window["3600"], "some events are past retention"
     await ensure_topics(settings)
@@ -408,7 +409,7 @@ async def test_every_kpi_of_every_window_is_exact(tmp_path: Path, run: str) -> N
         # windows close only at its flushes, and late events may never find one closed).
         producing = asyncio.create_task(produce_in_parts(settings, payloads, keys, 60, 1.0))
     elif not plan.faults:
-        await produce(settings, settings.raw_topic, payloads, keys)
+        await produce(settings, settings.topics.raw_topic, payloads, keys)
 
     for cycle in range(kills):
         victim = WorkerProcess(settings, tmp_path, f"killed-{cycle}")
@@ -419,7 +420,7 @@ async def test_every_kpi_of_every_window_is_exact(tmp_path: Path, run: str) -> N
         assert 0 < done < count and producing is not None and not producing.done(), "a kill mid-stream"
     workers = [
         WorkerProcess(
-            dataclasses.replace(settings, worker_name=f"{settings.worker_name}-{n}", web_port=free_port()),
+            settings.replace(worker_name=f"{settings.worker.worker_name}-{n}", web_port=free_port()),
             tmp_path,
             f"last-{n}",
         )
@@ -440,9 +441,9 @@ async def test_every_kpi_of_every_window_is_exact(tmp_path: Path, run: str) -> N
         published: dict[Any, tuple[int, int | None]] = {}
         for _ in range(90):
             records = await read_everything(
-                settings, [settings.kpi_updates_topic, settings.window_results_topic]
+                settings, [settings.topics.kpi_updates_topic, settings.topics.window_results_topic]
             )
-            updates = [r for r in records if r.topic == settings.kpi_updates_topic]
+            updates = [r for r in records if r.topic == settings.topics.kpi_updates_topic]
             published, visitors = split_visitors(parts_of(latest_by_key(updates)))
             if published == expected.parts:
                 break
@@ -457,29 +458,31 @@ async def test_every_kpi_of_every_window_is_exact(tmp_path: Path, run: str) -> N
         assert closed_expected, "some windows closed"
         for _ in range(30):
             results, _ = split_visitors(
-                highest_revision([r for r in records if r.topic == settings.window_results_topic])
+                highest_revision([r for r in records if r.topic == settings.topics.window_results_topic])
             )
             final = parts_of({k: v for k, v in results.items() if k in closed_expected})
             if final == closed_expected:
                 break
             await asyncio.sleep(2)
-            records = await read_everything(settings, [settings.window_results_topic])
+            records = await read_everything(settings, [settings.topics.window_results_topic])
         assert final == closed_expected, differences(closed_expected, final)
         assert all(r["final"] for r in results.values())
         assert parts_of(results).items() <= expected.parts.items(), "no result differs from the truth"
         assert any(r["revision"] > 0 for r in results.values()), "late events revised closed windows"
 
         # The late topic lists what was not counted, window size by window size.
-        late = [json.loads(r.value) for r in await read_everything(settings, [settings.late_events_topic])]
+        late = [
+            json.loads(r.value) for r in await read_everything(settings, [settings.topics.late_events_topic])
+        ]
         missed = Counter(str(size) for event in late for size in event["missed_window_seconds"])
         assert missed == expected.late_by_window
 
         # Redis holds every cell's KPIs per window.
-        client = aioredis.Redis.from_url(settings.redis_url)
+        client = aioredis.Redis.from_url(settings.redis.url)
         try:
             in_redis: dict[Any, tuple[int, int | None]] = {}
             for size, start in {(k[1], k[2]) for k in expected.parts}:
-                stored = await client.hgetall(f"{settings.topic_prefix}:window:{size}:{start}")
+                stored = await client.hgetall(f"{settings.topics.topic_prefix}:window:{size}:{start}")
                 for field, body in stored.items():
                     kpi, channel, campaign = field.decode().split("|")
                     value = json.loads(body)
@@ -520,7 +523,7 @@ async def test_every_kpi_of_every_window_is_exact(tmp_path: Path, run: str) -> N
             assert starts is not None and starts >= start, (kpi, size, channel, campaign, starts, start)
             shown[(kpi, size, int(starts), channel, campaign)] = samples[("mkpi_kpi_last_closed", labels)]
         for _ in range(15):
-            later = highest_revision(await read_everything(settings, [settings.window_results_topic]))
+            later = highest_revision(await read_everything(settings, [settings.topics.window_results_topic]))
             if shown.keys() <= later.keys():
                 break
             await asyncio.sleep(1)

@@ -78,25 +78,27 @@ async def test_planted_identifiers_appear_nowhere(tmp_path: Path) -> None:
     worker = WorkerProcess(settings, tmp_path)
     worker.start()
     try:
-        await produce(settings, settings.raw_topic, payloads)
+        await produce(settings, settings.topics.raw_topic, payloads)
         totals = await wait_for_accounting(settings, len(payloads), timeout=90)
         assert totals["outcomes"] == {"valid": 4, "duplicate": 1, "bad": 5}, worker.log_tail()
 
         admin = AIOKafkaAdminClient(**kafka_options(settings))
         await admin.start()
         try:
-            ours = [t for t in await admin.list_topics() if t.startswith(settings.topic_prefix)]
+            ours = [t for t in await admin.list_topics() if t.startswith(settings.topics.topic_prefix)]
         finally:
             await admin.close()
-        assert settings.bad_rows_topic in ours and any("changelog" in t for t in ours)
+        assert settings.topics.bad_rows_topic in ours and any("changelog" in t for t in ours)
         # every key the worker writes in Redis starts with its prefix (dedup, uniques, view)
-        outputs = await read_everything(settings, [t for t in ours if t != settings.raw_topic])
+        outputs = await read_everything(settings, [t for t in ours if t != settings.topics.raw_topic])
         assert outputs, "nothing was read back"
         haystacks: dict[str, bytes] = {
             f"{r.topic}@{r.partition}:{r.offset}": (r.key or b"") + b"|" + (r.value or b"") for r in outputs
         }
-        client = redis.Redis.from_url(settings.redis_url)
-        for key in client.scan_iter(match=f"{settings.topic_prefix}:*", count=1000):  # this worker's keys
+        client = redis.Redis.from_url(settings.redis.url)
+        for key in client.scan_iter(
+            match=f"{settings.topics.topic_prefix}:*", count=1000
+        ):  # this worker's keys
             kind = client.type(key)
             value = client.get(key) if kind == b"string" else repr(client.dump(key)).encode()
             haystacks[f"redis {key!r}"] = key + b"|" + (value or b"")
@@ -121,5 +123,5 @@ async def test_planted_identifiers_appear_nowhere(tmp_path: Path) -> None:
     assert leaks == []
     # The search looked where the identifiers would have been: their pseudonyms are there.
     pseudonym = Pseudonymizer(TEST_KEY)
-    bad_rows = b"".join(v for k, v in haystacks.items() if k.startswith(settings.bad_rows_topic))
+    bad_rows = b"".join(v for k, v in haystacks.items() if k.startswith(settings.topics.bad_rows_topic))
     assert pseudonym(user).encode() in bad_rows and pseudonym(reader).encode() in bad_rows

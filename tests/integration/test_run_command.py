@@ -64,7 +64,7 @@ def test_run_shows_organic_traffic_per_campaign_within_90_seconds(tmp_path: Path
         while time.monotonic() - started < 90 and not any(v > 0 for v in seen.values()):
             time.sleep(1)
             try:
-                seen = organic_by_campaign(f"{settings.web_url}/metrics")
+                seen = organic_by_campaign(f"{settings.web.url}/metrics")
             except OSError:
                 continue
         assert any(v > 0 for v in seen.values()), (tmp_path / "run.log").read_text()[-3000:]
@@ -77,7 +77,7 @@ def test_run_shows_organic_traffic_per_campaign_within_90_seconds(tmp_path: Path
             run.wait()
         log.close()
     output = (tmp_path / "run.log").read_text()
-    assert f"{settings.web_url}/metrics" in output and settings.kpi_updates_topic in output
+    assert f"{settings.web.url}/metrics" in output and settings.topics.kpi_updates_topic in output
 
 
 def test_metrics_and_kpi_topic_agree_while_running(tmp_path: Path) -> None:
@@ -125,13 +125,13 @@ def test_metrics_and_kpi_topic_agree_while_running(tmp_path: Path) -> None:
                     kpi, size, start, channel, campaign = json.loads(record.key)
                     if kpi == "organic_traffic" and channel == "*":
                         latest[(campaign, f"{size}s", float(start))] = json.loads(record.value)["value"]
-                gauges = organic_by_campaign(f"{settings.web_url}/metrics")
+                gauges = organic_by_campaign(f"{settings.web.url}/metrics")
                 disagreements[:] = [(k, v, latest.get(k)) for k, v in gauges.items() if latest.get(k) != v]
                 if not gauges:
                     disagreements.append("no organic traffic per campaign on /metrics")
                 return not disagreements
 
-            asyncio.run(read_topic_until(settings, settings.kpi_updates_topic, matches, timeout=90))
+            asyncio.run(read_topic_until(settings, settings.topics.kpi_updates_topic, matches, timeout=90))
             assert not disagreements
         finally:
             worker.send_signal(signal.SIGTERM)

@@ -78,7 +78,7 @@ def tls_redis(tmp_path: Path, local_stack: Settings) -> Iterator[TlsRedis]:
         [server, str(config)], stdout=(tmp_path / "redis-tls.log").open("wb"), stderr=subprocess.STDOUT
     )
     redis = TlsRedis(f"rediss://mkpi-worker:{password}@127.0.0.1:{port}/0", password)
-    settings = dataclasses.replace(local_stack, redis_url=redis.url, redis_tls_ca_file=str(tls.ca_file))
+    settings = local_stack.replace(redis_url=redis.url, redis_tls_ca_file=str(tls.ca_file))
     deadline = time.monotonic() + 20
     while True:
         client = sync_redis_client(settings, socket_timeout=1, socket_connect_timeout=1)
@@ -100,7 +100,7 @@ def sasl_ssl_settings(local_stack: Settings, **overrides: object) -> Settings:
     broker = KafkaBroker.from_settings(local_stack)
     user, password = broker.scram_credentials()
     values: dict[str, object] = {
-        "kafka_bootstrap": f"127.0.0.1:{local_stack.kafka_sasl_ssl_port}",
+        "kafka_bootstrap": f"127.0.0.1:{local_stack.stack.kafka_sasl_ssl_port}",
         "kafka_security_protocol": "SASL_SSL",
         "kafka_sasl_mechanism": "SCRAM-SHA-512",
         "kafka_sasl_username": user,
@@ -136,7 +136,9 @@ async def test_a_worker_on_sasl_ssl_kafka_and_tls_redis_counts_exactly_and_logs_
     net_subscribers[ALL] = sum(net_subscribers.values())
     assert net_subscribers[ALL] > 0, "the data has subscriptions"
     await ensure_topics(settings)
-    await produce(settings, settings.raw_topic, [m.payload for m in messages], [m.key for m in messages])
+    await produce(
+        settings, settings.topics.raw_topic, [m.payload for m in messages], [m.key for m in messages]
+    )
 
     worker = WorkerProcess(settings, tmp_path)
     worker.start()
@@ -154,9 +156,9 @@ async def test_a_worker_on_sasl_ssl_kafka_and_tls_redis_counts_exactly_and_logs_
     finally:
         assert worker.stop() == 0, worker.log_tail()
     log_text = worker.log_path.read_text(errors="replace")
-    assert settings.kafka_sasl_password not in log_text
+    assert settings.kafka.sasl_password not in log_text
     assert tls_redis.password not in log_text
-    assert settings.pseudonymization_key not in log_text
+    assert settings.ingest.pseudonymization_key not in log_text
 
 
 async def test_the_ssl_listener_takes_a_client_certificate_and_refuses_a_client_without_one(
@@ -164,7 +166,7 @@ async def test_the_ssl_listener_takes_a_client_certificate_and_refuses_a_client_
 ) -> None:
     tls = KafkaBroker.from_settings(local_stack).tls
     with_certificate = isolated_settings(
-        kafka_bootstrap=f"127.0.0.1:{local_stack.kafka_ssl_port}",
+        kafka_bootstrap=f"127.0.0.1:{local_stack.stack.kafka_ssl_port}",
         kafka_security_protocol="SSL",
         kafka_tls_ca_file=str(tls.ca_file),
         kafka_tls_cert_file=str(tls.client_cert_file),
@@ -173,11 +175,11 @@ async def test_the_ssl_listener_takes_a_client_certificate_and_refuses_a_client_
     with_certificate.validate()
     await ensure_topics(with_certificate)
     payloads = [f"message {n}".encode() for n in range(50)]
-    await produce(with_certificate, with_certificate.raw_topic, list(payloads))
-    records = await read_everything(with_certificate, [with_certificate.raw_topic])
+    await produce(with_certificate, with_certificate.topics.raw_topic, list(payloads))
+    records = await read_everything(with_certificate, [with_certificate.topics.raw_topic])
     assert sorted(r.value for r in records if r.value is not None) == sorted(payloads)
 
-    without_certificate = dataclasses.replace(with_certificate, kafka_tls_cert_file="", kafka_tls_key_file="")
+    without_certificate = with_certificate.replace(kafka_tls_cert_file="", kafka_tls_key_file="")
     admin = AIOKafkaAdminClient(**kafka_options(without_certificate), request_timeout_ms=5000)
     with pytest.raises((KafkaError, OSError, TimeoutError)):
         await asyncio.wait_for(admin.start(), 20)

@@ -40,7 +40,7 @@ async def send_to_partition_0(settings: Settings, payloads: list[bytes]) -> None
     await producer.start()
     try:
         for payload in payloads:
-            await producer.send_and_wait(settings.raw_topic, payload, partition=0)
+            await producer.send_and_wait(settings.topics.raw_topic, payload, partition=0)
     finally:
         await producer.stop()
 
@@ -49,7 +49,7 @@ async def results(settings: Settings, kpi: str, start: int) -> list[dict[str, An
     key = ["page_views" if kpi == "page_views" else kpi, 60, start, "*", "*"]
     return [
         json.loads(record.value)
-        for record in await read_everything(settings, [settings.window_results_topic])
+        for record in await read_everything(settings, [settings.topics.window_results_topic])
         if json.loads(record.key) == key
     ]
 
@@ -97,7 +97,9 @@ async def test_windows_close_on_event_time_revise_and_report_late_events(tmp_pat
         assert totals["outcomes"] == {"valid": 4, "late": 1}
         revised = await wait_for_results(settings, first, 2, timeout=30)
         assert [(r["revision"], r["numerator"]) for r in revised] == [(0, 2), (1, 3)]
-        [late] = [json.loads(r.value) for r in await read_everything(settings, [settings.late_events_topic])]
+        [late] = [
+            json.loads(r.value) for r in await read_everything(settings, [settings.topics.late_events_topic])
+        ]
         assert (late["source_partition"], late["missed_window_seconds"], late["counted_window_seconds"]) == (
             0,
             [60],
