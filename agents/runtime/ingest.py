@@ -1,10 +1,10 @@
 """Batch ingest: raw topic -> typed events -> pre-aggregated deltas, exactly once.
 
-``BatchIngestor`` is the pure part: it takes raw messages and accumulates deltas, bad
-rows and outcome counts. ``IngestService`` is the I/O around it: it reads the raw
-topic in batches with aiokafka and, once per flush interval, produces the batch's
-deltas and bad rows and commits the raw offsets in one Kafka transaction, so a crash
-anywhere either publishes all of a batch or none of it.
+``streams.core.ingestor.BatchIngestor`` is the pure part: it takes raw records and
+accumulates deltas, bad rows and outcome counts. ``IngestService`` is the I/O around it: it
+reads the raw topic in batches with aiokafka, checks duplicates in Redis and, once per flush
+interval, produces the batch's deltas and bad rows and commits the raw offsets in one Kafka
+transaction, so a crash anywhere either publishes all of a batch or none of it.
 """
 
 from __future__ import annotations

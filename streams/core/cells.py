@@ -1,12 +1,7 @@
-"""Cells of measures, pre-aggregation into deltas, idempotent merging, and KPI updates.
+"""Cells as the KPI table stores them: idempotent merging of deltas, and their KPI updates.
 
-A cell is (window size, window start, channel, campaign). Ingest adds each event's measures
-to its finest cell (its own channel and campaign) in every window size, then once per flush
-rolls the cells up into the three published grains: per channel (campaign ``*``), per
-campaign (channel ``*``) and overall (both ``*``): one delta per cell. All KPIs of a cell are
-derived from that one cell, so ratios never need data from another partition. A flush sends
-its deltas in ``DeltaBatch`` messages, a few per delta partition, so the agent pays Kafka's and
-Faust's per-message cost once per batch instead of once per cell.
+A cell is (window size, window start, channel, campaign) with its additive measures. All KPIs
+of a cell are derived from that one cell, so ratios never need data from another partition.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """Window life cycle on one delta partition: open, closed (final result), revised, expired.
 
-The agent keeps one ``PartitionWindows`` per delta partition it owns. It indexes the cells
+The KPI engine keeps one ``PartitionWindows`` per delta partition it owns. It indexes the cells
 stored in the table by window, holds the newest watermark mark of every raw partition, and
 answers which cells a new low watermark closes and which it expires. Everything here is pure;
-the agent reads and writes the table and the topics.
+the engine reads and writes the table, the agent the topics.
 
 A window of size s starting at t is
 - open while the low watermark is below end(s, t) + grace;

@@ -150,7 +150,14 @@ class KpiEngine:
             if self._unindexed is None:
                 wanted = self._expected | {partition}
                 grouped = table_keys.by_partition(store.items())
-                self._unindexed = {p: entries for p, entries in grouped.items() if p in wanted}
+                if grouped.unknown:
+                    log.error(
+                        "the KPI table holds %d entries of no known key layout (an earlier version's?); "
+                        "they are ignored, so their counts start again from zero: run this version "
+                        "with a new MKPI_TOPIC_PREFIX, or the earlier one to finish the old table",
+                        grouped.unknown,
+                    )
+                self._unindexed = {p: entries for p, entries in grouped.entries.items() if p in wanted}
             owned = self.partitions[partition] = self._index(
                 partition, offset, self._unindexed.pop(partition, [])
             )

@@ -7,7 +7,8 @@ decoding a value, and no kind can be mistaken for another whatever a campaign na
 - ``["cell", partition, window_seconds, window_start, channel, campaign]``: a cell's measures
   (``CellState``);
 - ``["mark", partition, raw_partition]``: a raw partition's newest watermark mark (``MarkState``);
-- ``["published", partition]``: the last delta offset whose outputs the broker acknowledged;
+- ``["published_offset", partition]``: the last delta offset whose outputs the broker
+  acknowledged;
 - ``["alert", partition, rule, channel, campaign]``: a watched series' state (``SeriesState``).
 """
 
@@ -26,7 +27,9 @@ from streams.contracts.deltas import CellKey
 class Kind(enum.StrEnum):
     CELL = "cell"
     MARK = "mark"
-    PUBLISHED = "published"
+    #: Not "published": the layout before kinds had a ["published", partition] key, with cells
+    #: that this one does not read, and taking its offset would skip their replay.
+    PUBLISHED = "published_offset"
     ALERT = "alert"
 
 
@@ -70,12 +73,21 @@ def parse(raw: bytes) -> TableKey | None:
         return None
 
 
-def by_partition(entries: Iterable[tuple[bytes, bytes]]) -> dict[int, list[tuple[TableKey, bytes]]]:
-    """A table's entries grouped by delta partition (keys parsed, values left encoded), in one
-    pass; entries of no known layout are left out."""
+class Grouped(NamedTuple):
+    #: Delta partition -> its entries (keys parsed, values left encoded).
+    entries: dict[int, list[tuple[TableKey, bytes]]]
+    #: Entries of no known layout (left out).
+    unknown: int
+
+
+def by_partition(entries: Iterable[tuple[bytes, bytes]]) -> Grouped:
+    """A table's entries grouped by delta partition, in one pass."""
     grouped: defaultdict[int, list[tuple[TableKey, bytes]]] = defaultdict(list)
+    unknown = 0
     for raw_key, raw_value in entries:
         key = parse(raw_key)
-        if key is not None:
+        if key is None:
+            unknown += 1
+        else:
             grouped[key.partition].append((key, raw_value))
-    return dict(grouped)
+    return Grouped(dict(grouped), unknown)

@@ -9,6 +9,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import msgspec
+import pytest
 
 from streams.contracts.deltas import ALL, CellKey, Delta, DeltaBatch, WatermarkMark
 from streams.contracts.outputs import AlertEvent
@@ -154,7 +155,7 @@ def test_a_replayed_mark_sends_the_final_results_it_produced_again() -> None:
     assert replay.counts["cells_closed"] == 0
 
 
-def test_recovery_indexes_the_table_as_it_was_left() -> None:
+def test_recovery_indexes_the_table_as_it_was_left(caplog: pytest.LogCaptureFixture) -> None:
     store = DictStore()
     worker = Worker(store)
     worker.apply(0, message([delta(0, {"page_views": 1}), delta(MINUTE, {"page_views": 1})]))
@@ -164,6 +165,7 @@ def test_recovery_indexes_the_table_as_it_was_left() -> None:
     successor = Worker(store)
     owned = successor.engine.partition(PARTITION, 3, store)
     assert (owned.continuity.applied_through, owned.continuity.published_through) == (2, 1)
+    assert "1 entries of no known key layout" in caplog.text, "an earlier table is not read silently"
     assert owned.windows.low_watermark == MINUTE + GRACE
     assert owned.windows.is_closed(CellKey(MINUTE, 0, ALL, ALL))
     assert not owned.windows.is_closed(CellKey(MINUTE, MINUTE, ALL, ALL))

@@ -36,15 +36,16 @@ def test_a_key_parses_back_to_its_kind_partition_and_parts() -> None:
 
 
 def test_keys_of_no_known_layout_are_left_out() -> None:
-    old_cell = msgspec.json.encode([60, 0, "*", "*"])  # a cell key of the layout before kinds
-    for raw in (old_cell, b"not json", msgspec.json.encode(["nonsense", 1]), b"[]"):
-        assert table_keys.parse(raw) is None
+    # Keys of the layout before kinds: a cell, a mark, the published offset, an alert series.
+    earlier = [[60, 0, "*", "*"], ["watermark", 0, 1], ["published", 0], ["alert", "rule", "*", "*"]]
+    for raw in [msgspec.json.encode(key) for key in earlier] + [b"not json", b"[]"]:
+        assert table_keys.parse(raw) is None, raw
 
 
 def test_entries_are_grouped_by_partition_in_one_pass() -> None:
     entries = [(key, b"v%d" % p) for p in (0, 1, 2) for key in every_kind(p).values()]
     entries.append((b"garbage", b"x"))
-    grouped = table_keys.by_partition(entries)
-    assert sorted(grouped) == [0, 1, 2]
+    grouped, unknown = table_keys.by_partition(entries)
+    assert sorted(grouped) == [0, 1, 2] and unknown == 1
     assert [key.kind for key, _ in grouped[1]] == [Kind.CELL, Kind.MARK, Kind.PUBLISHED, Kind.ALERT]
     assert {value for _, value in grouped[2]} == {b"v2"}
