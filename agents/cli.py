@@ -12,6 +12,7 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -30,6 +31,19 @@ from streams.core.alerts import AlertRulesError
 from streams.core.attribution import RulesError
 
 log = logging.getLogger("mkpi")
+
+
+def program() -> str:
+    """How to call this command again: ``mkpi`` when that is on PATH, else the path it was run by
+    (``.venv/bin/mkpi`` after bootstrap)."""
+    invoked = sys.argv[0]
+    if Path(invoked).name != "mkpi":
+        return "mkpi"  # run as ``python -m agents.cli``: the installed name is the one to show
+    on_path = shutil.which("mkpi")
+    if on_path and Path(on_path).resolve() == Path(invoked).resolve():
+        return "mkpi"
+    relative = os.path.relpath(invoked)
+    return invoked if relative.startswith("..") else relative
 
 
 def _configure_logging(settings: Settings) -> None:
@@ -138,8 +152,10 @@ def _stack(settings: Settings, action: str) -> int:
         print(broker.stop())
         print(redis_server.stop())
     else:
-        print(f"kafka  {broker.bootstrap}: {'ready' if broker.is_ready() else 'not answering'}")
-        print(f"redis  {redis_server.url}: {'ready' if redis_server.is_ready() else 'not answering'}")
+        kafka_ready, redis_ready = broker.is_ready(), redis_server.is_ready()
+        print(f"kafka  {broker.bootstrap}: {'ready' if kafka_ready else 'not answering'}")
+        print(f"redis  {without_password(redis_server.url)}: {'ready' if redis_ready else 'not answering'}")
+        return 0 if kafka_ready and redis_ready else 1
     return 0
 
 
@@ -168,11 +184,11 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
             f"  live board:   {settings.web.url}/board\n"
             f"  metrics:      {settings.web.url}/metrics   (look for mkpi_kpi_current)\n"
             f"  worker log:   {log_path}\n"
-            f"  query:        mkpi query --kpi organic_traffic   or   {settings.web.url}/api/kpis\n"
+            f"  query:        {program()} query --kpi organic_traffic   or   {settings.web.url}/api/kpis\n"
             f"  KPI topic:    {settings.topics.kpi_updates_topic} on {settings.kafka.bootstrap}\n"
             f"  raw events:   {settings.topics.raw_topic}   bad rows: {settings.topics.bad_rows_topic}\n"
             "  stop:         Ctrl-C (stops the generator and the worker); "
-            "'mkpi stack down' stops Kafka and Redis\n",
+            f"'{program()} stack down' stops Kafka and Redis\n",
             flush=True,
         )
         return cmd_generate(settings, args)
@@ -200,13 +216,26 @@ def cmd_query(settings: Settings, args: argparse.Namespace) -> int:
     import msgspec
 
     from agents.redis.view import RedisView, ViewQuery, render_table
-    from streams.contracts.deltas import ALL_TIME
+    from streams.contracts.deltas import ALL, ALL_TIME
+    from streams.core.attribution import ChannelRules
+    from streams.core.cells import KPI_NAMES
 
     sizes = (*settings.windows.windowing.sizes, ALL_TIME)
     window = sizes[0] if args.window is None else args.window
     if window not in sizes:
         print(f"mkpi query: --window must be one of {', '.join(map(str, sizes))}", file=sys.stderr)
         return 2
+    rules = ChannelRules.configured(settings.ingest.channel_rules_file)
+    for option, value, known in (
+        ("--kpi", args.kpi, KPI_NAMES),
+        ("--channel", args.channel, rules.channels | {ALL}),
+    ):
+        if value is not None and value not in known:
+            print(
+                f"mkpi query: {option} {value!r} is unknown; one of {', '.join(sorted(known))}",
+                file=sys.stderr,
+            )
+            return 2
 
     async def run() -> list[Any]:
         client = redis_client(settings)
@@ -315,7 +344,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     _configure_logging(settings)
     try:
-        return COMMANDS[args.command](settings, args)
+        status = COMMANDS[args.command](settings, args)
+        sys.stdout.flush()  # here, so a reader gone away is a BrokenPipeError below
+        return status
     except ConfigError as exc:
         print(f"mkpi: {exc}", file=sys.stderr)
         return 2
@@ -332,12 +363,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KafkaConnectionError as exc:
         print(
             f"mkpi: cannot reach Kafka at {settings.kafka.bootstrap} ({exc}); start it with "
-            "'mkpi stack up' or fix MKPI_KAFKA_BOOTSTRAP",
+            f"'{program()} stack up' or fix MKPI_KAFKA_BOOTSTRAP",
             file=sys.stderr,
         )
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`mkpi query --json | head`): nothing left to say, and nowhere
+        # to say it. Point stdout at /dev/null so the interpreter's last flush stays quiet.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, as a shell tool killed by it
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -33,14 +34,14 @@ def _default_stack_dir() -> str:
     return str(Path.home() / ".cache" / "mkpi")
 
 
+#: ``scheme:[//]user:password@``, however malformed the rest: the password is what to hide.
+_CREDENTIALS = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*:/*[^/@:\s]*):[^\s/]*@")
+
+
 def without_password(url: str) -> str:
-    """``url`` with the password of its user part masked, for messages and logs."""
-    parsed = urlparse(url)
-    if parsed.password is None:
-        return url
-    user = f"{parsed.username}:" if parsed.username else ":"
-    host = parsed.netloc.rpartition("@")[2]
-    return parsed._replace(netloc=f"{user}***@{host}").geturl()
+    """``url`` with the password of its user part masked, for messages and logs; also in a
+    value that is not a valid URL (``redis:/user:secret@host``)."""
+    return _CREDENTIALS.sub(r"\1:***@", url)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -413,7 +414,12 @@ class Settings:
         problems: list[str] = []
 
         def bad(name: str, why: str) -> None:
-            problems.append(f"{ENV_PREFIX}{name.upper()}={self.value(name)!r}: {why}")
+            value = self.value(name)
+            if name in self.SECRET_FIELDS and value:
+                value = "***"
+            elif isinstance(value, str):
+                value = without_password(value)
+            problems.append(f"{ENV_PREFIX}{name.upper()}={value!r}: {why}")
 
         for address in self.kafka.bootstrap.split(","):
             try:
@@ -422,7 +428,7 @@ class Settings:
                 bad("kafka_bootstrap", str(exc))
         self._validate_kafka_security(bad)
         parsed = urlparse(self.redis.url)
-        if parsed.scheme not in ("redis", "rediss", "unix") or not (parsed.hostname or parsed.path):
+        if not _redis_url_is_valid(self.redis.url):
             bad("redis_url", "expected redis://host:port/db, rediss://... or unix:///path")
         redis_tls = ("redis_tls_ca_file", "redis_tls_cert_file", "redis_tls_key_file")
         for name in redis_tls:
@@ -555,6 +561,19 @@ def _coerce(value: Any, kind: type) -> Any:
         return kind(value)
     except (TypeError, ValueError):
         raise ValueError(f"expected {'an integer' if kind is int else 'a number'}, got {value!r}") from None
+
+
+def _redis_url_is_valid(url: str) -> bool:
+    parsed = urlparse(url)
+    if parsed.scheme == "unix":
+        return bool(parsed.path)
+    if parsed.scheme not in ("redis", "rediss") or not url.startswith(f"{parsed.scheme}://"):
+        return False
+    try:
+        parsed.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError:
+        return False
+    return bool(parsed.hostname)
 
 
 def _split_host_port(address: str) -> tuple[str, int]:

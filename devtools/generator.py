@@ -116,9 +116,9 @@ class Fractions:
     past_retention: float = 0.0
 
     def validate(self) -> None:
-        for name in ("duplicates", "late", "malformed", "revising", "past_retention"):
-            if not 0 <= getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be a fraction between 0 and 1")
+        for name in ("duplicates", "malformed", "late", "revising", "past_retention"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be a fraction from 0 to 1")
         if self.late + self.revising + self.past_retention >= 1:
             raise ValueError("--late, --revising and --past-retention must add up to less than 1")
         if self.shuffle_window < 1:

@@ -48,9 +48,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> faust.App:
     alert_rules = configured_rules(settings.alerts.rules_file, settings.windows.windowing.sizes)
     table = app.Table(KPI_TABLE_NAME, partitions=settings.topics.partitions, key_type=bytes, value_type=bytes)
     agent = register_kpi_agent(app, deltas, table, metrics, settings, alert_rules)
-    rules = ChannelRules.load(
-        Path(settings.ingest.channel_rules_file) if settings.ingest.channel_rules_file else None
-    )
+    rules = ChannelRules.configured(settings.ingest.channel_rules_file)
     ingest = IngestService(
         settings,
         metrics,
@@ -60,5 +58,5 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> faust.App:
         agent_is_behind=agent.is_behind,
     )
     app.service(ingest)  # type: ignore[arg-type]
-    app.web_server(WebServer(settings, metrics))
+    app.web_server(WebServer(settings, metrics, rules.channels))
     return app

@@ -22,6 +22,7 @@ from agents.settings import Settings
 from streams.contracts.deltas import ALL, ALL_TIME
 from streams.contracts.outputs import KpiKey
 from streams.core.board import DEFAULT_POINTS, MAX_POINTS, board_data, window_starts
+from streams.core.cells import KPI_NAMES
 
 PAGE = Path(__file__).with_name("board.html")
 
@@ -29,10 +30,14 @@ _encoder = msgspec.json.Encoder()
 
 
 class WebServer(Service):
-    def __init__(self, settings: Settings, metrics: Metrics, **kwargs: object) -> None:
+    def __init__(
+        self, settings: Settings, metrics: Metrics, channels: frozenset[str], **kwargs: object
+    ) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self.settings = settings
         self.metrics = metrics
+        #: What ``?kpi=`` and ``?channel=`` may name (an unknown name answers 400, not nothing).
+        self.known = {"kpi": KPI_NAMES, "channel": channels | {ALL}}
         self._runner: web.AppRunner | None = None
         self._view: RedisView | None = None
 
@@ -54,6 +59,10 @@ class WebServer(Service):
     async def _kpis(self, request: web.Request) -> web.Response:
         """GET /api/kpis?window=60&kpi=...&channel=...&campaign=... -> the newest values."""
         params = request.query
+        for name, known in self.known.items():
+            value = params.get(name)
+            if value is not None and value not in known:
+                raise web.HTTPBadRequest(text=f"unknown {name} {value!r}: one of {', '.join(sorted(known))}")
         window = self._window(request, with_running_total=True)
         query = ViewQuery(window, params.get("kpi"), params.get("channel"), params.get("campaign"))
         assert self._view is not None

@@ -102,6 +102,11 @@ class ChannelRules:
         self._by_touch: dict[Touch, Attribution] = {}
 
     @classmethod
+    def configured(cls, rules_file: str) -> ChannelRules:
+        """The rules of ``MKPI_CHANNEL_RULES_FILE``; empty: the built-in ones."""
+        return cls.load(Path(rules_file) if rules_file else None)
+
+    @classmethod
     def load(cls, path: Path | None = None) -> ChannelRules:
         source = path or DEFAULT_RULES_FILE
         try:
@@ -137,6 +142,17 @@ class ChannelRules:
                 f"video_paid and [intrinsic.ad_placement]: {exc}"
             ) from exc
         return cls(rules, intrinsic, lists, version)
+
+    @property
+    def channels(self) -> frozenset[str]:
+        """Every channel these rules can attribute an event to."""
+        intrinsic = self.intrinsic
+        return frozenset(
+            {rule.channel for rule in self.rules}
+            | {intrinsic.email, intrinsic.social_organic, intrinsic.social_paid}
+            | {intrinsic.video_organic, intrinsic.video_paid, UNASSIGNED}
+            | set(intrinsic.ad_placement.values())
+        )
 
     def attribute_touch(self, touch: Touch) -> Attribution:
         known = self._by_touch.get(touch)

@@ -207,3 +207,19 @@ def test_replace_takes_flat_names_and_refuses_unknown_ones() -> None:
     assert changed.windows.window_sizes == Settings().windows.window_sizes
     with pytest.raises(TypeError, match="not a setting: grace"):
         Settings().replace(grace=5)
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://u:sekret@localhost:1/0", "redis:/u:sekret@localhost:1/0", "redis://u:sekret@localhost:port/0"],
+)
+def test_a_bad_redis_url_is_refused_without_showing_its_password(url: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        Settings.from_env({**DEV, "MKPI_REDIS_URL": url})
+    message = str(refused.value)
+    assert "MKPI_REDIS_URL" in message and "sekret" not in message and "u:***@" in message
+
+
+def test_without_password_masks_what_is_not_a_url_too() -> None:
+    assert without_password("redis:/u:sekret@h:1/0") == "redis:/u:***@h:1/0"
+    assert without_password("rediss://alice:p@ss:w0rd@h:6380/1") == "rediss://alice:***@h:6380/1"

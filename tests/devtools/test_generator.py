@@ -6,6 +6,8 @@ import json
 from collections import Counter
 from datetime import UTC, datetime
 
+import pytest
+
 from devtools.generator import DUPLICATE, VALID, Fractions, GroundTruth, Scenario
 from streams.contracts.events import EVENT_TYPES
 from streams.core.validation import Rejection, check_time_range, decode_event, event_time
@@ -120,3 +122,9 @@ def test_channel_labels_agree_with_the_rules_for_every_generated_event() -> None
         if actual != message.channel:
             wrong[(message.event_type, message.channel, actual)] += 1
     assert not wrong
+
+
+def test_a_share_of_one_is_allowed_as_the_message_says() -> None:
+    Fractions(malformed=1.0, duplicates=1.0).validate()
+    with pytest.raises(ValueError, match="--malformed must be a fraction from 0 to 1"):
+        Fractions(malformed=1.01).validate()
