@@ -77,6 +77,9 @@ class TopicSettings:
     raw_topic: str = "marketing.events.raw"
     topic_prefix: str = "mkpi"
     partitions: int = 3
+    #: Copies of each topic mkpi creates, the table's changelog (which exactness rests on)
+    #: included: 1 for the single local broker, 3 in production (with min.insync.replicas=2).
+    replication_factor: int = 1
 
     @property
     def app_id(self) -> str:
@@ -446,6 +449,8 @@ class Settings:
                 bad(name, "a Kafka topic name: letters, digits, '.', '_' and '-' only")
         if not 1 <= self.topics.partitions <= 1000:
             bad("partitions", "must be between 1 and 1000")
+        if not 1 <= self.topics.replication_factor <= 10:
+            bad("replication_factor", "must be between 1 and 10 (and at most the number of brokers)")
         try:
             parse_sizes(self.windows.window_sizes)
         except ValueError as exc:

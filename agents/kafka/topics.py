@@ -55,8 +55,9 @@ async def ensure_topics(settings: Settings) -> None:
                     spec.partitions,
                 )
         if missing:
+            replication = settings.topics.replication_factor
             response = await admin.create_topics(
-                [NewTopic(s.name, s.partitions, 1, topic_configs=s.config) for s in missing]
+                [NewTopic(s.name, s.partitions, replication, topic_configs=s.config) for s in missing]
             )
             failures = [
                 f"{topic}: {for_code(code).__name__} {message or ''}".strip()
