@@ -12,6 +12,7 @@ import dataclasses
 import json
 import logging
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -81,6 +82,7 @@ def cmd_generate(settings: Settings, args: argparse.Namespace) -> int:
         revising=args.revising,
         past_retention=args.past_retention,
     )
+    run_nonce = 0 if args.repeat_ids else secrets.randbits(128)
     try:
         scenario = Scenario(
             args.seed,
@@ -88,6 +90,7 @@ def cmd_generate(settings: Settings, args: argparse.Namespace) -> int:
             fractions=fractions,
             grace_seconds=settings.windows.grace_seconds,
             retention_seconds=settings.windows.window_retention_seconds,
+            run_nonce=run_nonce,
         )
     except ValueError as exc:
         print(f"mkpi generate: {exc}", file=sys.stderr)
@@ -99,7 +102,8 @@ def cmd_generate(settings: Settings, args: argparse.Namespace) -> int:
         if args.hours:
             story = dataclasses.replace(story, hours=args.hours)
         start = story.start(datetime.now(UTC))
-        messages, count = story.messages(args.seed, start, settings.windows.grace_seconds), None
+        messages = story.messages(args.seed, start, settings.windows.grace_seconds, run_nonce)
+        count = None
         print(f"story {story.name}: {story.description}; {story.hours} hours from {start:%Y-%m-%d %H:%M}Z")
         for alert in story.expected_alerts(start):
             print(
@@ -268,7 +272,13 @@ def build_parser(stories: dict[str, str] | None = None) -> argparse.ArgumentPars
     sub.add_parser("worker", help="run a stream worker (ingest, KPI tables, /metrics)")
 
     def add_generator_options(p: argparse.ArgumentParser, rate: float, count: int, dirt: float) -> None:
-        p.add_argument("--seed", type=int, default=1, help="random seed (same seed, same messages)")
+        p.add_argument("--seed", type=int, default=1, help="random seed (same seed, same traffic)")
+        p.add_argument(
+            "--repeat-ids",
+            action="store_true",
+            help="the seed's own event ids, the same every run (a worker that saw them drops them as "
+            "duplicates); by default every run's ids are new",
+        )
         p.add_argument("--rate", type=float, default=rate, help="messages per second, 0 for flat out")
         p.add_argument("--count", type=int, default=count, help="messages to send, 0 for no limit")
         p.add_argument("--campaigns", type=int, default=6, help="number of distinct campaigns")

@@ -195,10 +195,14 @@ class Scenario:
         retention_seconds: int | None = None,
         journey_weights: dict[str, int] | None = None,
         open_dip: OpenDip | None = None,
+        run_nonce: int = 0,
     ) -> None:
         """``grace_seconds`` and ``retention_seconds`` (default: the settings' defaults) should
-        match the worker's, so that late journeys land where ``Fractions`` says they do."""
+        match the worker's, so that late journeys land where ``Fractions`` says they do.
+        ``run_nonce`` changes every event id and nothing else: the same seed with another nonce
+        is the same traffic as new events, not as retries the worker drops."""
         self.random = random.Random(seed)
+        self.run_nonce = run_nonce
         self.journey_weights = journey_weights or JOURNEY_WEIGHTS
         self.open_dip = open_dip
         self.fractions = fractions or Fractions()
@@ -217,7 +221,7 @@ class Scenario:
 
     # -- building blocks -------------------------------------------------------------------
     def _id(self) -> str:
-        return str(uuid.UUID(int=self.random.getrandbits(128), version=4))
+        return str(uuid.UUID(int=self.random.getrandbits(128) ^ self.run_nonce, version=4))
 
     def _base(self, kind: str, at: datetime, **fields: Any) -> dict[str, Any]:
         event = {
@@ -641,18 +645,21 @@ class Story:
         begins = start + timedelta(hours=first_hour)
         return OpenDip(CAMPAIGNS[0], begins, begins + timedelta(hours=hours), share_kept, broken)
 
-    def scenario(self, seed: int, grace_seconds: int | None = None) -> Scenario:
+    def scenario(self, seed: int, grace_seconds: int | None = None, run_nonce: int = 0) -> Scenario:
         return Scenario(
             seed,
             campaigns=self.campaigns,
             fractions=Fractions(duplicates=0.02, late=0.02, shuffle_window=20),
             grace_seconds=grace_seconds,
             journey_weights=dict(self.journey_weights),
+            run_nonce=run_nonce,
         )
 
-    def messages(self, seed: int, start: datetime, grace_seconds: int | None = None) -> Iterator[Message]:
+    def messages(
+        self, seed: int, start: datetime, grace_seconds: int | None = None, run_nonce: int = 0
+    ) -> Iterator[Message]:
         """The story's messages, journeys evenly spread over its hours of event time."""
-        scenario = self.scenario(seed, grace_seconds)
+        scenario = self.scenario(seed, grace_seconds, run_nonce)
         scenario.open_dip = self.open_dip(start)
         step = 3600 / self.journeys_per_hour
         journeys = self.hours * self.journeys_per_hour

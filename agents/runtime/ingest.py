@@ -42,7 +42,14 @@ from streams.contracts.outputs import IngestReport
 from streams.contracts.versions import INGEST_REPORT_VERSION
 from streams.core.aggregation import delta_batches
 from streams.core.attribution import ChannelRules
-from streams.core.ingestor import BatchIngestor, CommitPoint, Flushable, RawPartition, Screened
+from streams.core.ingestor import (
+    BatchIngestor,
+    CommitPoint,
+    DuplicateShare,
+    Flushable,
+    RawPartition,
+    Screened,
+)
 from streams.core.privacy import Pseudonymizer
 
 log = logging.getLogger(__name__)
@@ -114,6 +121,7 @@ class IngestService(Service):
         self.transactional_id = f"{settings.topics.app_id}-ingest-{worker_name}"
         self._retry_flush_after = 0.0
         self.ingestor = BatchIngestor(settings.ingest_policy, rules, pseudonymizer)
+        self.duplicate_share = DuplicateShare()
         self._flush_lock = asyncio.Lock()
         self._encoder = msgspec.json.Encoder()
         self._delta_partitions: list[int] = []
@@ -324,6 +332,8 @@ class IngestService(Service):
             self.metrics.deltas_produced.inc(len(pending.deltas))
             for outcome, count in pending.outcomes.items():
                 self.metrics.ingest_messages.labels(outcome).inc(count)
+            if (warning := self.duplicate_share.observe(pending.outcomes)) is not None:
+                log.warning(warning)
             for reason, count in pending.reasons.items():
                 self.metrics.bad_rows.labels(reason).inc(count)
             for event_type, count in pending.event_types.items():

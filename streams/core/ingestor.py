@@ -476,3 +476,33 @@ class Sighting(NamedTuple):
 def visitor_of(event: RawEvent) -> str | None:
     """Whom a page view counts as: the user when known, else the anonymous (device) id."""
     return event.user_id or event.anonymous_id
+
+
+class DuplicateShare:
+    """Says when most of what ingest read in the last ``period_seconds`` were duplicates: a
+    producer resending ids seen within the dedup horizon (a generator run again with the same
+    ids, say), which would otherwise only show as KPIs that do not move."""
+
+    def __init__(
+        self, period_seconds: float = 60.0, least: int = 100, monotonic: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.period_seconds = period_seconds
+        self.least = least
+        self.monotonic = monotonic
+        self._since = monotonic()
+        self._seen: Counter[str] = Counter()
+
+    def observe(self, outcomes: Counter[str]) -> str | None:
+        """Add one flush's outcomes; at the end of a period, the warning if one is due."""
+        self._seen.update(outcomes)
+        if self.monotonic() - self._since < self.period_seconds:
+            return None
+        seen, self._seen, self._since = self._seen, Counter(), self.monotonic()
+        total, duplicates = sum(seen.values()), seen["duplicate"]
+        if total < self.least or duplicates * 2 <= total:
+            return None
+        return (
+            f"{duplicates} of the last {total} raw messages were duplicates of events seen within "
+            "MKPI_DEDUP_HORIZON_SECONDS and were not counted: is a producer resending the same "
+            "event ids (the generator keeps its ids across runs only with --repeat-ids)?"
+        )

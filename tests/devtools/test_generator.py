@@ -128,3 +128,19 @@ def test_a_share_of_one_is_allowed_as_the_message_says() -> None:
     Fractions(malformed=1.0, duplicates=1.0).validate()
     with pytest.raises(ValueError, match="--malformed must be a fraction from 0 to 1"):
         Fractions(malformed=1.01).validate()
+
+
+def test_a_run_nonce_renews_every_event_id_and_keeps_the_traffic() -> None:
+    start = datetime(2026, 12, 2, 10, tzinfo=UTC)
+
+    def events(nonce: int) -> list[dict[str, object]]:
+        scenario = Scenario(3, fractions=Fractions(duplicates=0.1), run_nonce=nonce)
+        return [json.loads(m.payload) for m in scenario.messages(300, lambda: start)]
+
+    same, again, fresh = events(0), events(0), events(12345)
+    assert same == again, "without a nonce a seed repeats its ids"
+    ids = {str(e["event_id"]) for e in same}
+    assert ids.isdisjoint(str(e["event_id"]) for e in fresh)
+    assert [{k: v for k, v in e.items() if k != "event_id"} for e in same] == [
+        {k: v for k, v in e.items() if k != "event_id"} for e in fresh
+    ]

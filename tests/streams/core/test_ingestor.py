@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
 
@@ -11,7 +12,7 @@ from aiokafka import ConsumerRecord, TopicPartition
 from agents.settings import Settings
 from streams.contracts.deltas import ALL
 from streams.core.attribution import ChannelRules
-from streams.core.ingestor import BatchIngestor
+from streams.core.ingestor import BatchIngestor, DuplicateShare
 from streams.core.privacy import Pseudonymizer
 
 NOW = datetime(2026, 11, 27, 10, 0, 40, tzinfo=UTC)
@@ -259,3 +260,16 @@ def test_cell_names_are_cached_for_windows_that_can_take_events_and_stay_right()
     # A minute window takes events until its end + grace + retention (here 60 s).
     assert minute_starts == [int(datetime(2026, 11, 27, 9, m, tzinfo=UTC).timestamp()) for m in (48, 49, 50)]
     assert len(ingest._named[3600]) == len(ingest._named[86400]) == 1
+
+
+def test_most_messages_being_duplicates_is_said_once_a_period() -> None:
+    now = [0.0]
+    share = DuplicateShare(period_seconds=60, least=100, monotonic=lambda: now[0])
+    assert share.observe(Counter(duplicate=5979)) is None, "not before the period ends"
+    now[0] = 61
+    warning = share.observe(Counter(valid=21))
+    assert warning is not None and "5979 of the last 6000 raw messages were duplicates" in warning
+    now[0] = 122
+    assert share.observe(Counter(valid=60, duplicate=40)) is None, "a minority of duplicates is traffic"
+    now[0] = 183
+    assert share.observe(Counter(duplicate=99)) is None, "too few to say"
