@@ -10,6 +10,7 @@ import faust
 from agents.kafka.connections import faust_credentials
 from agents.kafka.transport import URL_SCHEME
 from agents.metrics.registry import Metrics
+from agents.runtime.health import Health
 from agents.runtime.ingest import IngestService
 from agents.runtime.kpi_agent import register_kpi_agent
 from agents.runtime.web import WebServer
@@ -58,5 +59,9 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> faust.App:
         agent_is_behind=agent.is_behind,
     )
     app.service(ingest)  # type: ignore[arg-type]
-    app.web_server(WebServer(settings, metrics, rules.channels))
+    health = Health(
+        ingest_partitions=lambda: ingest.owned_partitions,
+        agent_recovering=lambda: bool(app.rebalancing or getattr(app, "in_recovery", False)),
+    )
+    app.web_server(WebServer(settings, metrics, rules.channels, health))
     return app

@@ -87,6 +87,7 @@ class _FlushBeforeRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
             for gauge in (self.service.metrics.ingest_lag, self.service.metrics.partition_watermark):
                 with contextlib.suppress(KeyError):  # never set for this partition
                     gauge.remove(str(tp.partition))
+        self.service.owned_partitions = 0
         self.service.metrics.ingest_partitions.set(0)
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
@@ -122,6 +123,8 @@ class IngestService(Service):
         self._retry_flush_after = 0.0
         self.ingestor = BatchIngestor(settings.ingest_policy, rules, pseudonymizer)
         self.duplicate_share = DuplicateShare()
+        #: Raw partitions taken over (offsets and watermarks resumed): what readiness asks.
+        self.owned_partitions = 0
         self._flush_lock = asyncio.Lock()
         self._encoder = msgspec.json.Encoder()
         self._delta_partitions: list[int] = []
@@ -208,6 +211,7 @@ class IngestService(Service):
         there: its own lookup does not wait for that."""
         log.info("ingest assigned %s", sorted(tp.partition for tp in assigned))
         if not assigned:
+            self.owned_partitions = 0
             self.metrics.ingest_partitions.set(0)
             return
         committed = await stable_committed_offsets(self.admin, self.settings.topics.ingest_group_id, assigned)
@@ -224,6 +228,7 @@ class IngestService(Service):
         self.ingestor.raw_partitions = len(
             self.consumer.partitions_for_topic(self.settings.topics.raw_topic) or ()
         )
+        self.owned_partitions = len(assigned)
         self.metrics.ingest_partitions.set(len(assigned))
 
     @Service.task

@@ -18,6 +18,7 @@ from redis.exceptions import RedisError
 from agents.metrics.registry import Metrics
 from agents.redis.connections import redis_client
 from agents.redis.view import RedisView, ViewQuery, series_field
+from agents.runtime.health import Health, Verdict
 from agents.settings import Settings
 from streams.contracts.deltas import ALL, ALL_TIME
 from streams.contracts.outputs import KpiKey
@@ -31,11 +32,12 @@ _encoder = msgspec.json.Encoder()
 
 class WebServer(Service):
     def __init__(
-        self, settings: Settings, metrics: Metrics, channels: frozenset[str], **kwargs: object
+        self, settings: Settings, metrics: Metrics, channels: frozenset[str], health: Health, **kwargs: object
     ) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self.settings = settings
         self.metrics = metrics
+        self.health = health
         #: What ``?kpi=`` and ``?channel=`` may name (an unknown name answers 400, not nothing).
         self.known = {"kpi": KPI_NAMES, "channel": channels | {ALL}}
         self._runner: web.AppRunner | None = None
@@ -53,8 +55,21 @@ class WebServer(Service):
         body = generate_latest(registry.restricted_registry(names) if names else registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-    async def _health(self, request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
+    async def _live(self, request: web.Request) -> web.Response:
+        return self._verdict(self.health.live())
+
+    async def _ready(self, request: web.Request) -> web.Response:
+        return self._verdict(self.health.ready())
+
+    @staticmethod
+    def _verdict(verdict: Verdict) -> web.Response:
+        if verdict.ok:
+            return web.json_response({"status": "ok"})
+        return web.json_response({"status": "unavailable", "reasons": list(verdict.reasons)}, status=503)
+
+    @Service.task
+    async def _heartbeat(self) -> None:
+        await self.health.keep_beating()
 
     async def _kpis(self, request: web.Request) -> web.Response:
         """GET /api/kpis?window=60&kpi=...&channel=...&campaign=... -> the newest values."""
@@ -113,7 +128,9 @@ class WebServer(Service):
         self._view = RedisView(redis_client(self.settings), self.settings.topics.topic_prefix)
         application = web.Application()
         application.router.add_get("/metrics", self._metrics)
-        application.router.add_get("/healthz", self._health)
+        application.router.add_get("/healthz", self._live)  # the loop turns (kept for scripts)
+        application.router.add_get("/livez", self._live)
+        application.router.add_get("/readyz", self._ready)
         application.router.add_get("/api/kpis", self._kpis)
         application.router.add_get("/api/board", self._board)
         application.router.add_get("/board", self._board_page)

@@ -67,8 +67,8 @@ def test_ports_probes_service_and_labels_agree() -> None:
     container = worker_container()
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {"http": settings.web.port}
-    for probe in ("readinessProbe", "livenessProbe"):
-        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/livez", "port": "http"}
     workers, service = one("StatefulSet"), one("Service")
     pod_labels = workers["spec"]["template"]["metadata"]["labels"]
     assert workers["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
