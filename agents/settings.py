@@ -10,6 +10,7 @@ over the file. Validation happens once, at start-up, and each problem names the 
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 import tomllib
@@ -220,6 +221,18 @@ class WebSettings:
     PREFIX: ClassVar[str] = "web_"
     host: str = "127.0.0.1"
     port: int = 6066
+    #: Required by the board and the API (a bearer token, a cookie, or ?token= once) when the
+    #: host is beyond loopback; /metrics and the probes stay open.
+    token: str = dataclasses.field(default="", repr=False)
+
+    @property
+    def on_loopback(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
 
     @property
     def url(self) -> str:
@@ -280,7 +293,9 @@ class Settings:
     worker: WorkerSettings = dataclasses.field(default_factory=WorkerSettings)
     stack: StackSettings = dataclasses.field(default_factory=StackSettings)
 
-    SECRET_FIELDS: ClassVar[frozenset[str]] = frozenset({"pseudonymization_key", "kafka_sasl_password"})
+    SECRET_FIELDS: ClassVar[frozenset[str]] = frozenset(
+        {"pseudonymization_key", "kafka_sasl_password", "web_token"}
+    )
 
     @property
     def ingest_policy(self) -> IngestPolicy:
@@ -365,7 +380,8 @@ class Settings:
         return shown
 
     def validate_for_worker(self) -> None:
-        """What only a worker needs: a pseudonymization key, or an explicit dev mode."""
+        """What only a worker needs: a pseudonymization key and, serving beyond loopback, a web
+        token; or an explicit dev mode."""
         problems: list[str] = []
         if not self.ingest.pseudonymization_key and not self.ingest.insecure_dev_mode:
             problems.append(
@@ -376,6 +392,15 @@ class Settings:
             problems.append(
                 "MKPI_PSEUDONYMIZATION_KEY: too short; use at least 16 characters (32 random bytes is best)"
             )
+        web = self.web
+        if not web.on_loopback and not web.token and not self.ingest.insecure_dev_mode:
+            problems.append(
+                f"MKPI_WEB_HOST={web.host!r} serves the board and the KPI API beyond this machine: set "
+                "MKPI_WEB_TOKEN to a long random secret (for example `openssl rand -hex 32`), or bind "
+                "MKPI_WEB_HOST to 127.0.0.1"
+            )
+        elif web.token and len(web.token) < 16:
+            problems.append("MKPI_WEB_TOKEN: too short; use at least 16 characters (32 random bytes is best)")
         if problems:
             raise ConfigError(_format_problems(problems))
 

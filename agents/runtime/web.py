@@ -7,10 +7,12 @@ bound to loopback unless MKPI_WEB_HOST says otherwise.
 
 from __future__ import annotations
 
+import hmac
 from pathlib import Path
 
 import msgspec
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from mode import Service
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
@@ -26,6 +28,9 @@ from streams.core.board import DEFAULT_POINTS, MAX_POINTS, board_data, window_st
 from streams.core.cells import KPI_NAMES
 
 PAGE = Path(__file__).with_name("board.html")
+#: Answer without the web token: what Prometheus and the orchestrator's probes call.
+OPEN_PATHS = frozenset({"/metrics", "/livez", "/readyz", "/healthz"})
+TOKEN_COOKIE = "mkpi_token"
 
 _encoder = msgspec.json.Encoder()
 
@@ -124,9 +129,28 @@ class WebServer(Service):
         body = board_data(self.settings.windows.windowing.sizes, window, campaign, starts, latest, history)
         return web.Response(body=_encoder.encode(body), content_type="application/json")
 
+    @web.middleware
+    async def _require_token(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """With MKPI_WEB_TOKEN set, the board and the API need it: ``Authorization: Bearer``,
+        the cookie a ``?token=`` link sets, or that query itself. /metrics and the probes do not."""
+        token = self.settings.web.token
+        if not token or request.path in OPEN_PATHS:
+            return await handler(request)
+        offered = request.headers.get("Authorization", "").removeprefix("Bearer ")
+        offered = offered or request.cookies.get(TOKEN_COOKIE, "") or request.query.get("token", "")
+        if not hmac.compare_digest(offered.encode(), token.encode()):
+            raise web.HTTPUnauthorized(
+                text="a token is needed: open /board?token=<MKPI_WEB_TOKEN> once, or send "
+                "'Authorization: Bearer <MKPI_WEB_TOKEN>'"
+            )
+        response = await handler(request)
+        if "token" in request.query:
+            response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="Strict")
+        return response
+
     async def on_start(self) -> None:
         self._view = RedisView(redis_client(self.settings), self.settings.topics.topic_prefix)
-        application = web.Application()
+        application = web.Application(middlewares=[self._require_token])
         application.router.add_get("/metrics", self._metrics)
         application.router.add_get("/healthz", self._live)  # the loop turns (kept for scripts)
         application.router.add_get("/livez", self._live)

@@ -194,7 +194,7 @@ def test_redis_tls_files_need_a_rediss_url(tmp_path: Path) -> None:
 def test_each_setting_has_one_section_and_one_variable() -> None:
     settings = Settings()
     names = [name for name, _ in settings.flat()]
-    assert len(names) == len(set(names)) == 49
+    assert len(names) == len(set(names)) == 50
     assert settings.value("kafka_bootstrap") == settings.kafka.bootstrap
     assert settings.value("grace_seconds") == settings.windows.grace_seconds
     assert settings.value("web_port") == settings.web.port
@@ -223,3 +223,17 @@ def test_a_bad_redis_url_is_refused_without_showing_its_password(url: str) -> No
 def test_without_password_masks_what_is_not_a_url_too() -> None:
     assert without_password("redis:/u:sekret@h:1/0") == "redis:/u:***@h:1/0"
     assert without_password("rediss://alice:p@ss:w0rd@h:6380/1") == "rediss://alice:***@h:6380/1"
+
+
+def test_serving_beyond_loopback_needs_a_web_token() -> None:
+    key = {"MKPI_PSEUDONYMIZATION_KEY": "k" * 32}
+    with pytest.raises(ConfigError, match=r"MKPI_WEB_HOST='0\.0\.0\.0' serves the board"):
+        Settings.from_env({**key, "MKPI_WEB_HOST": "0.0.0.0"}).validate_for_worker()
+    with pytest.raises(ConfigError, match="MKPI_WEB_TOKEN: too short"):
+        Settings.from_env(
+            {**key, "MKPI_WEB_HOST": "0.0.0.0", "MKPI_WEB_TOKEN": "short"}
+        ).validate_for_worker()
+    Settings.from_env({**key, "MKPI_WEB_HOST": "0.0.0.0", "MKPI_WEB_TOKEN": "t" * 32}).validate_for_worker()
+    for loopback in ("127.0.0.1", "localhost", "::1"):
+        Settings.from_env({**key, "MKPI_WEB_HOST": loopback}).validate_for_worker()
+    assert Settings.from_env({**key, "MKPI_WEB_TOKEN": "t" * 32}).redacted()["web_token"] == "***"
