@@ -37,10 +37,16 @@ def test_there_are_an_overview_a_campaign_drill_down_and_pipeline_health() -> No
 @pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.stem)
 def test_structure_ids_datasource_and_variables(path: Path) -> None:
     dashboard = load(path)
-    datasource_uid = yaml.safe_load(
+    provisioned_uid = yaml.safe_load(
         (ROOT / "deploy/grafana/provisioning/datasources/prometheus.yml").read_text()
     )["datasources"][0]["uid"]
     assert dashboard["title"] and dashboard["uid"] and dashboard["panels"]
+    # A datasource variable, not a fixed uid: the dashboard imports into any Grafana with a
+    # Prometheus, and picks the provisioned one here.
+    (chooser,) = [v for v in dashboard["templating"]["list"] if v["type"] == "datasource"]
+    assert chooser["query"] == "prometheus" and chooser["current"]["value"] == provisioned_uid
+    datasource_uid = "${" + chooser["name"] + "}"
+    assert provisioned_uid not in path.read_text(encoding="utf-8").replace(chooser["current"]["value"], "", 1)
     ids = [panel["id"] for panel in dashboard["panels"]]
     assert len(ids) == len(set(ids)), "panel ids must be unique"
     defined = {variable["name"] for variable in dashboard["templating"]["list"]}
@@ -54,6 +60,13 @@ def test_structure_ids_datasource_and_variables(path: Path) -> None:
             used = set(re.findall(r"\$(\w+)", target["expr"])) - {"__rate_interval"}
             assert used <= defined, (panel["title"], used - defined)
     assert any("ALERTS" in a.get("expr", "") for a in dashboard["annotations"]["list"]), "alert annotations"
+
+
+def test_time_on_page_panels_are_in_seconds() -> None:
+    for path in DASHBOARDS:
+        for panel in load(path)["panels"]:
+            if any("time_on_page" in target["expr"] for target in panel["targets"]):
+                assert panel["fieldConfig"]["defaults"]["unit"] == "s", (path.name, panel["title"])
 
 
 def catalog_kpis() -> set[str]:
