@@ -2,7 +2,19 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+import platform
+from importlib.metadata import PackageNotFoundError, version
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+)
 
 from streams.contracts.events import EVENT_TYPES
 from streams.contracts.outputs import BadReason
@@ -16,6 +28,11 @@ class Metrics:
         # ``*_created`` series double the exposition and no board or rule here reads them.
         disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = CollectorRegistry()
+        # process_* (CPU, resident memory, open files) and python_info, as other exporters have.
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        self.build = Info("mkpi_build", "The mkpi release this worker runs.", registry=self.registry)
+        self.build.info({"version": _version(), "python": platform.python_version()})
         self.ingest_messages = Counter(
             "mkpi_ingest_messages_total",
             "Raw messages whose outcome was committed, by outcome.",
@@ -195,3 +212,10 @@ class Metrics:
             self.events.labels(event_type)
         for measure in MEASURES:
             self.measures.labels(measure, "*", "*")
+
+
+def _version() -> str:
+    try:
+        return version("mkpi")
+    except PackageNotFoundError:  # run from a source tree without installing it
+        return "unknown"
