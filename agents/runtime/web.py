@@ -1,8 +1,8 @@
-"""The worker's HTTP server: /metrics for Prometheus, /healthz, /api/kpis over the Redis view,
-and the live board (/board, polling /api/board).
+"""The worker's HTTP server: /metrics for Prometheus, /livez and /readyz for probes, /api/kpis
+over the Redis view, and the live board (/board, polling /api/board).
 
-It replaces Faust's own web stack (whose table-browsing routes are not wanted) and is
-bound to loopback unless MKPI_WEB_HOST says otherwise.
+It replaces Faust's own web stack (whose table-browsing routes are not wanted) and is bound to
+loopback unless MKPI_WEB_HOST says otherwise; beyond it, MKPI_WEB_TOKEN guards the board and API.
 """
 
 from __future__ import annotations
