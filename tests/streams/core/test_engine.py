@@ -79,8 +79,10 @@ class Worker:
         return outputs
 
 
-def test_deltas_add_up_per_cell_and_a_replayed_message_counts_nothing_but_publishes_again() -> None:
-    store = DictStore()
+def test_deltas_add_up_per_cell_and_a_replayed_message_counts_nothing_but_publishes_again(
+    dict_store: DictStore,
+) -> None:
+    store = dict_store
     worker = Worker(store)
     cell = CellKey(MINUTE, 0, ALL, ALL)
     first = worker.apply(0, message([delta(0, {"page_views": 2})]))
@@ -96,8 +98,8 @@ def test_deltas_add_up_per_cell_and_a_replayed_message_counts_nothing_but_publis
     )
 
 
-def test_a_window_closes_when_every_raw_partition_passes_its_end_plus_grace() -> None:
-    store = DictStore()
+def test_a_window_closes_when_every_raw_partition_passes_its_end_plus_grace(dict_store: DictStore) -> None:
+    store = dict_store
     worker = Worker(store)
     cell = CellKey(MINUTE, 0, "email", ALL)
     worker.apply(0, message([delta(0, {"page_views": 4}, channel="email")]))
@@ -110,8 +112,8 @@ def test_a_window_closes_when_every_raw_partition_passes_its_end_plus_grace() ->
     assert worker.apply(3, message([], watermark=MINUTE + GRACE + 5)).cells == {}, "closed once"
 
 
-def test_a_late_delta_for_a_closed_window_is_the_next_revision() -> None:
-    store = DictStore()
+def test_a_late_delta_for_a_closed_window_is_the_next_revision(dict_store: DictStore) -> None:
+    store = dict_store
     worker = Worker(store)
     cell = CellKey(MINUTE, 0, ALL, ALL)
     worker.apply(0, message([delta(0, {"leads": 1})], watermark=MINUTE + GRACE))
@@ -126,8 +128,10 @@ def test_a_late_delta_for_a_closed_window_is_the_next_revision() -> None:
     }, "a cell new to a closed window starts at revision 0"
 
 
-def test_cells_expire_after_retention_but_outlive_the_message_that_changed_them() -> None:
-    store = DictStore()
+def test_cells_expire_after_retention_but_outlive_the_message_that_changed_them(
+    dict_store: DictStore,
+) -> None:
+    store = dict_store
     worker = Worker(store)
     cell = CellKey(MINUTE, 0, ALL, ALL)
     expires_at = MINUTE + GRACE + RETENTION
@@ -141,8 +145,8 @@ def test_cells_expire_after_retention_but_outlive_the_message_that_changed_them(
     assert dropped.cells == {} and dropped.counts["deltas_after_retention"] == 1
 
 
-def test_a_replayed_mark_sends_the_final_results_it_produced_again() -> None:
-    store = DictStore()
+def test_a_replayed_mark_sends_the_final_results_it_produced_again(dict_store: DictStore) -> None:
+    store = dict_store
     worker = Worker(store)
     cells = [CellKey(MINUTE, 0, channel, ALL) for channel in ("direct", "email")]
     worker.apply(0, message([delta(0, {"page_views": 1}, channel=c.channel) for c in cells]))
@@ -155,8 +159,10 @@ def test_a_replayed_mark_sends_the_final_results_it_produced_again() -> None:
     assert replay.counts["cells_closed"] == 0
 
 
-def test_recovery_indexes_the_table_as_it_was_left(caplog: pytest.LogCaptureFixture) -> None:
-    store = DictStore()
+def test_recovery_indexes_the_table_as_it_was_left(
+    dict_store: DictStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = dict_store
     worker = Worker(store)
     worker.apply(0, message([delta(0, {"page_views": 1}), delta(MINUTE, {"page_views": 1})]))
     worker.apply(1, message([], watermark=MINUTE + GRACE))
@@ -173,8 +179,8 @@ def test_recovery_indexes_the_table_as_it_was_left(caplog: pytest.LogCaptureFixt
     assert published(closes_next) == {CellKey(MINUTE, MINUTE, ALL, ALL): ({"page_views": 3}, 0)}
 
 
-def test_recovery_reads_only_the_partitions_entries() -> None:
-    store = DictStore()
+def test_recovery_reads_only_the_partitions_entries(dict_store: DictStore) -> None:
+    store = dict_store
     other = KpiEngine(POLICY, ())
     other.apply(1, 0, message([delta(0, {"page_views": 9})]), store)
     worker = Worker(store)
@@ -182,8 +188,8 @@ def test_recovery_reads_only_the_partitions_entries() -> None:
     assert len(owned.windows) == 0 and owned.continuity.applied_through == -1
 
 
-def test_an_undecodable_message_is_counted_and_changes_nothing() -> None:
-    store = DictStore()
+def test_an_undecodable_message_is_counted_and_changes_nothing(dict_store: DictStore) -> None:
+    store = dict_store
     outputs = Worker(store).apply(0, b'{"schema_version": "2-0-0", "deltas": [{"window_seconds": -1}]}')
     assert outputs.counts["deltas_invalid"] == 1 and outputs.cells == {}
     assert set(store.data) == {table_keys.published_key(PARTITION)}, "only that it was passed"
@@ -205,8 +211,10 @@ def drop_rule(**overrides: Any) -> AlertRule:
     return rules_from_mapping({"rules": [raw]}, "test", (MINUTE, 3600))[0]
 
 
-def test_a_closed_window_that_dropped_fires_once_and_a_window_without_cells_counts_as_zero() -> None:
-    store = DictStore()
+def test_a_closed_window_that_dropped_fires_once_and_a_window_without_cells_counts_as_zero(
+    dict_store: DictStore,
+) -> None:
+    store = dict_store
     worker = Worker(store, (drop_rule(),))
     offset = 0
     for minute, views in enumerate([100, 100, 100, 20]):
