@@ -182,6 +182,9 @@ class IngestSettings:
     dedup_horizon_seconds: int = 86400
     #: How long sessions, unique opens and unique clicks are remembered to count them once.
     unique_horizon_seconds: int = 30 * 86400
+    #: Inactivity (by event time) after which a subject's next event without a session_id
+    #: starts a new session (GA4's session timeout).
+    session_timeout_seconds: int = 1800
     blog_path_prefix: str = "/blog/"
     #: Your own site's domains (comma-separated): referrers from them are internal navigation.
     site_domains: str = ""
@@ -309,6 +312,7 @@ class Settings:
             dedup_horizon_seconds=ingest.dedup_horizon_seconds,
             blog_path_prefix=ingest.blog_path_prefix,
             own_sites=ingest.site_domain_list,
+            session_timeout_seconds=ingest.session_timeout_seconds,
         )
 
     def value(self, name: str) -> Any:
@@ -521,6 +525,7 @@ class Settings:
             "max_event_future_seconds",
             "dedup_horizon_seconds",
             "unique_horizon_seconds",
+            "session_timeout_seconds",
         ):
             if self.value(name) <= 0:
                 bad(name, "must be a positive number of seconds")

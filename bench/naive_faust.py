@@ -25,7 +25,7 @@ import faust
 
 from agents.settings import Settings
 from streams.core.attribution import ChannelRules
-from streams.core.catalog import contribution
+from streams.core.catalog import measures_of
 from streams.core.validation import Rejection, decode_event
 
 MAX_EVENT_BYTES = Settings().ingest.max_event_bytes  # the worker's default limit
@@ -57,8 +57,7 @@ def build(bootstrap: str, topic: str, count: int) -> faust.App:
             event = decode_event(value or b"", MAX_EVENT_BYTES)
             if not isinstance(event, Rejection):
                 attribution = rules.attribute(event)
-                added = contribution(event, attribution, "/blog/", None)
-                for measure, amount in added.measures:
+                for measure, amount in measures_of(event, attribution, "/blog/", False):
                     key = f"{measure}|{attribution.channel}|{attribution.campaign}"
                     table[key] += amount
             progress["events"] += 1

@@ -35,6 +35,7 @@ from agents.kafka.fencing import (
 from agents.metrics.registry import Metrics
 from agents.redis.connections import redis_client
 from agents.redis.dedup import RedisSightings
+from agents.redis.sessions import RedisSessionStore
 from agents.redis.visitors import VisitorSketches
 from agents.redis.waiting import until_redis_answers
 from agents.settings import Settings
@@ -51,6 +52,7 @@ from streams.core.ingestor import (
     Screened,
 )
 from streams.core.privacy import Pseudonymizer
+from streams.core.sessions import Placement, SessionEvent, SessionStore
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +104,7 @@ class IngestService(Service):
     admin: AIOKafkaAdminClient
     redis: aioredis.Redis
     first_sightings: RedisSightings
+    sessions: SessionStore
     visitor_sketches: VisitorSketches
 
     def __init__(
@@ -157,6 +160,12 @@ class IngestService(Service):
         )
         self.redis = redis_client(settings, socket_timeout=5, socket_connect_timeout=5)
         self.first_sightings = RedisSightings(self.redis, settings.topics.app_id)
+        self.sessions = RedisSessionStore(
+            self.redis,
+            settings.topics.app_id,
+            settings.ingest.session_timeout_seconds,
+            settings.ingest.unique_horizon_seconds,
+        )
         self.visitor_sketches = VisitorSketches(self.redis, settings.topics.app_id)
         await self.admin.start()
         await self.producer.start()
@@ -256,7 +265,10 @@ class IngestService(Service):
                     if records:
                         screened = self.ingestor.screen(records)
                         counts = await self._check_duplicates(screened)
-                        self.ingestor.apply(screened, counts)
+                        placements = await self._place_sessions(
+                            self.ingestor.session_events(screened, counts)
+                        )
+                        self.ingestor.apply(screened, counts, placements)
             interval = (
                 settings.ingest.backlog_flush_interval_seconds
                 if behind
@@ -289,6 +301,14 @@ class IngestService(Service):
         sightings = self.ingestor.sightings(screened)
         return await until_redis_answers(
             lambda: self.first_sightings.counts(sightings), "the duplicate check", self.metrics.redis_up
+        )
+
+    async def _place_sessions(self, events: list[SessionEvent]) -> list[Placement]:
+        """The session of each counted site event, from the session store."""
+        if not events:
+            return []
+        return await until_redis_answers(
+            lambda: self.sessions.place(events), "sessions", self.metrics.redis_up
         )
 
     async def flush(self) -> None:

@@ -1,8 +1,9 @@
 """Pre-aggregation at ingest: events -> cells -> one delta per published cell per flush.
 
 Ingest adds each event's measures to its finest cell (its own channel and campaign) in every
-window size, then once per flush rolls the cells up into the three published grains: per
-channel (campaign ``*``), per campaign (channel ``*``) and overall (both ``*``). A flush sends
+window size, then once per flush rolls the cells up into the four published grains: per
+channel (campaign ``*``), per campaign (channel ``*``), per channel of a campaign (the
+drill-down: the finest cell itself) and overall (both ``*``). A flush sends
 its deltas in ``DeltaBatch`` messages, a few per delta partition, so the agent pays Kafka's and
 Faust's per-message cost once per batch instead of once per cell.
 """
@@ -49,10 +50,12 @@ def delta_batches(
 
 
 def published_cells(size: int, start: int, channel: str, campaign: str) -> tuple[CellKey, ...]:
-    """The cells an event of (channel, campaign) counts in: per channel, per campaign, overall."""
+    """The cells an event of (channel, campaign) counts in: per channel, per campaign, the
+    campaign's channel (the drill-down) and overall."""
     return (
         CellKey(size, start, channel, ALL),
         CellKey(size, start, ALL, campaign),
+        CellKey(size, start, channel, campaign),
         CellKey(size, start, ALL, ALL),
     )
 

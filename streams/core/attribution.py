@@ -35,12 +35,20 @@ class Touch:
     campaign: str
     referrer_site: str
 
+    @property
+    def present(self) -> bool:
+        """Whether there is a touch at all: a utm source, medium or campaign, or an external
+        referrer (what can start a new session, in GA4's terms a new traffic source)."""
+        return bool(self.source or self.medium or self.campaign or self.referrer_site)
+
 
 @dataclass(frozen=True, slots=True)
 class Attribution:
     channel: str
     campaign: str
     rule: str
+    #: The event carries a touch (``Touch.present``).
+    touched: bool = False
 
 
 Predicate = Callable[[Touch], bool]
@@ -166,8 +174,8 @@ class ChannelRules:
         campaign = touch.campaign or NO_CAMPAIGN
         for rule in self.rules:
             if rule.matches(touch):
-                return Attribution(rule.channel, campaign, rule.name)
-        return Attribution(UNASSIGNED, campaign, "no rule matched")
+                return Attribution(rule.channel, campaign, rule.name, touch.present)
+        return Attribution(UNASSIGNED, campaign, "no rule matched", touch.present)
 
     def attribute(self, event: EventBase, own_sites: tuple[str, ...] = ()) -> Attribution:
         """The channel of ``event``: its intrinsic one if it has one, else by the rules."""

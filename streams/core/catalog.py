@@ -2,9 +2,10 @@
 
 Every KPI is computed from measures that add up across partitions, channels, campaigns and
 windows (counts and sums). A ratio is published with its numerator and denominator so that
-consumers can aggregate it correctly. Distinct counts that must be exact (sessions, unique
-opens and clicks) are measures too: an event adds 1 only on the first sighting of its
-(pseudonymized) key, which ingest checks in Redis together with the duplicate check.
+consumers can aggregate it correctly. Distinct counts that must be exact (unique opens and
+clicks) are measures too: an email event adds 1 only on the first sighting of its
+(pseudonymized) key, which ingest checks in Redis together with the duplicate check. Sessions
+are counted once each, by the event that starts them (``streams.core.sessions``).
 """
 
 from __future__ import annotations
@@ -106,68 +107,83 @@ class Unique:
     key: str
 
 
-@dataclass(frozen=True, slots=True)
-class Contribution:
-    measures: tuple[tuple[str, int], ...]
-    uniques: tuple[Unique, ...] = ()
+#: Event types that belong to a session (on the company's site): their channel and campaign
+#: are the session's. Email, ad and social events keep their own (intrinsic) channel.
+SESSION_SCOPED = (PageView, PageEngagement, Lead)
 
 
-def contribution(
-    event: EventBase, attribution: Attribution, blog_path_prefix: str, pseudonymize_key: str | None
-) -> Contribution:
-    """What one valid, non-duplicate event adds. ``pseudonymize_key`` is the pseudonymized
-    session id (page views) or recipient (email), used for unique measures."""
+def session_scoped(event: EventBase) -> bool:
+    """Whether ``event`` happens on the site, in a session: page views, engagement, leads and
+    clicks that are not on an email, an ad or a social post."""
+    if isinstance(event, Click):
+        return event.email is None and event.ad is None and event.social is None
+    return isinstance(event, SESSION_SCOPED)
+
+
+def measures_of(
+    event: EventBase, attribution: Attribution, blog_path_prefix: str, starts_session: bool
+) -> tuple[tuple[str, int], ...]:
+    """The additive measures one valid, non-duplicate event adds, attributed to
+    ``attribution`` (its session's, for site events). ``starts_session``: the event is the
+    first of its session, which is counted with it."""
     organic = attribution.channel == ORGANIC_SEARCH
+    measures: list[tuple[str, int]] = []
+    if starts_session:
+        measures.append(("sessions", 1))
+        if organic:
+            measures.append(("organic_sessions", 1))
     if isinstance(event, PageView):
-        measures = [("page_views", 1)]
+        measures.append(("page_views", 1))
         if organic:
             measures.append(("organic_page_views", 1))
         if event.page.path.startswith(blog_path_prefix):
             measures.append(("blog_page_views", 1))
-        uniques: list[Unique] = []
-        if pseudonymize_key is not None:
-            uniques.append(Unique("sessions", "session", pseudonymize_key))
-            if organic:
-                uniques.append(Unique("organic_sessions", "organic-session", pseudonymize_key))
-        return Contribution(tuple(measures), tuple(uniques))
-    if isinstance(event, PageEngagement):
-        return Contribution((("engagements", 1), ("engaged_ms", event.engaged_ms)))
-    if isinstance(event, EmailSent):
-        return Contribution((("emails_sent", 1),))
-    if isinstance(event, EmailDelivered):
-        return Contribution((("emails_delivered", 1),))
-    if isinstance(event, EmailOpen):
-        if event.machine_open:
-            return Contribution((("email_machine_opens", 1),))
-        once = f"{event.email.message_id}:{pseudonymize_key or ''}"
-        return Contribution((("email_opens", 1),), (Unique("email_unique_opens", "open", once),))
-    if isinstance(event, Click):
+    elif isinstance(event, PageEngagement):
+        measures += (("engagements", 1), ("engaged_ms", event.engaged_ms))
+    elif isinstance(event, EmailOpen):
+        measures.append(("email_machine_opens" if event.machine_open else "email_opens", 1))
+    elif isinstance(event, Click):
         if event.email is not None:
-            once = f"{event.email.message_id}:{pseudonymize_key or ''}"
-            return Contribution((("email_clicks", 1),), (Unique("email_unique_clicks", "click", once),))
-        if event.ad is not None:
-            return Contribution((("ad_clicks", 1),))
-        if event.social is not None:
-            return Contribution((("social_clicks", 1),))
-        return Contribution((("other_clicks", 1),))
-    if isinstance(event, AdImpression):
-        return Contribution((("ad_impressions", 1),))
-    if isinstance(event, PostImpression):
-        return Contribution((("post_impressions", 1),))
-    if isinstance(event, Share):
-        return Contribution((("shares", 1),))
-    if isinstance(event, Follow):
-        return Contribution((("follows", 1),))
-    if isinstance(event, Unfollow):
-        return Contribution((("unfollows", 1),))
-    if isinstance(event, Subscribe):
-        return Contribution((("subscribes", 1),))
-    if isinstance(event, Unsubscribe):
-        return Contribution((("unsubscribes", 1),))
-    if isinstance(event, Lead):
+            measures.append(("email_clicks", 1))
+        elif event.ad is not None:
+            measures.append(("ad_clicks", 1))
+        elif event.social is not None:
+            measures.append(("social_clicks", 1))
+        else:
+            measures.append(("other_clicks", 1))
+    elif isinstance(event, Lead):
         cents = round((event.lead.value or 0) * 100)
-        return Contribution((("leads", 1), ("lead_value_cents", cents)))
-    return Contribution(())
+        measures += (("leads", 1), ("lead_value_cents", cents))
+    else:
+        plain = PLAIN_COUNTS.get(type(event))
+        if plain is not None:
+            measures.append((plain, 1))
+    return tuple(measures)
+
+
+#: Event types that add 1 to one measure and nothing else.
+PLAIN_COUNTS: dict[type[EventBase], str] = {
+    EmailSent: "emails_sent",
+    EmailDelivered: "emails_delivered",
+    AdImpression: "ad_impressions",
+    PostImpression: "post_impressions",
+    Share: "shares",
+    Follow: "follows",
+    Unfollow: "unfollows",
+    Subscribe: "subscribes",
+    Unsubscribe: "unsubscribes",
+}
+
+
+def uniques_of(event: EventBase, recipient_key: str | None) -> tuple[Unique, ...]:
+    """The distinct counts an email event may add to: a human open, or a click, of a message
+    by a recipient counts once per published cell. ``recipient_key`` is the pseudonymized
+    recipient."""
+    if isinstance(event, EmailOpen) and not event.machine_open:
+        return (Unique("email_unique_opens", "open", f"{event.email.message_id}:{recipient_key or ''}"),)
+    if isinstance(event, Click) and event.email is not None:
+        return (Unique("email_unique_clicks", "click", f"{event.email.message_id}:{recipient_key or ''}"),)
+    return ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,7 +204,7 @@ class Kpi:
 
 CATALOG: tuple[Kpi, ...] = (
     Kpi("page_views", ("page_views",), description="page views (traffic)"),
-    Kpi("sessions", ("sessions",), description="sessions started"),
+    Kpi("sessions", ("sessions",), description="sessions started (counted in their channel)"),
     Kpi("organic_traffic", ("organic_page_views",), description="page views from organic search"),
     Kpi("organic_sessions", ("organic_sessions",), description="sessions started from organic search"),
     Kpi("blog_traffic", ("blog_page_views",), description="page views under the blog prefix"),

@@ -22,8 +22,9 @@ from streams.contracts.outputs import BadReason, BadRow, LateEvent
 from streams.contracts.versions import LATE_EVENT_VERSION, WATERMARK_MARK_VERSION
 from streams.core.aggregation import DeltaAggregator, published_cells
 from streams.core.attribution import Attribution, ChannelRules
-from streams.core.catalog import Contribution, contribution
+from streams.core.catalog import Unique, measures_of, session_scoped, uniques_of
 from streams.core.privacy import Pseudonymizer
+from streams.core.sessions import Placement, SessionEvent
 from streams.core.validation import Rejection, check_time_range, decode_event, event_time, make_bad_row
 from streams.core.watermarks import Lateness, PartitionWatermarks
 from streams.core.windows import WindowPolicy
@@ -68,6 +69,8 @@ class IngestPolicy:
     blog_path_prefix: str
     #: The site's own domains: referrers from them are internal navigation.
     own_sites: tuple[str, ...]
+    #: Inactivity (event time) after which a subject's next event starts a new derived session.
+    session_timeout_seconds: int = 1800
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,18 +120,21 @@ class Candidate:
     record: RawRecord
     event: RawEvent
     at: datetime
+    #: The event's own channel and campaign (its session may give it others).
     attribution: Attribution
-    contribution: Contribution
+    #: The distinct counts it may add to (email opens and clicks).
+    uniques: tuple[Unique, ...]
     #: Window sizes it is too late for (past retention by its partition's watermark).
     missed_sizes: tuple[int, ...]
     #: The partition's watermark it was judged against.
     watermark: float | None
     #: Its visitor (pseudonymized) when it is a page view, for the unique-visitor sketches.
     visitor: str | None
-    #: (cell, its Redis name, horizon) of each published cell its distinct counts (sessions,
-    #: unique opens and clicks, visitors) are decided in, in the window sizes it is not too
-    #: late for; empty when it has none.
+    #: (cell, its Redis name, horizon) of each published cell its unique opens or clicks are
+    #: decided in, in the window sizes it is not too late for; empty when it has none.
     distinct_cells: tuple[NamedCell, ...]
+    #: Its session, for a site event with a session id or a subject.
+    session: SessionEvent | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,25 +263,37 @@ class BatchIngestor:
         if out_of_range is not None:
             return out_of_range
         attribution = self.rules.attribute(decoded, self.policy.own_sites)
-        person = _unique_subject(decoded)
-        added = contribution(
-            decoded,
-            attribution,
-            self.policy.blog_path_prefix,
-            None if person is None else self.pseudonymize(person),
-        )
+        email = getattr(decoded, "email", None)
+        uniques = uniques_of(decoded, None if email is None else self.pseudonymize(email.recipient))
         missed = self.lateness.missed_sizes(at.timestamp(), watermark)
         visitor = visitor_of(decoded) if isinstance(decoded, PageView) else None
         pseudonymous_visitor = None if visitor is None else self.pseudonymize(visitor)
-        needs_cells = added.uniques or pseudonymous_visitor is not None
-        cells = self._distinct_cells(at, attribution, missed) if needs_cells else ()
+        cells = self._distinct_cells(at, attribution, missed) if uniques else ()
+        session = self._session_of(decoded, record, at, attribution)
         return Candidate(
-            record, decoded, at, attribution, added, missed, watermark, pseudonymous_visitor, cells
+            record, decoded, at, attribution, uniques, missed, watermark, pseudonymous_visitor, cells, session
         )
 
+    def _session_of(
+        self, event: RawEvent, record: RawRecord, at: datetime, attribution: Attribution
+    ) -> SessionEvent | None:
+        """The session a site event is placed in: the client's, else its subject's derived
+        sessions; none for an event of nobody."""
+        if not session_scoped(event):
+            return None
+        if event.session_id is not None:
+            key = f"c:{self.pseudonymize(event.session_id)}"
+        else:
+            subject = event.user_id or event.anonymous_id
+            if subject is None:
+                return None
+            key = f"s:{self.pseudonymize(subject)}"
+        coordinates = f"{record.partition}:{record.offset}"
+        return SessionEvent(key, at.timestamp(), coordinates, attribution, attribution.touched)
+
     def sightings(self, screened: Screened) -> list[Sighting]:
-        """What to check in Redis: every candidate's event id, then every candidate's uniques,
-        each in every published cell it counts in (``Candidate.distinct_cells``)."""
+        """What to check in Redis: every candidate's event id, then every candidate's unique
+        opens and clicks, each in every published cell it counts in (``Candidate.distinct_cells``)."""
         dedup = self.policy.dedup_horizon_seconds
         ids = [
             Sighting("event", self.pseudonymize(c.event.event_id), c.record.partition, c.record.offset, dedup)
@@ -284,7 +302,7 @@ class BatchIngestor:
         uniques = [
             Sighting(f"{u.namespace}:{cell_name}", u.key, c.record.partition, c.record.offset, horizon)
             for c in screened.candidates
-            for u in c.contribution.uniques
+            for u in c.uniques
             for _, cell_name, horizon in c.distinct_cells
         ]
         return ids + uniques
@@ -326,17 +344,28 @@ class BatchIngestor:
             for cell in published_cells(size, start, channel, campaign)
         ]
 
-    def apply(self, screened: Screened, verdicts: list[bool]) -> None:
-        """Fold a screened batch in; ``verdicts`` answer ``sightings(screened)`` in order."""
+    @staticmethod
+    def session_events(screened: Screened, verdicts: list[bool]) -> list[SessionEvent]:
+        """The sessions to place, in read order: those of the events ``verdicts`` (the answers
+        to ``sightings``) count; duplicates are not placed."""
+        counted = verdicts[: len(screened.candidates)]
+        return [
+            c.session for c, counts in zip(screened.candidates, counted, strict=True) if counts and c.session
+        ]
+
+    def apply(self, screened: Screened, verdicts: list[bool], placements: list[Placement]) -> None:
+        """Fold a screened batch in; ``verdicts`` answer ``sightings(screened)`` and
+        ``placements`` answer ``session_events(screened, verdicts)``, in order."""
         for record, rejection in screened.rejected:
             self.watermarks.arrived(record.partition)
             self._reject(rejection, record)
         first_unique = len(screened.candidates)
         unique_verdicts = iter(verdicts[first_unique:])
+        sessions = iter(placements)
         for candidate, counted in zip(screened.candidates, verdicts[:first_unique], strict=True):
             firsts = [
                 (unique.measure, cell)
-                for unique in candidate.contribution.uniques
+                for unique in candidate.uniques
                 for cell, _, _ in candidate.distinct_cells
                 if next(unique_verdicts)
             ]
@@ -345,8 +374,9 @@ class BatchIngestor:
             if not counted:
                 self.outcomes["duplicate"] += 1
                 continue
+            placement = next(sessions) if candidate.session is not None else None
             try:
-                outcome = self._count(candidate, firsts)
+                outcome = self._count(candidate, firsts, placement)
             except Exception as exc:  # a bug must cost one bad row, never the worker
                 log.exception(
                     "processing failed at %s/%s", candidate.record.partition, candidate.record.offset
@@ -361,24 +391,30 @@ class BatchIngestor:
         self._unflushed_records = True
         self._positions.update(screened.next_offsets)
 
-    def _count(self, candidate: Candidate, firsts: list[tuple[str, CellKey]]) -> str:
-        """Count a candidate in every window it is not too late for; ``valid``, or ``late``
-        when it is too late for all of them."""
+    def _count(
+        self, candidate: Candidate, firsts: list[tuple[str, CellKey]], placement: Placement | None
+    ) -> str:
+        """Count a candidate, in its session's channel and campaign when it has a session, in
+        every window it is not too late for; ``valid``, or ``late`` when it is too late for
+        all of them."""
+        attribution = candidate.attribution if placement is None else placement.attribution
         missed = candidate.missed_sizes
         if missed:
-            self._record_late(candidate)
+            self._record_late(candidate, attribution)
         if len(missed) == len(self.windowing.sizes):
             return "late"
         at = candidate.at.timestamp()
-        self.aggregator.add(at, candidate.attribution, candidate.contribution.measures, skip_sizes=missed)
+        starts = placement is not None and placement.started
+        measures = measures_of(candidate.event, attribution, self.policy.blog_path_prefix, starts)
+        self.aggregator.add(at, attribution, measures, skip_sizes=missed)
         for measure, cell in firsts:
             self.aggregator.add_to_published_cell(cell, measure, 1)
         if candidate.visitor is not None:
-            for cell, _, _ in candidate.distinct_cells:
+            for cell, _, _ in self._distinct_cells(candidate.at, attribution, missed):
                 self.visitors[cell].add(candidate.visitor)
         return "valid"
 
-    def _record_late(self, candidate: Candidate) -> None:
+    def _record_late(self, candidate: Candidate, attribution: Attribution) -> None:
         missed, watermark = candidate.missed_sizes, candidate.watermark
         assert watermark is not None, "nothing is late before its partition has a watermark"
         for size in missed:
@@ -394,8 +430,8 @@ class BatchIngestor:
                 watermark=datetime.fromtimestamp(watermark, UTC),
                 missed_window_seconds=list(missed),
                 counted_window_seconds=[s for s in self.windowing.sizes if s not in missed],
-                channel=candidate.attribution.channel,
-                campaign=candidate.attribution.campaign,
+                channel=attribution.channel,
+                campaign=attribution.campaign,
             )
         )
 
@@ -452,15 +488,6 @@ class BatchIngestor:
         self.late_windows = Counter()
         self.visitors = defaultdict(set)
         return taken
-
-
-def _unique_subject(event: RawEvent) -> str | None:
-    """Whose uniqueness a unique measure counts: the session of a page view, the recipient of
-    an email event (pseudonymized before use)."""
-    if isinstance(event, PageView):
-        return event.session_id
-    email = getattr(event, "email", None)
-    return email.recipient if email is not None else None
 
 
 class Sighting(NamedTuple):

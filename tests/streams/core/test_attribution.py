@@ -131,3 +131,48 @@ def test_repeated_touches_keep_their_own_channel_while_cached() -> None:
     first = [rules.attribute_touch(t) for t in touches]
     assert [a.channel for a in first] == ["paid_search", "organic_search"]
     assert [rules.attribute_touch(t) for t in reversed(touches)] == list(reversed(first))
+
+
+# (utm source, utm medium, utm campaign, referrer, channel): the channels GA4 added to its
+# default group, from its published definitions, and the order that decides between them.
+GA4_CHANNEL_CASES = [
+    ("google", "cpc", "spring-cross-network", None, "cross_network"),
+    (None, None, "pmax cross-network", "https://www.google.com/", "cross_network"),
+    ("amazon", "cpc", None, None, "paid_shopping"),
+    ("partner", "paid", "summer_shopping", None, "paid_shopping"),
+    ("partner", "ppc", "black-shop-days", None, "paid_shopping"),
+    ("partner", "cpc", "workshop", None, "paid_other"),  # "workshop": no shop after a-d, f-z
+    ("newsite", "paid-push", None, None, "paid_other"),
+    ("ebay", "referral", None, None, "organic_shopping"),
+    ("partner", "referral", "shopping-guide", None, "organic_shopping"),
+    (None, None, None, "https://www.etsy.com/listing/1", "organic_shopping"),
+    ("partner", "affiliate", None, None, "affiliates"),
+    ("spotify", "audio", None, None, "audio"),
+    ("sms", "text", None, None, "sms"),
+    ("carrier", "sms", None, None, "sms"),
+    ("app", "web-push", None, None, "mobile_push"),
+    ("app", "mobile", None, None, "mobile_push"),
+    ("app", "in-app-notification", None, None, "mobile_push"),
+    ("firebase", "fcm", None, None, "mobile_push"),
+    ("vendor", "explainer-video", None, None, "organic_video"),
+    ("google", "referral", None, None, "organic_search"),  # search source before referral
+    ("newsletter", None, None, None, "unassigned"),  # GA4 knows email sources by name only
+]
+
+
+@pytest.mark.parametrize(("source", "medium", "campaign", "referrer", "channel"), GA4_CHANNEL_CASES)
+def test_the_whole_default_channel_group(
+    source: str | None, medium: str | None, campaign: str | None, referrer: str | None, channel: str
+) -> None:
+    utm = Utm(source=source, medium=medium, campaign=campaign)
+    assert RULES.attribute_touch(touch_of(utm, referrer)).channel == channel
+
+
+def test_the_rules_know_all_of_ga4s_channels() -> None:
+    ga4 = {
+        "direct", "cross_network", "paid_shopping", "paid_search", "paid_social", "paid_video",
+        "display", "paid_other", "organic_shopping", "organic_social", "organic_video",
+        "organic_search", "email", "affiliates", "referral", "audio", "sms", "mobile_push",
+        "unassigned",
+    }  # fmt: skip
+    assert RULES.channels == ga4

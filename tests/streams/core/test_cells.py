@@ -22,7 +22,7 @@ from streams.core.windows import Windowing, parse_sizes
 UTC_WINDOWS = Windowing((60, 3600, 86400), ZoneInfo("UTC"))
 
 
-def test_aggregator_rolls_cells_up_to_channel_campaign_and_overall_in_every_window_size() -> None:
+def test_aggregator_rolls_cells_up_to_channel_campaign_drill_down_and_overall_in_every_window_size() -> None:
     aggregator = DeltaAggregator(UTC_WINDOWS)
     events = [
         (10.0, "organic_search", "a", [("page_views", 1), ("organic_page_views", 1)]),
@@ -37,7 +37,7 @@ def test_aggregator_rolls_cells_up_to_channel_campaign_and_overall_in_every_wind
     for t, channel, campaign, measures in events:
         for size in (60, 3600, 86400):
             start = int(t // size) * size
-            for dims in ((channel, ALL), (ALL, campaign), (ALL, ALL)):
+            for dims in ((channel, ALL), (ALL, campaign), (channel, campaign), (ALL, ALL)):
                 expected.setdefault(CellKey(size, start, *dims), Counter()).update(dict(measures))
     assert deltas == {k: dict(v) for k, v in expected.items()}
     assert len(aggregator) == 0 and aggregator.drain() == []
@@ -169,6 +169,7 @@ def test_subscriber_measures_also_count_in_the_running_total_cells() -> None:
     assert totals == {
         ("organic_video", ALL): {"subscribes": 1, "unsubscribes": 1},
         (ALL, "(none)"): {"subscribes": 1, "unsubscribes": 1},
+        ("organic_video", "(none)"): {"subscribes": 1, "unsubscribes": 1},
         (ALL, ALL): {"subscribes": 1, "unsubscribes": 1},
     }
 

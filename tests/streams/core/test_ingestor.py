@@ -12,8 +12,9 @@ from aiokafka import ConsumerRecord, TopicPartition
 from agents.settings import Settings
 from streams.contracts.deltas import ALL
 from streams.core.attribution import ChannelRules
-from streams.core.ingestor import BatchIngestor, DuplicateShare
+from streams.core.ingestor import BatchIngestor, DuplicateShare, Screened
 from streams.core.privacy import Pseudonymizer
+from streams.core.sessions import SessionState, place_all
 
 NOW = datetime(2026, 11, 27, 10, 0, 40, tzinfo=UTC)
 
@@ -54,6 +55,21 @@ def ingestor(**settings: str) -> BatchIngestor:
     )
 
 
+def count(
+    ingest: BatchIngestor,
+    screened: Screened,
+    verdicts: list[bool] | None = None,
+    sessions: dict[str, SessionState] | None = None,
+) -> None:
+    """Apply a screened batch as the service would: ``verdicts`` as Redis answers the
+    sightings (default: all new), sessions placed in ``sessions`` (default: none known)."""
+    verdicts = [True] * len(ingest.sightings(screened)) if verdicts is None else verdicts
+    placements = place_all(
+        ingest.session_events(screened, verdicts), {} if sessions is None else sessions, 1800
+    )
+    ingest.apply(screened, verdicts, placements)
+
+
 def test_every_message_ends_valid_bad_or_duplicate_and_offsets_advance_per_partition() -> None:
     ingest = ingestor()
     screened = ingest.screen(
@@ -67,7 +83,7 @@ def test_every_message_ends_valid_bad_or_duplicate_and_offsets_advance_per_parti
     )
     assert not ingest.has_pending, "screening must not change state"
     assert [s.offset for s in ingest.sightings(screened)] == [5, 10, 11]
-    ingest.apply(screened, [True, True, False])
+    count(ingest, screened, [True, True, False])
     taken = ingest.take()
     assert taken.outcomes == {"valid": 2, "bad": 2, "duplicate": 1}
     assert taken.reasons == {"not_json": 2}
@@ -132,7 +148,7 @@ def test_bad_rows_keep_no_identifier_in_clear() -> None:
     broken = (
         b'{"type":"page_view","user_id":"u-12345","anonymous_id":"anon-999","note":"mail me: jo@example.org"'
     )
-    ingest.apply(ingest.screen([record(0, 1, broken)]), [])
+    count(ingest, ingest.screen([record(0, 1, broken)]), [])
     [row] = ingest.take().bad_rows
     for secret in ("u-12345", "anon-999", "jo@example.org"):
         assert secret not in row.payload
@@ -140,7 +156,7 @@ def test_bad_rows_keep_no_identifier_in_clear() -> None:
     assert pseudonymize("u-12345") in row.payload and pseudonymize("jo@example.org") in row.payload
 
 
-def test_sessions_and_unique_opens_count_only_on_a_first_sighting() -> None:
+def test_sessions_count_once_when_placed_and_unique_opens_on_a_first_sighting() -> None:
     ingest = ingestor()
     view = page_view("v1", "organic", session_id="s-1")
     opens = [
@@ -158,13 +174,17 @@ def test_sessions_and_unique_opens_count_only_on_a_first_sighting() -> None:
     ]
     screened = ingest.screen([record(0, 1, view), *(record(0, 2 + i, o) for i, o in enumerate(opens))])
     sightings = ingest.sightings(screened)
-    # Distinct counts are decided per published cell: 3 window sizes x 3 grains = 9 cells each.
+    # Unique opens are decided per published cell: 3 window sizes x 4 grains = 12 cells each;
+    # the session is not a sighting: it is placed in the session store.
     kinds = [s.namespace.split(":")[0] for s in sightings]
-    assert kinds == ["event"] * 4 + ["session"] * 9 + ["organic-session"] * 9 + ["open"] * 18
-    assert len({s.namespace for s in sightings if s.namespace.startswith("session")}) == 9
-    assert "reader@example.com" not in repr(sightings) and "s-1" not in {s.key for s in sightings}
-    # Redis would answer: all events new; the session is new; the first open is, the second is not.
-    ingest.apply(screened, [True] * 4 + [True] * 18 + [True] * 9 + [False] * 9)
+    assert kinds == ["event"] * 4 + ["open"] * 24
+    assert len({s.namespace for s in sightings if s.namespace.startswith("open")}) == 12
+    assert "reader@example.com" not in repr(sightings)
+    # Redis would answer: all events new; the first open is, the second is not.
+    verdicts = [True] * 4 + [True] * 12 + [False] * 12
+    [session] = ingest.session_events(screened, verdicts)
+    assert session.key.startswith("c:") and "s-1" not in session.key
+    count(ingest, screened, verdicts)
     minute = {(d.channel, d.campaign): d.measures for d in ingest.take().deltas if d.window_seconds == 60}
     assert minute[(ALL, ALL)] == {
         "page_views": 1,
@@ -181,7 +201,7 @@ def test_events_past_retention_are_counted_only_in_windows_still_open_or_reporte
     ingest = ingestor(MKPI_WINDOW_SIZES="60,3600", MKPI_GRACE_SECONDS="0", MKPI_WINDOW_RETENTION_SECONDS="60")
     ahead = page_view("ahead", "organic").replace(b"10:00:30", b"10:05:00")
     screened = ingest.screen([record(0, 1, ahead), record(0, 2, page_view("behind", "organic"))])
-    ingest.apply(screened, [True] * len(ingest.sightings(screened)))
+    count(ingest, screened)
     taken = ingest.take()
     assert taken.outcomes == {"valid": 2}
     assert taken.late_windows == {"60": 1}
@@ -198,7 +218,7 @@ def test_events_past_retention_are_counted_only_in_windows_still_open_or_reporte
         MKPI_WINDOW_SIZES="60", MKPI_GRACE_SECONDS="0", MKPI_WINDOW_RETENTION_SECONDS="60"
     )
     screened = only_minutes.screen([record(3, 1, ahead), record(3, 2, page_view("behind", "organic"))])
-    only_minutes.apply(screened, [True] * len(only_minutes.sightings(screened)))
+    count(only_minutes, screened)
     taken = only_minutes.take()
     assert taken.outcomes == {"valid": 1, "late": 1}
     assert taken.event_types == {"page_view": 1}
@@ -211,7 +231,7 @@ def test_a_partition_resumes_from_its_committed_watermark() -> None:
     ingest.assign(TopicPartition("raw", 0), 100, committed)
     assert ingest.has_pending, "the restored mark is not published yet"
     screened = ingest.screen([record(0, 100, page_view("behind", "organic"))])
-    ingest.apply(screened, [True] * len(ingest.sightings(screened)))
+    count(ingest, screened)
     taken = ingest.take()
     assert taken.outcomes == {"late": 1}
     assert taken.commits[TopicPartition("raw", 0)].next_offset == 101
@@ -228,7 +248,7 @@ def test_only_records_from_a_taken_over_position_on_are_read() -> None:
     ingest.assign(tp, 102, None)
     assert [r.offset for r in ingest.unread(tp, batch)] == [102, 103]
     screened = ingest.screen(ingest.unread(tp, batch))
-    ingest.apply(screened, [True] * len(ingest.sightings(screened)))
+    count(ingest, screened)
     assert ingest.unread(tp, batch) == [], "read once; the second delivery is dropped"
     later = [record(0, 104, page_view("e104", "organic"))]
     assert ingest.unread(tp, later) == later
@@ -239,7 +259,7 @@ def test_only_records_from_a_taken_over_position_on_are_read() -> None:
 def test_cell_names_are_cached_for_windows_that_can_take_events_and_stay_right() -> None:
     def at_minute(minute: int, event_id: str) -> bytes:
         occurred = f"2026-11-27T09:{minute:02d}:30Z".encode()
-        return page_view(event_id, "organic", session_id=f"s-{event_id}").replace(
+        return page_view(event_id, "organic", anonymous_id=f"v-{event_id}").replace(
             b"2026-11-27T10:00:30Z", occurred
         )
 
@@ -250,12 +270,12 @@ def test_cell_names_are_cached_for_windows_that_can_take_events_and_stay_right()
     ingest = ingestor(**settings)
     for offset, (partition, minute) in enumerate(sent):
         message = at_minute(minute, f"e{offset}")
-        screened = ingest.screen([record(partition, offset, message)])
+        count(ingest, ingest.screen([record(partition, offset, message)]))
         alone = ingestor(**settings)
-        expected = alone.sightings(alone.screen([record(partition, offset, message)]))
-        assert ingest.sightings(screened) == expected
-        assert len({s.namespace for s in expected if s.namespace.startswith("session:")}) == 9
-        ingest.apply(screened, [True] * len(expected))
+        count(alone, alone.screen([record(partition, offset, message)]))
+        # The visitor's cells, named through the cache, are those a fresh ingestor names.
+        expected = alone.take().visitors
+        assert ingest.take().visitors == expected and len(expected) == 12
     minute_starts = sorted(ingest._named[60])
     # A minute window takes events until its end + grace + retention (here 60 s).
     assert minute_starts == [int(datetime(2026, 11, 27, 9, m, tzinfo=UTC).timestamp()) for m in (48, 49, 50)]

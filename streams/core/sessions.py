@@ -1,0 +1,170 @@
+"""Sessions as GA4 reports them: one channel and campaign per session, decided at its start.
+
+Site events (page views, engagement, leads, clicks on the site) belong to a session: the
+client's ``session_id`` when the event carries one, else a session derived from the subject
+(user, else anonymous id) the way GA4 does it server-side: a new session after
+``timeout_seconds`` of inactivity, by event time, or when an event brings a new campaign touch.
+A session takes the channel and campaign of the event that starts it, and every later event of
+the session is attributed to them, so each session counts once, in one channel.
+
+This module is the rule; where the per-subject state lives is ``SessionStore``'s business
+(Redis today). Placing an event is replay-safe: the session remembers the coordinates
+(raw partition:offset) of the event that started it, and that message read again after a
+crash starts it again instead of joining it, so the start is counted in the re-sent deltas.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import msgspec
+
+from streams.core.attribution import Attribution
+
+#: A subject's derived sessions kept (the newest by start): a late event older than all of
+#: them starts a session of its own.
+KEPT_SESSIONS = 4
+
+
+@dataclass(frozen=True, slots=True)
+class SessionEvent:
+    """What placing a site event in its session needs to know of it."""
+
+    #: ``c:<pseudonymized session_id>`` (the client's session) or ``s:<pseudonymized subject>``
+    #: (derived sessions of that subject).
+    key: str
+    at: float
+    #: ``partition:offset`` of its raw message.
+    coordinates: str
+    #: The event's own channel and campaign, by the rules.
+    attribution: Attribution
+    #: Whether it carries a touch: a utm source, medium or campaign, or an external referrer.
+    touched: bool
+
+    @property
+    def derived(self) -> bool:
+        return self.key.startswith("s:")
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """The session an event belongs to: its channel and campaign, and whether this event
+    starts it (the session is counted with this event, in this event's windows)."""
+
+    channel: str
+    campaign: str
+    started: bool
+
+    @property
+    def attribution(self) -> Attribution:
+        return Attribution(self.channel, self.campaign, "session")
+
+
+class Session(msgspec.Struct, array_like=True, frozen=True):
+    """One session as stored: its event-time span, channel, campaign and starting message."""
+
+    first_at: float
+    last_at: float
+    channel: str
+    campaign: str
+    started_by: str
+
+
+SessionState = tuple[Session, ...]
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(tuple[Session, ...])
+
+
+def encode_state(state: SessionState) -> bytes:
+    return _encoder.encode(state)
+
+
+def decode_state(raw: bytes | None) -> SessionState:
+    """A stored state; nothing stored, or something unreadable, is no session yet."""
+    if not raw:
+        return ()
+    try:
+        return _decoder.decode(raw)
+    except msgspec.DecodeError:
+        return ()
+
+
+def place(state: SessionState, event: SessionEvent, timeout_seconds: float) -> tuple[Placement, SessionState]:
+    """The session ``event`` belongs to, and the state after it."""
+    for session in state:
+        if session.started_by == event.coordinates:  # the starting message, read again
+            return Placement(session.channel, session.campaign, True), state
+    if not event.derived:
+        if state:
+            joined = _extended(state[0], event.at)
+            return Placement(joined.channel, joined.campaign, False), (joined,)
+        return _started(event, ())
+    index = _containing(state, event.at, timeout_seconds)
+    if index is None:
+        return _started(event, state)
+    session = state[index]
+    own = event.attribution
+    new_touch = event.touched and (own.channel, own.campaign) != (session.channel, session.campaign)
+    if new_touch and event.at >= session.last_at:
+        return _started(event, state)
+    joined = _extended(session, event.at)
+    return Placement(joined.channel, joined.campaign, False), (*state[:index], joined, *state[index + 1 :])
+
+
+def _started(event: SessionEvent, state: SessionState) -> tuple[Placement, SessionState]:
+    own = event.attribution
+    session = Session(event.at, event.at, own.channel, own.campaign, event.coordinates)
+    kept = sorted((*state, session), key=lambda s: s.first_at)[-KEPT_SESSIONS:]
+    return Placement(own.channel, own.campaign, True), tuple(kept)
+
+
+def _extended(session: Session, at: float) -> Session:
+    if session.first_at <= at <= session.last_at:
+        return session
+    return msgspec.structs.replace(
+        session, first_at=min(session.first_at, at), last_at=max(session.last_at, at)
+    )
+
+
+def _containing(state: SessionState, at: float, timeout_seconds: float) -> int | None:
+    """The session an event at ``at`` continues: of those it is within ``timeout_seconds``
+    of, the latest that started at or before it, else the earliest."""
+    near = [
+        i for i, s in enumerate(state) if s.first_at - timeout_seconds <= at <= s.last_at + timeout_seconds
+    ]
+    if not near:
+        return None
+    before = [i for i in near if state[i].first_at <= at]
+    return before[-1] if before else near[0]
+
+
+def place_all(
+    events: Sequence[SessionEvent], states: dict[str, SessionState], timeout_seconds: float
+) -> list[Placement]:
+    """Place events in order, updating ``states`` (key -> state) in place."""
+    placements = []
+    for event in events:
+        placement, states[event.key] = place(states.get(event.key, ()), event, timeout_seconds)
+        placements.append(placement)
+    return placements
+
+
+class SessionStore(Protocol):
+    """Where sessions live. ``place`` answers for a batch of events in read order, as
+    ``place_all`` would over the stored states, and stores the states after them."""
+
+    async def place(self, events: Sequence[SessionEvent]) -> list[Placement]: ...
+
+
+class InProcessSessions:
+    """A ``SessionStore`` in a dict: for one process that needs no recovery (tests, tools)."""
+
+    def __init__(self, timeout_seconds: float) -> None:
+        self.timeout_seconds = timeout_seconds
+        self.states: dict[str, SessionState] = {}
+
+    async def place(self, events: Sequence[SessionEvent]) -> list[Placement]:
+        return place_all(events, self.states, self.timeout_seconds)
