@@ -292,8 +292,9 @@ class Scenario:
                 )
             )
         if not (utm and (utm.get("source") or utm.get("medium"))):
-            # Attribution is per event: a later page of a visit that came by a bare referrer has
-            # neither a utm source/medium nor an external referrer, so it is direct traffic.
+            # The label is the event's own channel: a later page of a visit that came by a bare
+            # referrer has neither a utm source/medium nor an external referrer, so on its own it
+            # is direct. Counted, it takes its session's channel (tests derive that themselves).
             for event in events:
                 if not event.get("page", {}).get("referrer"):
                     event[CHANNEL_LABEL] = "direct"
@@ -518,7 +519,7 @@ class Scenario:
                 delay = event.pop(DELAY_LABEL, 0.0)
                 expect = event.pop(BAD_LABEL, VALID)
                 payload = json.dumps(event, separators=(",", ":")).encode()
-                key = event["event_id"].encode()
+                key = subject_key(event)
                 group.append(Message(payload, expect, event["type"], channel, key, delay))
                 if self.random.random() < self.fractions.duplicates:
                     if self.random.random() < 0.5:
@@ -545,6 +546,14 @@ class Scenario:
                     return
                 yield message
                 produced += 1
+
+
+def subject_key(event: dict[str, Any]) -> bytes:
+    """The Kafka key a producer should give a raw event: its subject (user, else anonymous id;
+    the recipient of an email event), so that a subject's events, and so its sessions, stay
+    on one raw partition in the order they were sent; the event id for an event of nobody."""
+    subject = event.get("user_id") or event.get("anonymous_id") or (event.get("email") or {}).get("recipient")
+    return str(subject or event["event_id"]).encode()
 
 
 def _labelled(events: list[dict[str, Any]], channel: str) -> list[dict[str, Any]]:

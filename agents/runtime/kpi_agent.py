@@ -28,7 +28,7 @@ from agents.redis.view import RedisView
 from agents.redis.visitors import VisitorSketches
 from agents.redis.waiting import until_redis_answers
 from agents.settings import Settings
-from streams.contracts.deltas import CellKey, series_partition
+from streams.contracts.deltas import CellKey, is_drill_down, series_partition
 from streams.contracts.outputs import KpiKey, KpiUpdate
 from streams.core.alerts import AlertRule, Cause
 from streams.core.cells import CellState, kpi_updates, unique_visitors_update
@@ -175,7 +175,9 @@ class KpiTableAgent:
         for name, amount in outputs.counts.items():
             self.counters[name].inc(amount)
         for delta in outputs.applied:
-            self.campaigns.observe(delta.key, delta.measures, delta.window_seconds == self.smallest_window)
+            if not is_drill_down(delta.channel, delta.campaign):
+                smallest = delta.window_seconds == self.smallest_window
+                self.campaigns.observe(delta.key, delta.measures, smallest)
         if outputs.low_watermark is not None:
             self.metrics.low_watermark.set(outputs.low_watermark)
         for (rule, result), amount in outputs.judgements.items():
@@ -198,7 +200,9 @@ class KpiTableAgent:
         if counted:
             updates += await self._unique_visitors(counted, now)
         for kpi_key, update in updates:
-            if self.campaigns.has_gauges(kpi_key.campaign):
+            if self.campaigns.has_gauges(kpi_key.campaign) and not is_drill_down(
+                kpi_key.channel, kpi_key.campaign
+            ):
                 self.current.observe(kpi_key, update.value)
                 if update.final:
                     self.last_closed.observe(kpi_key, update.value)

@@ -15,6 +15,12 @@ ALL = "*"
 ALL_TIME = 0
 
 
+def is_drill_down(channel: str, campaign: str) -> bool:
+    """A campaign's channel (neither is ``*``): published on the topics and in the view, not
+    as Prometheus series (their number is channels x campaigns)."""
+    return channel != ALL and campaign != ALL
+
+
 #: Cells per delta message: a cell encodes to at most about 1 KB (a 256-character campaign
 #: and every measure), so a message stays under Kafka's default 1 MB limit.
 DELTAS_PER_MESSAGE = 500

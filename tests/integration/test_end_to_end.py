@@ -96,6 +96,7 @@ def build_events(count: int, seed: int) -> tuple[list[bytes], dict[Key, int]]:
             "event_id": f"e2e-{seed}-{index}",
             "occurred_at": instant.astimezone(rng.choice(OFFSETS)).isoformat(),
             "anonymous_id": f"visitor-{rng.randrange(50)}",
+            "session_id": f"e2e-{seed}-{index}",  # a session each: every view keeps its channel
             "page": {"path": path, **({"referrer": referrer} if referrer else {})},
         }
         if utm:
@@ -109,7 +110,7 @@ def build_events(count: int, seed: int) -> tuple[list[bytes], dict[Key, int]]:
         for kpi in kpis:
             for size in SIZES:  # default windows; day windows in UTC
                 start = int(instant.timestamp()) // size * size
-                for dims in ((channel, "*"), ("*", campaign), ("*", "*")):
+                for dims in ((channel, "*"), ("*", campaign), (channel, campaign), ("*", "*")):
                     expected[(kpi, size, start, *dims)] += 1
     return payloads, dict(expected)
 
