@@ -281,15 +281,16 @@ class BatchIngestor:
         sessions; none for an event of nobody."""
         if not session_scoped(event):
             return None
-        if event.session_id is not None:
-            key = f"c:{self.pseudonymize(event.session_id)}"
-        else:
-            subject = event.user_id or event.anonymous_id
-            if subject is None:
-                return None
+        client = "" if event.session_id is None else self.pseudonymize(event.session_id)
+        subject = event.user_id or event.anonymous_id
+        if subject is not None:
             key = f"s:{self.pseudonymize(subject)}"
+        elif client:
+            key = f"c:{client}"
+        else:
+            return None
         coordinates = f"{record.partition}:{record.offset}"
-        return SessionEvent(key, at.timestamp(), coordinates, attribution, attribution.touched)
+        return SessionEvent(key, at.timestamp(), coordinates, attribution, attribution.touched, client)
 
     def sightings(self, screened: Screened) -> list[Sighting]:
         """What to check in Redis: every candidate's event id, then every candidate's unique

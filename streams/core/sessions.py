@@ -23,17 +23,17 @@ import msgspec
 
 from streams.core.attribution import Attribution
 
-#: A subject's derived sessions kept (the newest by start): a late event older than all of
-#: them starts a session of its own.
-KEPT_SESSIONS = 4
+#: A subject's sessions kept (the newest by start): a late event older than all of them
+#: starts a session of its own.
+KEPT_SESSIONS = 16
 
 
 @dataclass(frozen=True, slots=True)
 class SessionEvent:
     """What placing a site event in its session needs to know of it."""
 
-    #: ``c:<pseudonymized session_id>`` (the client's session) or ``s:<pseudonymized subject>``
-    #: (derived sessions of that subject).
+    #: Where its state lives: ``s:<pseudonymized subject>`` (all of a subject's sessions), or
+    #: ``c:<pseudonymized session_id>`` for an event of no known subject.
     key: str
     at: float
     #: ``partition:offset`` of its raw message.
@@ -42,10 +42,8 @@ class SessionEvent:
     attribution: Attribution
     #: Whether it carries a touch: a utm source, medium or campaign, or an external referrer.
     touched: bool
-
-    @property
-    def derived(self) -> bool:
-        return self.key.startswith("s:")
+    #: Its pseudonymized ``session_id``; empty when the session is to be derived.
+    client: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +68,8 @@ class Session(msgspec.Struct, array_like=True, frozen=True):
     channel: str
     campaign: str
     started_by: str
+    #: The client's session id (pseudonymized); empty for a derived session.
+    client: str = ""
 
 
 SessionState = tuple[Session, ...]
@@ -97,11 +97,8 @@ def place(state: SessionState, event: SessionEvent, timeout_seconds: float) -> t
     for session in state:
         if session.started_by == event.coordinates:  # the starting message, read again
             return Placement(session.channel, session.campaign, True), state
-    if not event.derived:
-        if state:
-            joined = _extended(state[0], event.at)
-            return Placement(joined.channel, joined.campaign, False), (joined,)
-        return _started(event, ())
+    if event.client:
+        return _place_in_client_session(state, event, timeout_seconds)
     index = _containing(state, event.at, timeout_seconds)
     if index is None:
         return _started(event, state)
@@ -114,9 +111,24 @@ def place(state: SessionState, event: SessionEvent, timeout_seconds: float) -> t
     return Placement(joined.channel, joined.campaign, False), (*state[:index], joined, *state[index + 1 :])
 
 
+def _place_in_client_session(
+    state: SessionState, event: SessionEvent, timeout_seconds: float
+) -> tuple[Placement, SessionState]:
+    """The client's session by its id; a derived session the event falls in is that same
+    session, seen first through an event without the id (either may be read first)."""
+    index = next((i for i, s in enumerate(state) if s.client == event.client), None)
+    if index is None:
+        derived = tuple(s if not s.client else None for s in state)
+        index = _containing(derived, event.at, timeout_seconds)
+        if index is None:
+            return _started(event, state)
+    session = msgspec.structs.replace(_extended(state[index], event.at), client=event.client)
+    return Placement(session.channel, session.campaign, False), (*state[:index], session, *state[index + 1 :])
+
+
 def _started(event: SessionEvent, state: SessionState) -> tuple[Placement, SessionState]:
     own = event.attribution
-    session = Session(event.at, event.at, own.channel, own.campaign, event.coordinates)
+    session = Session(event.at, event.at, own.channel, own.campaign, event.coordinates, event.client)
     kept = sorted((*state, session), key=lambda s: s.first_at)[-KEPT_SESSIONS:]
     return Placement(own.channel, own.campaign, True), tuple(kept)
 
@@ -129,15 +141,17 @@ def _extended(session: Session, at: float) -> Session:
     )
 
 
-def _containing(state: SessionState, at: float, timeout_seconds: float) -> int | None:
+def _containing(state: tuple[Session | None, ...], at: float, timeout_seconds: float) -> int | None:
     """The session an event at ``at`` continues: of those it is within ``timeout_seconds``
-    of, the latest that started at or before it, else the earliest."""
+    of, the latest that started at or before it, else the earliest (None: not a candidate)."""
     near = [
-        i for i, s in enumerate(state) if s.first_at - timeout_seconds <= at <= s.last_at + timeout_seconds
+        i
+        for i, s in enumerate(state)
+        if s is not None and s.first_at - timeout_seconds <= at <= s.last_at + timeout_seconds
     ]
     if not near:
         return None
-    before = [i for i in near if state[i].first_at <= at]
+    before = [i for i in near if (s := state[i]) is not None and s.first_at <= at]
     return before[-1] if before else near[0]
 
 

@@ -186,3 +186,21 @@ def test_state_round_trips_and_unreadable_state_is_no_session() -> None:
     placement, state = place((), event, 1800)
     assert placement.started and decode_state(encode_state(state)) == state
     assert decode_state(b"not json") == () and decode_state(None) == ()
+
+
+def test_events_without_the_session_id_join_the_client_session_they_fall_in() -> None:
+    """An engagement event sent without the session id (either read first) is in the visit."""
+    organic = {"path": "/", "referrer": "https://www.google.com/"}
+    view = site_event("page_view", 0, "p1", session_id="s1", page=organic)
+    engagement = site_event("page_engagement", 1, "g1", engaged_ms=4000, page=organic)
+    for journey in ([view, engagement], [engagement, view]):
+        cells = hour_cells(site(), journey)
+        assert cells[(ALL, ALL)]["sessions"] == 1
+        assert cells[("organic_search", ALL)] == {
+            "sessions": 1,
+            "organic_sessions": 1,
+            "page_views": 1,
+            "organic_page_views": 1,
+            "engagements": 1,
+            "engaged_ms": 4000,
+        }
