@@ -91,6 +91,7 @@ def cmd_generate(settings: Settings, args: argparse.Namespace) -> int:
             grace_seconds=settings.windows.grace_seconds,
             retention_seconds=settings.windows.window_retention_seconds,
             run_nonce=run_nonce,
+            live=True,
         )
     except ValueError as exc:
         print(f"mkpi generate: {exc}", file=sys.stderr)

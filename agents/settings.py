@@ -81,6 +81,10 @@ class TopicSettings:
     #: Copies of each topic mkpi creates, the table's changelog (which exactness rests on)
     #: included: 1 for the single local broker, 3 in production (with min.insync.replicas=2).
     replication_factor: int = 1
+    #: Whether producers key raw events by subject (user id, else anonymous id; an email
+    #: event's recipient), so a subject's events and an event's retries share a raw partition.
+    #: When not, ingest first repartitions the raw topic by subject through an internal topic.
+    raw_keyed_by_subject: bool = False
 
     @property
     def app_id(self) -> str:
@@ -118,6 +122,25 @@ class TopicSettings:
     @property
     def ingest_group_id(self) -> str:
         return f"{self.topic_prefix}-ingest"
+
+    @property
+    def by_subject_topic(self) -> str:
+        """The raw events repartitioned by subject (when the raw topic is not keyed so)."""
+        return f"{self.topic_prefix}.raw-by-subject"
+
+    @property
+    def repartition_group_id(self) -> str:
+        return f"{self.topic_prefix}-repartition"
+
+    @property
+    def counted_topic(self) -> str:
+        """The topic ingest counts from: one whose partitions each hold whole subjects."""
+        return self.raw_topic if self.raw_keyed_by_subject else self.by_subject_topic
+
+    @property
+    def state_journal_topic(self) -> str:
+        """Ingest's per-subject state, a partition per partition of ``counted_topic``."""
+        return f"{self.topic_prefix}.ingest-state"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -313,6 +336,7 @@ class Settings:
             blog_path_prefix=ingest.blog_path_prefix,
             own_sites=ingest.site_domain_list,
             session_timeout_seconds=ingest.session_timeout_seconds,
+            session_ttl_seconds=ingest.unique_horizon_seconds,
         )
 
     def value(self, name: str) -> Any:

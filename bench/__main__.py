@@ -1,15 +1,20 @@
 """``python -m bench``: contenders side by side on one pre-loaded topic of realistic events.
 
 Pre-loads ``--events`` generated events (every type, spread over the last two hours of event
-time) once, then runs each contender on that same topic, one after the other, each in its own
-process: A and A2 (``bench.contenders``), B, and C, the project's worker computing the whole
-catalog. Reports events/s, CPU seconds per million events and peak RSS of each, the changelog
-messages C wrote per million events, and the ratios C/A, C/A2 and C/B. Writes the JSON to
-``--out`` and appends a markdown table with the machine's description to
+time, keyed by subject) once, then runs each contender on that same topic, one after the other,
+each in its own process: A and A2 (``bench.contenders``), B, Q, C0 and C, the project's worker
+computing the whole catalog, and CR, the same worker told the raw topic is not keyed by
+subject (it repartitions first). Reports events/s, CPU seconds per million events and peak RSS
+of each, for C0, C and CR also the CPU per event of the broker and Redis over the run, the
+changelog messages written per million events, and the ratios of C to the others. Writes the
+JSON to ``--out`` and appends a markdown table with the machine's description to
 ``docs/benchmarks/README.md``.
 
 B (``bench.naive_faust``) is the naive Faust design: every raw event through a Faust stream, one
-windowed-table update per event and measure.
+windowed-table update per event and measure. Q (``bench.quix_contender``) is the peer a Python
+user would pick: Quix Streams counting per (type, campaign) in 1-minute tumbling windows. C0 is
+the worker of ``--baseline`` (a commit; by default the last one of the first design, before
+issue 16), from a git worktree, with this checkout's virtualenv.
 
 Freshness: on a fresh worker, realistic events at 50% and then 80% of C's measured rate, with a
 probe (a page view of a campaign of its own) every half second; a probe's freshness is the time
@@ -43,9 +48,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from agents.kafka.connections import kafka_options
 from agents.kafka.topics import ensure_topics
 from agents.settings import Settings
+from bench.peers import baseline_tree, quix_python
 from bench.workers import REPO, bench_settings, machine, remove_data, start_worker
 from devtools.generator import Fractions, Scenario, produce_messages
+from devtools.stack.cleanup import remove_run_data
+from devtools.stack.kafka import KafkaBroker
 from devtools.stack.process import wait_for_http
+from devtools.stack.redis import LocalRedis
+from streams.core.subjects import subject_key
 
 RESULTS = REPO / "docs" / "benchmarks"
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -60,6 +70,8 @@ class Result:
     peak_rss_mb: float
     changelog_messages: int | None = None
     deltas: int | None = None
+    #: CPU seconds of the stack's other processes over the run: "broker", "redis".
+    stack_cpu_seconds: dict[str, float] = dataclasses.field(default_factory=dict)
 
     @property
     def events_per_second(self) -> float:
@@ -76,6 +88,10 @@ class Result:
             if self.changelog_messages is None
             else round(self.changelog_messages / self.events * 1e6),
             "deltas_per_million": None if self.deltas is None else round(self.deltas / self.events * 1e6),
+            "cpu_us_per_event": {
+                "worker": round(self.cpu_seconds / self.events * 1e6, 1),
+                **{name: round(cpu / self.events * 1e6, 1) for name, cpu in self.stack_cpu_seconds.items()},
+            },
         }
 
 
@@ -90,11 +106,15 @@ async def preload(settings: Settings, events: int, campaigns: int, seed: int) ->
 
 
 def run_contender(name: str, settings: Settings, events: int) -> Result:
-    """A, A2 or B in a process of its own; the line of output that starts with ``{"events"``
-    is its measurement (Faust logs to standard output too)."""
-    program = ["bench.naive_faust"] if name == "b" else ["bench.contenders", name]
+    """A, A2, B or Q in a process of its own; the line of output that starts with
+    ``{"events"`` is its measurement (Faust logs to standard output too)."""
+    python: str | Path = sys.executable
+    if name == "q":
+        python, program = quix_python(settings), ["bench.quix_contender"]
+    else:
+        program = ["bench.naive_faust"] if name == "b" else ["bench.contenders", name]
     command = [
-        sys.executable,
+        str(python),
         "-m",
         *program,
         settings.kafka.bootstrap,
@@ -134,6 +154,15 @@ def _metrics(url: str) -> dict[str, float]:
     return totals
 
 
+def _stack_cpu(settings: Settings) -> dict[str, float]:
+    """CPU seconds so far of the local broker and Redis (those the stack started)."""
+    pids = {
+        "broker": KafkaBroker.from_settings(settings).running_pid(),
+        "redis": LocalRedis.from_settings(settings).running_pid(),
+    }
+    return {name: _process_cpu_and_peak(pid)[0] for name, pid in pids.items() if pid is not None}
+
+
 def _process_cpu_and_peak(pid: int) -> tuple[float, float]:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     cpu = (int(fields[11]) + int(fields[12])) / TICKS
@@ -164,7 +193,7 @@ async def probe_freshness(settings: Settings, rate: float, seconds: float, seed:
     """Realistic events at ``rate`` per second for ``seconds``, plus a probe (a page view of a
     campaign of its own) every half second; a probe's freshness is the time from its send to
     the first page views update of its campaign on the KPI update topic."""
-    scenario = Scenario(seed, campaigns=50)
+    scenario = Scenario(seed, campaigns=50, live=True)
     producer = AIOKafkaProducer(**kafka_options(settings), linger_ms=5, acks=1)
     consumer = AIOKafkaConsumer(
         settings.topics.kpi_updates_topic, **kafka_options(settings), auto_offset_reset="latest"
@@ -185,11 +214,8 @@ async def probe_freshness(settings: Settings, rate: float, seconds: float, seed:
                 produced += 1
             if len(sent) < elapsed * PROBES_PER_SECOND:
                 campaign = f"probe{len(sent):05d}"
-                await producer.send(
-                    settings.topics.raw_topic,
-                    scenario.probe(campaign, datetime.now(UTC)),
-                    key=campaign.encode(),
-                )
+                probe = scenario.probe(campaign, datetime.now(UTC))
+                await producer.send(settings.topics.raw_topic, probe, key=subject_key(probe))
                 sent[campaign] = time.time()
             await asyncio.sleep(0.002)
 
@@ -244,12 +270,15 @@ def measure_freshness(base: Settings, max_rate: float, seconds: float, seed: int
     return results
 
 
-def run_pipeline(settings: Settings, events: int, log_path: Path) -> Result:
-    """C: a worker on the pre-loaded topic, from its first ingested message until every event
-    is accounted for and every delta folded into the KPI table."""
-    worker = start_worker(settings, log_path)
+def run_pipeline(
+    settings: Settings, events: int, log_path: Path, name: str = "c", tree: Path = REPO
+) -> Result:
+    """C (or C0, CR): a worker on the pre-loaded topic, from its first ingested message until
+    every event is accounted for and every delta folded into the KPI table."""
+    worker = start_worker(settings, log_path, tree, unknown=() if tree == REPO else NEW_SETTINGS)
     try:
         started = cpu_at_start = None
+        stack_at_start: dict[str, float] = {}
         deadline = time.monotonic() + 3600
         while time.monotonic() < deadline:
             if worker.poll() is not None:
@@ -262,16 +291,20 @@ def run_pipeline(settings: Settings, events: int, log_path: Path) -> Result:
             ingested = totals.get("mkpi_ingest_messages_total", 0.0)
             if started is None and ingested > 0:
                 started, (cpu_at_start, _) = time.monotonic(), _process_cpu_and_peak(worker.pid)
+                stack_at_start = _stack_cpu(settings)
             folded = totals.get("mkpi_deltas_applied_total", 0.0) + totals.get(
                 "mkpi_deltas_replayed_total", 0.0
             )
             if ingested >= events and folded >= totals.get("mkpi_ingest_deltas_total", 0.0):
                 cpu, peak = _process_cpu_and_peak(worker.pid)
+                stack = {
+                    k: v - stack_at_start[k] for k, v in _stack_cpu(settings).items() if k in stack_at_start
+                }
                 assert started is not None and cpu_at_start is not None
                 seconds = time.monotonic() - started
                 written = asyncio.run(changelog_messages(settings))
                 deltas = int(totals.get("mkpi_ingest_deltas_total", 0.0))
-                return Result("c", events, seconds, cpu - cpu_at_start, peak, written, deltas)
+                return Result(name, events, seconds, cpu - cpu_at_start, peak, written, deltas, stack)
             time.sleep(1)  # each scrape costs the worker CPU: not too often
         raise SystemExit(f"the worker did not finish within an hour; see {log_path}")
     finally:
@@ -321,7 +354,11 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join([*lines, "", ""])
 
 
-CONTENDERS = ("a", "a2", "b", "c")
+CONTENDERS = ("a", "a2", "b", "q", "c0", "c", "cr")
+#: The last commit of the first design (Redis first sightings, every event in nine cells).
+BASELINE_COMMIT = "886e7db"
+#: Settings the baseline does not know (it refuses unknown MKPI_* variables).
+NEW_SETTINGS = ("MKPI_RAW_KEYED_BY_SUBJECT",)
 
 
 def campaign_curve(
@@ -342,13 +379,22 @@ def campaign_curve(
     return points
 
 
-def run_all(settings: Settings, events: int, contenders: list[str]) -> dict[str, Result]:
+def run_all(settings: Settings, events: int, contenders: list[str], baseline: str) -> dict[str, Result]:
+    """Each contender on the same raw topic; the workers each with topics and groups of their own."""
     results = {}
     for name in contenders:
-        if name == "c":
-            log_path = Path(tempfile.gettempdir()) / f"{settings.topics.topic_prefix}-worker.log"
-            print(f"running c (the worker; its log: {log_path}) ...", flush=True)
-            results["c"] = run_pipeline(settings, events, log_path)
+        if name in ("c", "c0", "cr"):
+            own = settings.replace(
+                topic_prefix=f"{settings.topics.topic_prefix}{name}",
+                worker_name=f"{settings.topics.topic_prefix}-{name}",
+                raw_keyed_by_subject=name != "cr",
+            )
+            tree = baseline_tree(settings, baseline) if name == "c0" else REPO
+            log_path = Path(tempfile.gettempdir()) / f"{own.topics.topic_prefix}-worker.log"
+            print(f"running {name} (a worker of {tree}; its log: {log_path}) ...", flush=True)
+            if name != "c0":
+                asyncio.run(ensure_topics(own))
+            results[name] = run_pipeline(own, events, log_path, name, tree)
         else:
             print(f"running {name} ...", flush=True)
             results[name] = run_contender(name, settings, events)
@@ -361,7 +407,7 @@ def summary(settings: Settings, events: int, results: dict[str, Result]) -> dict
         c = results["c"].events_per_second
         ratios = {
             f"c_over_{name}": round(c / results[name].events_per_second, 4)
-            for name in ("a", "a2", "b")
+            for name in ("a", "a2", "b", "q", "c0", "cr")
             if name in results
         }
     git = ["git", "-C", str(REPO)]
@@ -394,6 +440,11 @@ def main() -> None:
     )
     parser.add_argument("--curve-events", type=int, default=300_000)
     parser.add_argument(
+        "--baseline",
+        default=BASELINE_COMMIT,
+        help="the commit whose worker is contender C0 (default: %(default)s)",
+    )
+    parser.add_argument(
         "--contenders",
         default=",".join(CONTENDERS),
         help="which to run, comma-separated; a run of fewer than all is printed, not recorded",
@@ -409,9 +460,10 @@ def main() -> None:
         asyncio.run(ensure_topics(settings))
         print(f"pre-loading {args.events:,} events on {settings.topics.raw_topic} ...", flush=True)
         asyncio.run(preload(settings, args.events, args.campaigns, args.seed))
-        results = run_all(settings, args.events, contenders)
+        results = run_all(settings, args.events, contenders, args.baseline)
     finally:
-        remove_data(settings)
+        prefix = settings.topics.topic_prefix
+        asyncio.run(remove_run_data(settings, [prefix + name for name in ("", "c", "c0", "cr")]))
     report = summary(settings, args.events, results)
     if args.freshness_seconds and "c" in results:
         report["freshness"] = measure_freshness(

@@ -178,7 +178,7 @@ async def uncommitted_deltas(settings: Settings, settle_seconds: float = 30.0) -
 
 async def feed(settings: Settings, rate: float, seconds: float, seed: int, truth: GroundTruth) -> int:
     """Realistic events (retries and malformed messages included) at ``rate`` per second."""
-    scenario = Scenario(seed, campaigns=50, fractions=Fractions(duplicates=0.02, malformed=0.002))
+    scenario = Scenario(seed, campaigns=50, fractions=Fractions(duplicates=0.02, malformed=0.002), live=True)
     events = scenario.messages(None, lambda: datetime.now(UTC))
     producer = AIOKafkaProducer(**kafka_options(settings), linger_ms=5, acks="all", enable_idempotence=True)
     await producer.start()

@@ -32,6 +32,7 @@ from aiokafka import AIOKafkaProducer
 
 from agents.kafka.connections import kafka_options
 from agents.settings import Settings
+from streams.core.subjects import subject_of
 
 VALID = "valid"
 DUPLICATE = "duplicate"
@@ -91,7 +92,8 @@ class Message:
     expect: str  # VALID, DUPLICATE, or a bad-row reason
     event_type: str | None = None
     channel: str | None = None  # the channel a valid event must be attributed to
-    #: Kafka message key: the event id, so an event and its retries share a raw partition.
+    #: Kafka message key: the event's subject (``subject_key``), so a subject's events and an
+    #: event's retries share a raw partition.
     key: bytes | None = None
     #: Seconds the journey was held back (0: on time); see ``Fractions``.
     delay: float = 0.0
@@ -196,12 +198,16 @@ class Scenario:
         journey_weights: dict[str, int] | None = None,
         open_dip: OpenDip | None = None,
         run_nonce: int = 0,
+        live: bool = False,
     ) -> None:
         """``grace_seconds`` and ``retention_seconds`` (default: the settings' defaults) should
         match the worker's, so that late journeys land where ``Fractions`` says they do.
         ``run_nonce`` changes every event id and nothing else: the same seed with another nonce
-        is the same traffic as new events, not as retries the worker drops."""
+        is the same traffic as new events, not as retries the worker drops. ``live`` is for a
+        clock that is the wall clock: a journey is sent when it ends, so its steps are pressed
+        into half the grace period, and only the late shares of ``Fractions`` arrive late."""
         self.random = random.Random(seed)
+        self.live = live
         self.run_nonce = run_nonce
         self.journey_weights = journey_weights or JOURNEY_WEIGHTS
         self.open_dip = open_dip
@@ -480,6 +486,12 @@ class Scenario:
             "social": self._journey_social,
         }
         events = journeys[kind](start)
+        if self.live:
+            # Sent all at once, now: steps older than the grace period would all be late.
+            squeeze = min(1.0, self.grace_seconds / 2 / JOURNEY_SPAN)
+            for event in events:
+                age = (now - datetime.fromisoformat(event["occurred_at"])) * squeeze
+                event["occurred_at"] = (now - age).isoformat(timespec="milliseconds")
         delay = self._delay()
         if delay:
             for event in events:
@@ -549,11 +561,12 @@ class Scenario:
 
 
 def subject_key(event: dict[str, Any]) -> bytes:
-    """The Kafka key a producer should give a raw event: its subject (user, else anonymous id;
-    the recipient of an email event), so that a subject's events, and so its sessions, stay
-    on one raw partition in the order they were sent; the event id for an event of nobody."""
-    subject = event.get("user_id") or event.get("anonymous_id") or (event.get("email") or {}).get("recipient")
-    return str(subject or event["event_id"]).encode()
+    """The Kafka key a producer should give a raw event: its subject (``streams.core.subjects``),
+    so that a subject's events, and so its sessions, stay on one raw partition in the order
+    they were sent."""
+    recipient = (event.get("email") or {}).get("recipient")
+    subject = subject_of(event["event_id"], event.get("user_id"), event.get("anonymous_id"), recipient)
+    return str(subject).encode()
 
 
 def _labelled(events: list[dict[str, Any]], channel: str) -> list[dict[str, Any]]:

@@ -25,6 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from agents.kafka.connections import kafka_options
 from agents.settings import Settings
+from streams.core.subjects import subject_key
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -68,6 +69,9 @@ def isolated_settings(**overrides: object) -> Settings:
         "worker_name": f"{tag}-w1",
         "flush_interval_seconds": 0.2,
         "kafka_session_timeout_seconds": 10,
+        # The tests' producers key raw events by subject, as the generator does; the runs of
+        # a raw topic keyed otherwise (through the repartition) say so.
+        "raw_keyed_by_subject": True,
     }
     values.update(overrides)
     return base.replace(**values)
@@ -173,9 +177,10 @@ def run_cli(settings: Settings, *args: str) -> str:
 async def produce(
     settings: Settings, topic: str, payloads: list[bytes | None], keys: list[bytes | None] | None = None
 ) -> None:
-    """Send ``payloads`` in order, keyed by ``keys`` (Kafka's default partitioner) if given.
-    Idempotent, so a batch retried (a new topic's leader is not elected yet) cannot land after
-    the batch behind it: expectations follow each partition's order."""
+    """Send ``payloads`` in order, keyed by ``keys`` (Kafka's default partitioner), by default
+    each by its subject as README asks producers to. Idempotent, so a batch retried (a new
+    topic's leader is not elected yet) cannot land after the batch behind it: expectations
+    follow each partition's order."""
     producer = AIOKafkaProducer(
         **kafka_options(settings),
         acks="all",
@@ -187,7 +192,7 @@ async def produce(
     try:
         futures = []
         for index, payload in enumerate(payloads):
-            key = keys[index] if keys is not None else None
+            key = keys[index] if keys is not None else subject_key(payload or b"")
             # A message without a value needs a key (Kafka allows no message with neither).
             if key is None and payload is None:
                 key = b"k"

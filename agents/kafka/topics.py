@@ -25,9 +25,21 @@ class TopicSpec:
     config: dict[str, str]
 
 
-def topic_specs(settings: Settings) -> list[TopicSpec]:
+def topic_specs(settings: Settings, counted_partitions: int | None = None) -> list[TopicSpec]:
+    """Every topic; the state journal has a partition per partition of the topic ingest counts
+    from (``counted_partitions`` when that topic exists already)."""
     n = settings.topics.partitions
+    topics = settings.topics
+    journal = TopicSpec(
+        topics.state_journal_topic,
+        counted_partitions or n,
+        # Records go when a newer snapshot is committed (ingest deletes them), never by age.
+        {"cleanup.policy": "delete", "retention.ms": "-1", "retention.bytes": "-1"},
+    )
+    by_subject = [] if topics.raw_keyed_by_subject else [TopicSpec(topics.by_subject_topic, n, {})]
     return [
+        *by_subject,
+        journal,
         TopicSpec(settings.topics.raw_topic, n, {}),
         TopicSpec(settings.topics.deltas_topic, n, {}),
         TopicSpec(settings.topics.bad_rows_topic, n, {}),
@@ -45,8 +57,9 @@ async def ensure_topics(settings: Settings) -> None:
     await admin.start()
     try:
         existing = {meta["topic"]: len(meta["partitions"]) for meta in await admin.describe_topics()}
-        missing = [spec for spec in topic_specs(settings) if spec.name not in existing]
-        for spec in topic_specs(settings):
+        specs = topic_specs(settings, existing.get(settings.topics.counted_topic))
+        missing = [spec for spec in specs if spec.name not in existing]
+        for spec in specs:
             if spec.name in existing and existing[spec.name] != spec.partitions:
                 log.warning(
                     "topic %s has %d partitions, MKPI_PARTITIONS is %d",

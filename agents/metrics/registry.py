@@ -61,6 +61,30 @@ class Metrics:
             "Flushes whose transaction was aborted; their input is read again.",
             registry=self.registry,
         )
+        self.repartitioned = Counter(
+            "mkpi_repartitioned_messages_total",
+            "Raw messages copied to the topic keyed by subject (MKPI_RAW_KEYED_BY_SUBJECT=false).",
+            registry=self.registry,
+        )
+        self.state_journal_records = Counter(
+            "mkpi_ingest_state_journal_records_total",
+            "Records ingest wrote to its per-subject state journal (a flush's changes, or parts "
+            "of a snapshot).",
+            registry=self.registry,
+        )
+        self.state_entries = Gauge(
+            "mkpi_ingest_state_entries",
+            "Entries of ingest's per-subject state (event ids and distinct-count keys within "
+            "their horizon, subjects with sessions), by counted partition.",
+            ["partition"],
+            registry=self.registry,
+        )
+        self.state_restores = Counter(
+            "mkpi_ingest_state_restores_total",
+            "Partitions whose per-subject state ingest restored from the journal (taking a "
+            "partition over, or after an aborted flush).",
+            registry=self.registry,
+        )
         self.ingest_refused = Counter(
             "mkpi_ingest_refused_messages_total",
             "Messages a topic refused to take from ingest (too large, not authorized, ...); their "

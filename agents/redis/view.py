@@ -96,9 +96,23 @@ class RedisView:
             for start, bodies in zip(starts, replies, strict=True)
         }
 
-    async def latest(self, query: ViewQuery) -> list[KpiUpdate]:
-        stored = await self.client.hgetall(self._latest_key(query.window_seconds))
-        updates = [_update_decoder.decode(body) for body in stored.values()]
+    async def latest(
+        self, query: ViewQuery, kpis: Iterable[str] = (), channels: Iterable[str] = ()
+    ) -> list[KpiUpdate]:
+        """The newest value of each series the query matches. A query of one campaign, given
+        the ``kpis`` and ``channels`` there can be, reads just those series (HMGET); otherwise
+        the window size's whole hash, which holds every campaign's series."""
+        key = self._latest_key(query.window_seconds)
+        if query.campaign is not None and kpis and channels:
+            fields = [
+                FIELD_SEPARATOR.join((kpi, channel, query.campaign))
+                for kpi in ((query.kpi,) if query.kpi else sorted(kpis))
+                for channel in ((query.channel,) if query.channel else sorted(channels))
+            ]
+            bodies = [body for body in await self.client.hmget(key, fields) if body is not None]
+        else:
+            bodies = list((await self.client.hgetall(key)).values())
+        updates = [_update_decoder.decode(body) for body in bodies]
         return sorted((u for u in updates if query.matches(u)), key=lambda u: (u.kpi, u.channel, u.campaign))
 
 

@@ -13,6 +13,7 @@ from agents.metrics.registry import Metrics
 from agents.runtime.health import Health
 from agents.runtime.ingest import IngestService
 from agents.runtime.kpi_agent import register_kpi_agent
+from agents.runtime.repartition import RepartitionService
 from agents.runtime.web import WebServer
 from agents.settings import Settings
 from streams.core.alerts import configured_rules
@@ -50,12 +51,16 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> faust.App:
     table = app.Table(KPI_TABLE_NAME, partitions=settings.topics.partitions, key_type=bytes, value_type=bytes)
     agent = register_kpi_agent(app, deltas, table, metrics, settings, alert_rules)
     rules = ChannelRules.configured(settings.ingest.channel_rules_file)
+    worker_name = settings.worker.worker_name or socket.gethostname()
+    pseudonymizer = Pseudonymizer.from_key(settings.ingest.pseudonymization_key)
+    if not settings.topics.raw_keyed_by_subject:
+        app.service(RepartitionService(settings, metrics, worker_name, pseudonymizer))  # type: ignore[arg-type]
     ingest = IngestService(
         settings,
         metrics,
-        worker_name=settings.worker.worker_name or socket.gethostname(),
+        worker_name=worker_name,
         rules=rules,
-        pseudonymizer=Pseudonymizer.from_key(settings.ingest.pseudonymization_key),
+        pseudonymizer=pseudonymizer,
         agent_is_behind=agent.is_behind,
     )
     app.service(ingest)  # type: ignore[arg-type]

@@ -1,16 +1,21 @@
 """Batch ingest: raw topic -> typed events -> pre-aggregated deltas, exactly once.
 
 ``streams.core.ingestor.BatchIngestor`` is the pure part: it takes raw records and
-accumulates deltas, bad rows and outcome counts. ``IngestService`` is the I/O around it: it
-reads the raw topic in batches with aiokafka, checks duplicates in Redis and, once per flush
-interval, produces the batch's deltas and bad rows and commits the raw offsets in one Kafka
-transaction, so a crash anywhere either publishes all of a batch or none of it.
+accumulates deltas, bad rows and outcome counts, deciding duplicates, distinct counts and
+sessions against the per-subject state of the partitions it owns. ``IngestService`` is the
+I/O around it: it reads the counted topic (the raw topic when producers key it by subject,
+else its repartitioned copy) in batches with aiokafka, restores a partition's state from the
+state journal when it takes the partition over and, once per flush interval, produces the
+batch's deltas, bad rows and state changes and commits the offsets in one Kafka transaction,
+so a crash anywhere either publishes all of a batch or none of it, and the state a new owner
+restores is exactly the state at the committed offset.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -28,14 +33,13 @@ from mode import Service
 from agents.kafka.connections import kafka_options
 from agents.kafka.fencing import (
     FENCING_ERRORS,
-    FencedTransactionalProducer,
     membership,
     stable_committed_offsets,
 )
+from agents.kafka.state_journal import StateJournal, encode_record
+from agents.kafka.transactions import group_consumer, renewed_producer, transactional_producer
 from agents.metrics.registry import Metrics
 from agents.redis.connections import redis_client
-from agents.redis.dedup import RedisSightings
-from agents.redis.sessions import RedisSessionStore
 from agents.redis.visitors import VisitorSketches
 from agents.redis.waiting import until_redis_answers
 from agents.settings import Settings
@@ -49,10 +53,9 @@ from streams.core.ingestor import (
     DuplicateShare,
     Flushable,
     RawPartition,
-    Screened,
 )
 from streams.core.privacy import Pseudonymizer
-from streams.core.sessions import Placement, SessionEvent, SessionStore
+from streams.core.subject_state import PartitionState
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +88,9 @@ class _FlushBeforeRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         await self.service.flush()
         for tp in revoked:
-            self.service.ingestor.revoke(RawPartition(tp.topic, tp.partition))
-            for gauge in (self.service.metrics.ingest_lag, self.service.metrics.partition_watermark):
+            self.service.park(RawPartition(tp.topic, tp.partition))
+            metrics = self.service.metrics
+            for gauge in (metrics.ingest_lag, metrics.partition_watermark, metrics.state_entries):
                 with contextlib.suppress(KeyError):  # never set for this partition
                     gauge.remove(str(tp.partition))
         self.service.owned_partitions = 0
@@ -103,8 +107,7 @@ class IngestService(Service):
     producer: AIOKafkaProducer
     admin: AIOKafkaAdminClient
     redis: aioredis.Redis
-    first_sightings: RedisSightings
-    sessions: SessionStore
+    journal: StateJournal
     visitor_sketches: VisitorSketches
 
     def __init__(
@@ -122,7 +125,8 @@ class IngestService(Service):
         #: Whether the KPI agent in this worker has delta messages waiting (see ``_consume``).
         self.agent_is_behind = agent_is_behind
         self.metrics = metrics
-        self.transactional_id = f"{settings.topics.app_id}-ingest-{worker_name}"
+        self.client_id = f"{settings.topics.app_id}-ingest"
+        self.transactional_id = f"{self.client_id}-{worker_name}"
         self._retry_flush_after = 0.0
         self.ingestor = BatchIngestor(settings.ingest_policy, rules, pseudonymizer)
         self.duplicate_share = DuplicateShare()
@@ -131,6 +135,9 @@ class IngestService(Service):
         self._flush_lock = asyncio.Lock()
         self._encoder = msgspec.json.Encoder()
         self._delta_partitions: list[int] = []
+        #: States of partitions revoked from this worker, each as of its committed offset:
+        #: taken back without a restore if the partition comes back unchanged.
+        self._parked: dict[RawPartition, PartitionState] = {}
         for size in settings.windows.windowing.sizes:  # exported at 0 from the start, so rate() works
             metrics.late_events.labels(f"{size}s")
         #: A visitor sketch lives until no event can reach its window, plus a day for readers.
@@ -143,68 +150,33 @@ class IngestService(Service):
     async def on_start(self) -> None:
         # aiokafka clients bind to the running loop, so they are made here, not in __init__.
         settings = self.settings
-        self.consumer = AIOKafkaConsumer(
-            **kafka_options(settings),
-            group_id=settings.topics.ingest_group_id,
-            client_id=f"{settings.topics.app_id}-ingest",
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            isolation_level="read_committed",
-            session_timeout_ms=settings.kafka.session_timeout_seconds * 1000,
-            heartbeat_interval_ms=settings.kafka.session_timeout_seconds * 100,
-            max_partition_fetch_bytes=4 * 1024 * 1024,
-        )
-        self.producer = self._new_producer()
+        self.consumer = group_consumer(settings, settings.topics.ingest_group_id, self.client_id)
+        self.producer = transactional_producer(settings, self.client_id, self.transactional_id)
         self.admin = AIOKafkaAdminClient(
             **kafka_options(settings), client_id=f"{settings.topics.app_id}-ingest"
         )
         self.redis = redis_client(settings, socket_timeout=5, socket_connect_timeout=5)
-        self.first_sightings = RedisSightings(self.redis, settings.topics.app_id)
-        self.sessions = RedisSessionStore(
-            self.redis,
-            settings.topics.app_id,
-            settings.ingest.session_timeout_seconds,
-            settings.ingest.unique_horizon_seconds,
-        )
         self.visitor_sketches = VisitorSketches(self.redis, settings.topics.app_id)
         await self.admin.start()
+        self.journal = StateJournal(settings, self.admin)
+        await self.journal.start()
         await self.producer.start()
         await self.consumer.start()
         self._delta_partitions = sorted(await self.producer.partitions_for(settings.topics.deltas_topic))
-        self.consumer.subscribe([self.settings.topics.raw_topic], listener=_FlushBeforeRevoke(self))
-        log.info("ingest reading %s as %s", self.settings.topics.raw_topic, self.transactional_id)
-
-    def _new_producer(self) -> FencedTransactionalProducer:
-        return FencedTransactionalProducer(
-            **kafka_options(self.settings),
-            client_id=f"{self.settings.topics.app_id}-ingest",
-            transactional_id=self.transactional_id,
-            enable_idempotence=True,
-            linger_ms=5,
-            max_batch_size=1024 * 1024,
-        )
+        self.consumer.subscribe([settings.topics.counted_topic], listener=_FlushBeforeRevoke(self))
+        log.info("ingest counting %s as %s", settings.topics.counted_topic, self.transactional_id)
 
     async def _renew_producer(self) -> None:
-        """A fresh producer after a failed flush. A batch the broker refused has used up its
-        sequence number, so every later batch to that partition would fail as out of order;
-        the new producer's registration (same transactional id) starts the sequences anew, and
-        waits until a transaction whose commit was under way when the flush failed has ended,
-        so the committed offsets read next are settled."""
-        while True:
-            await self.producer.stop()
-            self.producer = self._new_producer()
-            try:
-                await self.producer.start()
-                return
-            except KafkaError as exc:
-                log.warning("cannot register the ingest producer yet (%r); retrying in 1 s", exc)
-                await asyncio.sleep(1)
+        self.producer = await renewed_producer(
+            self.settings, self.producer, self.client_id, self.transactional_id
+        )
 
     async def on_stop(self) -> None:
         try:
             await self.flush()
         finally:
             await self.consumer.stop()
+            await self.journal.stop()
             await self.producer.stop()
             await self.admin.close()
             await self.redis.aclose()
@@ -214,10 +186,29 @@ class IngestService(Service):
         async with self._flush_lock:  # no batch is counted halfway through a take-over
             await self._take_over(assigned)
 
+    def park(self, tp: RawPartition) -> None:
+        """Keep a revoked partition's state (flushed, so as of its committed offset)."""
+        state = self.ingestor.revoke(tp)
+        if state is not None:
+            self._parked[tp] = state
+
+    async def _state_at(self, tp: RawPartition, point: CommitPoint | None) -> PartitionState:
+        """The partition's state as of its committed offset: the parked one when it stands
+        there (nobody counted on since), else restored from the journal."""
+        parked = self._parked.pop(tp, None)
+        start = None if point is None else point.next_offset
+        if parked is not None and start is not None and parked.next_offset == start:
+            return parked
+        self.metrics.state_restores.inc()
+        if point is None:
+            return await self.journal.restore(tp.partition, None, None)
+        return await self.journal.restore(tp.partition, point.state_from, point.state_to)
+
     async def _take_over(self, assigned: list[TopicPartition]) -> None:
         """The offsets are read once no transaction is still committing them (the previous
         owner's last flush may be committed but not yet visible), and the consumer is moved
-        there: its own lookup does not wait for that."""
+        there: its own lookup does not wait for that. Each partition's state is that of its
+        committed offset."""
         log.info("ingest assigned %s", sorted(tp.partition for tp in assigned))
         if not assigned:
             self.owned_partitions = 0
@@ -227,15 +218,15 @@ class IngestService(Service):
         fresh = [tp for tp in assigned if tp not in committed]
         log_starts = await self.consumer.beginning_offsets(fresh) if fresh else {}
         for tp in assigned:
-            point = committed.get(tp)
-            if point is None:
-                start, watermark = log_starts[tp], None
-            else:
-                start, watermark = point.offset, CommitPoint.watermark_from_metadata(point.metadata)
+            raw_tp = RawPartition(tp.topic, tp.partition)
+            committed_point = committed.get(tp)
+            point = None if committed_point is None else CommitPoint.from_commit(*committed_point)
+            start = log_starts[tp] if point is None else point.next_offset
+            state = await self._state_at(raw_tp, point)
             self.consumer.seek(tp, start)
-            self.ingestor.assign(RawPartition(tp.topic, tp.partition), start, watermark)
+            self.ingestor.assign(raw_tp, start, None if point is None else point.watermark, state)
         self.ingestor.raw_partitions = len(
-            self.consumer.partitions_for_topic(self.settings.topics.raw_topic) or ()
+            self.consumer.partitions_for_topic(self.settings.topics.counted_topic) or ()
         )
         self.owned_partitions = len(assigned)
         self.metrics.ingest_partitions.set(len(assigned))
@@ -263,12 +254,7 @@ class IngestService(Service):
                         for record in self.ingestor.unread(RawPartition(*tp), batch)
                     ]
                     if records:
-                        screened = self.ingestor.screen(records)
-                        counts = await self._check_duplicates(screened)
-                        placements = await self._place_sessions(
-                            self.ingestor.session_events(screened, counts)
-                        )
-                        self.ingestor.apply(screened, counts, placements)
+                        self.ingestor.apply(self.ingestor.screen(records))
             interval = (
                 settings.ingest.backlog_flush_interval_seconds
                 if behind
@@ -296,21 +282,6 @@ class IngestService(Service):
                 total += lag
         return total
 
-    async def _check_duplicates(self, screened: Screened) -> list[bool]:
-        """Ask Redis which events are client retries and which uniques are new."""
-        sightings = self.ingestor.sightings(screened)
-        return await until_redis_answers(
-            lambda: self.first_sightings.counts(sightings), "the duplicate check", self.metrics.redis_up
-        )
-
-    async def _place_sessions(self, events: list[SessionEvent]) -> list[Placement]:
-        """The session of each counted site event, from the session store."""
-        if not events:
-            return []
-        return await until_redis_answers(
-            lambda: self.sessions.place(events), "sessions", self.metrics.redis_up
-        )
-
     async def flush(self) -> None:
         """Publish pending deltas and bad rows and commit their offsets in one transaction."""
         async with self._flush_lock:
@@ -326,7 +297,7 @@ class IngestService(Service):
             )
             try:
                 async with self.producer.transaction():
-                    await self._publish(pending)
+                    commits = await self._publish(pending)
             except ProducerFenced:
                 log.critical(
                     "another worker uses the transactional id %s; give each worker its own "
@@ -353,6 +324,8 @@ class IngestService(Service):
                 await self._renew_producer()
                 await self._rewind()
                 return
+            for tp, point in commits.items():
+                self._journaled(tp, point, pending)
             self.metrics.flush_seconds.observe(time.perf_counter() - started)
             self.metrics.deltas_produced.inc(len(pending.deltas))
             for outcome, count in pending.outcomes.items():
@@ -369,17 +342,43 @@ class IngestService(Service):
                 if mark.watermark is not None:
                     self.metrics.partition_watermark.labels(str(mark.raw_partition)).set(mark.watermark)
 
-    async def _publish(self, pending: Flushable) -> None:
+    def _journaled(self, tp: RawPartition, point: CommitPoint, pending: Flushable) -> None:
+        """After a flush's commit: where the partition's state journal now stands; records
+        before a new snapshot are deleted (in the background: nothing waits for it)."""
+        state = self.ingestor.state(tp.partition)
+        if state is None:
+            return
+        snapshot_taken = point.state_from is not None and point.state_from != state.snapshot_offset
+        state.snapshot_offset, state.journal_end = point.state_from, point.state_to
+        if snapshot_taken and point.state_from is not None:
+            self.add_future(self.journal.drop_before(tp.partition, point.state_from))
+        self.metrics.state_journal_records.inc(len(pending.journal.get(tp, ())))
+        self.metrics.state_entries.labels(str(tp.partition)).set(len(state))
+
+    async def _publish(self, pending: Flushable) -> dict[RawPartition, CommitPoint]:
         """The body of a flush transaction: its deltas and marks in a few messages per delta
-        partition (see ``delta_batches``), bad rows, late events, the report and the offsets."""
+        partition (see ``delta_batches``), bad rows, late events, the report, the state
+        journal's records and the offsets; returns the commit points as committed (with where
+        each partition's journal now stands)."""
         settings, encode = self.settings, self._encoder.encode
         deliveries: list[tuple[str, asyncio.Future[Any]]] = []
 
-        async def send(topic: str, value: bytes, partition: int | None = None) -> None:
+        async def send(topic: str, value: bytes, partition: int | None = None) -> asyncio.Future[Any]:
             try:
-                deliveries.append((topic, await self.producer.send(topic, value=value, partition=partition)))
+                delivery: asyncio.Future[Any] = await self.producer.send(
+                    topic, value=value, partition=partition
+                )
             except KafkaError as exc:  # refused before sending (larger than max_request_size)
                 raise OutputRefused(topic, exc) from exc
+            deliveries.append((topic, delivery))
+            return delivery
+
+        journal: dict[RawPartition, list[asyncio.Future[Any]]] = {}
+        for tp, records in pending.journal.items():
+            journal[tp] = [
+                await send(settings.topics.state_journal_topic, encode_record(r), tp.partition)
+                for r in records
+            ]
 
         for partition, batch in delta_batches(pending.deltas, pending.marks, len(self._delta_partitions)):
             await send(settings.topics.deltas_topic, encode(batch), partition)
@@ -397,13 +396,23 @@ class IngestService(Service):
                 raise OutputRefused(topic, outcome) from outcome
             if isinstance(outcome, BaseException):
                 raise outcome
-        if pending.commits:
+        commits = dict(pending.commits)
+        for tp, sent in journal.items():
+            if sent:
+                point = commits[tp]
+                first_record = pending.journal[tp][0]
+                state_from = sent[0].result().offset if first_record.snapshot else point.state_from
+                commits[tp] = dataclasses.replace(
+                    point, state_from=state_from, state_to=sent[-1].result().offset + 1
+                )
+        if commits:
             # Refused (and the whole transaction aborted) if this worker is no longer the
             # partitions' owner: a stalled worker cannot commit a batch another one re-reads.
             await self.producer.send_offsets_to_transaction(
-                {TopicPartition(*tp): point.as_commit() for tp, point in pending.commits.items()},
+                {TopicPartition(*tp): point.as_commit() for tp, point in commits.items()},
                 membership(self.consumer, settings.topics.ingest_group_id),
             )
+        return commits
 
     def _report(self, pending: Flushable) -> IngestReport:
         return IngestReport(

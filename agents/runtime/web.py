@@ -87,7 +87,7 @@ class WebServer(Service):
         query = ViewQuery(window, params.get("kpi"), params.get("channel"), params.get("campaign"))
         assert self._view is not None
         try:
-            updates = await self._view.latest(query)
+            updates = await self._view.latest(query, self.known["kpi"], self.known["channel"])
         except (RedisError, OSError) as exc:
             raise web.HTTPServiceUnavailable(text=f"the Redis view is unavailable: {exc}") from None
         return web.Response(body=_encoder.encode(updates), content_type="application/json")
@@ -115,7 +115,10 @@ class WebServer(Service):
             raise web.HTTPBadRequest(text="points must be a whole number") from None
         assert self._view is not None
         try:
-            latest = await self._view.latest(ViewQuery(window, campaign=campaign))
+            # Only this campaign's series: the hash holds every campaign's, and the board polls.
+            latest = await self._view.latest(
+                ViewQuery(window, campaign=campaign), self.known["kpi"], self.known["channel"]
+            )
             newest = max((int(u.window_start.timestamp()) for u in latest), default=None)
             starts = (
                 []

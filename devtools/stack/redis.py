@@ -17,8 +17,8 @@ from agents.settings import Settings, without_password
 from devtools.stack.process import StackError, pid_alive, port_is_open, read_pid, terminate_pid
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
-#: Written only by stop(keep_data=True), loaded and removed by the next start.
-DUMP_FILE = "mkpi-handover.rdb"
+#: The append-only file's folder under the server's data folder.
+AOF_FOLDER = "appendonly"
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,12 +87,19 @@ class LocalRedis:
                 str(self.port),
                 "--dir",
                 str(self.home),
+                # Persisted: the view and the visitor sketches survive a restart (fsync every
+                # second: a crash loses at most the last second's writes, which the KPI agent
+                # writes again with the next updates of those series).
                 "--save",
                 "",
-                "--dbfilename",
-                DUMP_FILE,
                 "--appendonly",
-                "no",
+                "yes",
+                "--appendfsync",
+                "everysec",
+                "--appenddirname",
+                AOF_FOLDER,
+                "--maxmemory-policy",
+                "noeviction",
                 "--protected-mode",
                 "yes",
                 "--logfile",
@@ -111,26 +118,15 @@ class LocalRedis:
                     f"redis-server exited with status {process.returncode}; see {self.home}/redis.log"
                 )
             if self.is_ready():
-                # A dump from stop(keep_data=True) is loaded now; it must not come back later.
-                (self.home / DUMP_FILE).unlink(missing_ok=True)
                 return f"started redis-server (pid {process.pid}) at {without_password(self.url)}"
             time.sleep(0.2)
         raise StackError(f"redis-server did not answer PING within {wait_seconds:.0f}s")
 
-    def stop(self, keep_data: bool = False) -> str:
-        """Stop the server; with ``keep_data`` it first writes its data to a dump that the next
-        start loads (once: that start removes it), as for planned maintenance."""
+    def stop(self) -> str:
+        """Stop the server (SIGTERM: it writes its append-only file out and exits)."""
         pid = self.running_pid()
         if pid is None:
             return "no Redis server of this project is running"
-        if keep_data:
-            client = sync_redis_client(self.settings, socket_timeout=60)
-            try:
-                client.shutdown(save=True)
-            except (redis.exceptions.RedisError, OSError) as exc:
-                raise StackError(f"Redis did not save its data before shutting down: {exc}") from exc
-            finally:
-                client.close()
         terminate_pid(pid, grace_seconds=10)
         self.pid_file.unlink(missing_ok=True)
         return f"stopped redis-server (pid {pid})"

@@ -12,6 +12,7 @@ from typing import Any
 
 from streams.contracts.deltas import DeltaBatch
 from streams.contracts.events import RawEvent
+from streams.contracts.journal import JournalRecord
 from streams.contracts.outputs import AlertEvent, BadRow, IngestReport, KpiUpdate, LateEvent
 
 
@@ -84,6 +85,16 @@ CONTRACTS: tuple[Contract, ...] = (
         "in the flush's last message to every partition, applied after its deltas.",
     ),
     Contract(
+        "state_journal",
+        "1-0-0",
+        "internal",
+        JournalRecord,
+        "Internal, on <prefix>.ingest-state, MessagePack, no key, partition = the raw (or "
+        "repartitioned) partition whose subjects it holds: ingest's per-subject state (event ids "
+        "seen, first sightings of distinct counts, sessions), written in the flush's transaction: "
+        "a flush's changes, or a snapshot of the whole state in parts. Read by ingest alone.",
+    ),
+    Contract(
         "alert",
         "1-0-0",
         "outputs",
@@ -103,5 +114,6 @@ LATE_EVENT_VERSION = _VERSIONS["late_event"]
 BAD_ROW_VERSION = _VERSIONS["bad_row"]
 INGEST_REPORT_VERSION = _VERSIONS["ingest_report"]
 ALERT_VERSION = _VERSIONS["alert"]
+STATE_JOURNAL_VERSION = _VERSIONS["state_journal"]
 #: Marks travel inside kpi_delta messages; their version is their own.
 WATERMARK_MARK_VERSION = "1-0-0"

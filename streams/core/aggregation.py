@@ -1,15 +1,16 @@
 """Pre-aggregation at ingest: events -> cells -> one delta per published cell per flush.
 
-Ingest adds each event's measures to its finest cell (its own channel and campaign) in every
-window size, then once per flush rolls the cells up into the four published grains: per
-channel (campaign ``*``), per campaign (channel ``*``), per channel of a campaign (the
-drill-down: the finest cell itself) and overall (both ``*``). A flush sends
+Ingest adds each event's measures to one finest cell (its own channel and campaign in the
+largest window that nests in every size), then once per flush rolls the cells up into every
+window size and the four published grains: per channel (campaign ``*``), per campaign (channel
+``*``), per channel of a campaign (the drill-down) and overall (both ``*``). A flush sends
 its deltas in ``DeltaBatch`` messages, a few per delta partition, so the agent pays Kafka's and
 Faust's per-message cost once per batch instead of once per cell.
 """
 
 from __future__ import annotations
 
+import math
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 
@@ -26,7 +27,7 @@ from streams.contracts.deltas import (
 from streams.contracts.versions import KPI_DELTA_VERSION
 from streams.core.attribution import Attribution
 from streams.core.catalog import RUNNING_TOTAL_MEASURES
-from streams.core.windows import Windowing
+from streams.core.windows import DAY, QUARTER_HOUR, Windowing
 
 
 def delta_batches(
@@ -61,12 +62,26 @@ def published_cells(size: int, start: int, channel: str, campaign: str) -> tuple
 
 
 class DeltaAggregator:
-    """Pre-aggregates the events of a batch; ``drain`` gives one delta per cell."""
+    """Pre-aggregates the events of a batch; ``drain`` gives one delta per published cell.
+
+    An event is added to one finest cell: its channel and campaign in its *unit* window, the
+    largest window that nests in every window size (the greatest common divisor of the sizes,
+    and of the quarter hour that local midnights fall on when there are day windows: 60 s for
+    the default sizes). ``drain`` rolls each finest cell up, once per flush, into every window
+    size and the four published grains, so the per-event work does not grow with the number of
+    sizes and grains. A late event's finest cell also names the sizes it is too late for, which
+    its roll-up leaves out.
+    """
 
     def __init__(self, windowing: Windowing) -> None:
         self.windowing = windowing
-        self._cells: defaultdict[tuple[int, int, str, str], Counter[str]] = defaultdict(Counter)
+        self.unit = math.gcd(*windowing.sizes, *((QUARTER_HOUR,) if DAY in windowing.sizes else ()))
+        #: (unit window start, channel, campaign, sizes skipped) -> measures.
+        self._cells: defaultdict[FinestCell, Counter[str]] = defaultdict(Counter)
+        self._running: defaultdict[tuple[str, str], Counter[str]] = defaultdict(Counter)
+        self._visitors: defaultdict[FinestCell, set[str]] = defaultdict(set)
         self._published: defaultdict[CellKey, Counter[str]] = defaultdict(Counter)
+        self._starts: dict[int, list[tuple[int, int]]] = {}
 
     def __len__(self) -> int:
         return len(self._cells) + len(self._published)
@@ -75,6 +90,12 @@ class DeltaAggregator:
         """Add to a cell as published (a roll-up included): for distinct counts, which are
         decided per published cell and so must not be rolled up again."""
         self._published[key][measure] += amount
+
+    def _finest(
+        self, event_epoch_seconds: float, attribution: Attribution, skip_sizes: tuple[int, ...]
+    ) -> FinestCell:
+        unit_start = int(event_epoch_seconds // self.unit) * self.unit
+        return (unit_start, attribution.channel, attribution.campaign, skip_sizes)
 
     def add(
         self,
@@ -86,24 +107,52 @@ class DeltaAggregator:
         amounts = list(measures)
         if not amounts:
             return
-        for size, start in self.windowing.starts(event_epoch_seconds):
-            if size in skip_sizes:
-                continue
-            cell = self._cells[(size, start, attribution.channel, attribution.campaign)]
-            for measure, amount in amounts:
-                cell[measure] += amount
+        cell = self._cells[self._finest(event_epoch_seconds, attribution, skip_sizes)]
+        for measure, amount in amounts:
+            cell[measure] += amount
         totals = [(measure, amount) for measure, amount in amounts if measure in RUNNING_TOTAL_MEASURES]
         if totals:
-            cell = self._cells[(ALL_TIME, ALL_TIME, attribution.channel, attribution.campaign)]
+            running = self._running[(attribution.channel, attribution.campaign)]
             for measure, amount in totals:
-                cell[measure] += amount
+                running[measure] += amount
+
+    def add_visitor(
+        self, event_epoch_seconds: float, attribution: Attribution, visitor: str, skip_sizes: tuple[int, ...]
+    ) -> None:
+        """A page view's visitor, for the unique-visitor sketches of the cells it counts in."""
+        self._visitors[self._finest(event_epoch_seconds, attribution, skip_sizes)].add(visitor)
+
+    def _rolled_up(self, finest: FinestCell) -> Iterable[CellKey]:
+        """The published cells a finest cell counts in."""
+        unit_start, channel, campaign, skip_sizes = finest
+        starts = self._starts.get(unit_start)
+        if starts is None:
+            if len(self._starts) >= 4096:
+                self._starts.clear()
+            starts = self._starts[unit_start] = self.windowing.starts(unit_start)
+        for size, start in starts:
+            if size not in skip_sizes:
+                yield from published_cells(size, start, channel, campaign)
+
+    def drain_visitors(self) -> dict[CellKey, set[str]]:
+        """The visitors of each published cell since the last call."""
+        rolled: defaultdict[CellKey, set[str]] = defaultdict(set)
+        for finest, visitors in self._visitors.items():
+            for key in self._rolled_up(finest):
+                rolled[key] |= visitors
+        self._visitors = defaultdict(set)
+        return dict(rolled)
 
     def drain(self) -> list[Delta]:
         rolled = self._published
-        for (size, start, channel, campaign), measures in self._cells.items():
-            for key in published_cells(size, start, channel, campaign):
+        for finest, measures in self._cells.items():
+            for key in self._rolled_up(finest):
                 rolled[key].update(measures)
+        for (channel, campaign), totals in self._running.items():
+            for key in published_cells(ALL_TIME, ALL_TIME, channel, campaign):
+                rolled[key].update(totals)
         self._cells = defaultdict(Counter)
+        self._running = defaultdict(Counter)
         self._published = defaultdict(Counter)
         return [
             Delta(
@@ -115,3 +164,7 @@ class DeltaAggregator:
             )
             for key, measures in rolled.items()
         ]
+
+
+#: (unit window start, channel, campaign, window sizes the events are too late for)
+FinestCell = tuple[int, str, str, tuple[int, ...]]

@@ -108,6 +108,8 @@ class ChannelRules:
         #: Touches repeat (a campaign's links, a search engine's referrer): each is matched
         #: against the rules once, until the cache is full, then it starts over.
         self._by_touch: dict[Touch, Attribution] = {}
+        #: (utm, referrer, own sites) -> its touch: the same few repeat across a campaign's events.
+        self._touches: dict[tuple[Utm | None, str | None, tuple[str, ...]], Touch] = {}
 
     @classmethod
     def configured(cls, rules_file: str) -> ChannelRules:
@@ -179,7 +181,13 @@ class ChannelRules:
 
     def attribute(self, event: EventBase, own_sites: tuple[str, ...] = ()) -> Attribution:
         """The channel of ``event``: its intrinsic one if it has one, else by the rules."""
-        touch = touch_of(event.utm, event.page.referrer if event.page else None, own_sites)
+        referrer = event.page.referrer if event.page else None
+        seen = (event.utm, referrer, own_sites)
+        touch = self._touches.get(seen)
+        if touch is None:
+            if len(self._touches) >= TOUCH_CACHE_SIZE:
+                self._touches.clear()
+            touch = self._touches[seen] = touch_of(event.utm, referrer, own_sites)
         campaign = touch.campaign or NO_CAMPAIGN
         email = getattr(event, "email", None)
         if email is not None:

@@ -1,8 +1,10 @@
 """Batch ingest's pure part: raw records -> typed events -> pre-aggregated deltas.
 
-``BatchIngestor`` takes raw records and accumulates deltas, bad rows and outcome counts; the
-service in ``agents.runtime.ingest`` does the I/O around it (Kafka reads, the duplicate check
-in Redis, one transaction per flush).
+``BatchIngestor`` takes raw records and accumulates deltas, bad rows and outcome counts,
+deciding duplicates, distinct counts and sessions against the per-subject state of each raw
+partition it owns (``streams.core.subject_state``); the service in ``agents.runtime.ingest``
+does the I/O around it (Kafka reads, restoring state from the journal, one transaction per
+flush).
 """
 
 from __future__ import annotations
@@ -18,13 +20,15 @@ from typing import NamedTuple, Protocol
 
 from streams.contracts.deltas import CellKey, Delta, WatermarkMark
 from streams.contracts.events import TYPE_NAMES, PageView, RawEvent
+from streams.contracts.journal import JournalRecord
 from streams.contracts.outputs import BadReason, BadRow, LateEvent
 from streams.contracts.versions import LATE_EVENT_VERSION, WATERMARK_MARK_VERSION
 from streams.core.aggregation import DeltaAggregator, published_cells
 from streams.core.attribution import Attribution, ChannelRules
 from streams.core.catalog import Unique, measures_of, session_scoped, uniques_of
 from streams.core.privacy import Pseudonymizer
-from streams.core.sessions import Placement, SessionEvent
+from streams.core.sessions import Placement, SessionEvent, place
+from streams.core.subject_state import PartitionState
 from streams.core.validation import Rejection, check_time_range, decode_event, event_time, make_bad_row
 from streams.core.watermarks import Lateness, PartitionWatermarks
 from streams.core.windows import WindowPolicy
@@ -71,25 +75,46 @@ class IngestPolicy:
     own_sites: tuple[str, ...]
     #: Inactivity (event time) after which a subject's next event starts a new derived session.
     session_timeout_seconds: int = 1800
+    #: How long a subject's sessions are remembered after its last event was placed.
+    session_ttl_seconds: int = 30 * 86400
 
 
 @dataclass(frozen=True, slots=True)
 class CommitPoint:
-    """Where a raw partition resumes, and the watermark its next owner starts from."""
+    """Where a raw partition resumes, the watermark its next owner starts from, and the span
+    of the state journal its state is restored from: the newest snapshot (None: the journal's
+    start) up to the end of the last committed flush's records (None: none written yet)."""
 
     next_offset: int
     watermark: float | None
+    state_from: int | None = None
+    state_to: int | None = None
 
     def as_commit(self) -> tuple[int, str]:
-        return self.next_offset, json.dumps({"watermark": self.watermark})
+        fields = {"watermark": self.watermark, "state_from": self.state_from, "state_to": self.state_to}
+        return self.next_offset, json.dumps(fields)
 
-    @staticmethod
-    def watermark_from_metadata(metadata: str) -> float | None:
+    @classmethod
+    def from_commit(cls, offset: int, metadata: str) -> CommitPoint:
+        """The point as committed; metadata that is missing or unreadable names neither a
+        watermark nor a snapshot."""
         try:
-            value = json.loads(metadata).get("watermark") if metadata else None
-        except (ValueError, AttributeError):
-            return None
-        return float(value) if isinstance(value, int | float) else None
+            fields = json.loads(metadata) if metadata else {}
+        except ValueError:
+            fields = {}
+        if not isinstance(fields, dict):
+            fields = {}
+        watermark = fields.get("watermark")
+        return cls(
+            offset,
+            float(watermark) if isinstance(watermark, int | float) else None,
+            _offset(fields.get("state_from")),
+            _offset(fields.get("state_to")),
+        )
+
+
+def _offset(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
 @dataclass
@@ -101,6 +126,8 @@ class Flushable:
     late_events: list[LateEvent]
     marks: list[WatermarkMark]
     commits: dict[RawPartition, CommitPoint]
+    #: What each partition's state journals with this flush (changes, or a snapshot).
+    journal: dict[RawPartition, list[JournalRecord]] = field(default_factory=dict)
     #: Pseudonymous visitors of counted page views, per published cell (for HyperLogLogs).
     visitors: dict[CellKey, set[str]] = field(default_factory=dict)
     outcomes: Counter[str] = field(default_factory=Counter)
@@ -139,7 +166,7 @@ class Candidate:
 
 @dataclass(frozen=True, slots=True)
 class Screened:
-    """A batch after decoding and validation, before the duplicate check; nothing applied yet."""
+    """A batch after decoding and validation; nothing applied yet."""
 
     candidates: list[Candidate]
     rejected: list[tuple[RawRecord, Rejection]]
@@ -150,8 +177,8 @@ class BatchIngestor:
     """Pure accumulation of raw messages between two flushes.
 
     A batch goes through ``screen`` (decode, validate, time range: no state touched), then
-    the duplicate check (I/O, outside this class), then ``apply``, which changes all state at
-    once, so a flush never sees half a batch.
+    ``apply``, which decides duplicates, distinct counts and sessions against the owning
+    partition's state and counts, so a flush never sees half a batch.
     """
 
     def __init__(
@@ -179,19 +206,21 @@ class BatchIngestor:
         self.reasons: Counter[str] = Counter()
         self.event_types: Counter[str] = Counter()
         self.late_windows: Counter[str] = Counter()
-        self.visitors: defaultdict[CellKey, set[str]] = defaultdict(set)
         self._positions: dict[RawPartition, int] = {}
+        self._states: dict[int, PartitionState] = {}
         self._sent_marks: dict[int, tuple[float | None, bool]] = {}
         #: Window size -> window start -> (channel, campaign) -> its published cells, named.
         self._named: defaultdict[int, dict[int, dict[tuple[str, str], list[NamedCell]]]] = defaultdict(dict)
         self._newest_named: dict[int, int] = {}
 
-    def assign(self, tp: RawPartition, start: int, watermark: float | None) -> None:
+    def assign(self, tp: RawPartition, start: int, watermark: float | None, state: PartitionState) -> None:
         """Take over a raw partition from an offset (its committed one, or the start of its
-        log) and its committed watermark."""
+        log), its committed watermark, and its subjects' state as of that offset."""
         self.watermarks.restore(tp.partition, watermark)
         self._sent_marks.pop(tp.partition, None)
         self._positions[tp] = start
+        state.next_offset = start
+        self._states[tp.partition] = state
 
     def unread(self, tp: RawPartition, batch: Sequence[RawRecord]) -> Sequence[RawRecord]:
         """The records of ``batch`` (one partition, in offset order) not read yet: none before
@@ -205,15 +234,21 @@ class BatchIngestor:
             return batch
         return [record for record in batch if record.offset >= position]
 
+    def state(self, partition: int) -> PartitionState | None:
+        """The per-subject state of an owned partition."""
+        return self._states.get(partition)
+
     def position(self, tp: RawPartition) -> int | None:
         """The next offset to read on a partition, once known."""
         return self._positions.get(tp)
 
-    def revoke(self, tp: RawPartition) -> None:
-        """Forget a partition (after the flush that precedes its revocation)."""
+    def revoke(self, tp: RawPartition) -> PartitionState | None:
+        """Forget a partition (after the flush that precedes its revocation); its state, which
+        stands at ``next_offset``, goes to the caller."""
         self.watermarks.forget(tp.partition)
         self._sent_marks.pop(tp.partition, None)
         self._positions.pop(tp, None)
+        return self._states.pop(tp.partition, None)
 
     def _mark(self, partition: int) -> tuple[float | None, bool]:
         return self.watermarks.current(partition), self.watermarks.idle(partition)
@@ -269,14 +304,12 @@ class BatchIngestor:
         visitor = visitor_of(decoded) if isinstance(decoded, PageView) else None
         pseudonymous_visitor = None if visitor is None else self.pseudonymize(visitor)
         cells = self._distinct_cells(at, attribution, missed) if uniques else ()
-        session = self._session_of(decoded, record, at, attribution)
+        session = self._session_of(decoded, at, attribution)
         return Candidate(
             record, decoded, at, attribution, uniques, missed, watermark, pseudonymous_visitor, cells, session
         )
 
-    def _session_of(
-        self, event: RawEvent, record: RawRecord, at: datetime, attribution: Attribution
-    ) -> SessionEvent | None:
+    def _session_of(self, event: RawEvent, at: datetime, attribution: Attribution) -> SessionEvent | None:
         """The session a site event is placed in: the client's, else its subject's derived
         sessions; none for an event of nobody."""
         if not session_scoped(event):
@@ -289,24 +322,7 @@ class BatchIngestor:
             key = f"c:{client}"
         else:
             return None
-        coordinates = f"{record.partition}:{record.offset}"
-        return SessionEvent(key, at.timestamp(), coordinates, attribution, attribution.touched, client)
-
-    def sightings(self, screened: Screened) -> list[Sighting]:
-        """What to check in Redis: every candidate's event id, then every candidate's unique
-        opens and clicks, each in every published cell it counts in (``Candidate.distinct_cells``)."""
-        dedup = self.policy.dedup_horizon_seconds
-        ids = [
-            Sighting("event", self.pseudonymize(c.event.event_id), c.record.partition, c.record.offset, dedup)
-            for c in screened.candidates
-        ]
-        uniques = [
-            Sighting(f"{u.namespace}:{cell_name}", u.key, c.record.partition, c.record.offset, horizon)
-            for c in screened.candidates
-            for u in c.uniques
-            for _, cell_name, horizon in c.distinct_cells
-        ]
-        return ids + uniques
+        return SessionEvent(key, at.timestamp(), attribution, attribution.touched, client)
 
     def _distinct_cells(
         self, at: datetime, attribution: Attribution, missed: tuple[int, ...]
@@ -345,43 +361,27 @@ class BatchIngestor:
             for cell in published_cells(size, start, channel, campaign)
         ]
 
-    @staticmethod
-    def session_events(screened: Screened, verdicts: list[bool]) -> list[SessionEvent]:
-        """The sessions to place, in read order: those of the events ``verdicts`` (the answers
-        to ``sightings``) count; duplicates are not placed."""
-        counted = verdicts[: len(screened.candidates)]
-        return [
-            c.session for c, counts in zip(screened.candidates, counted, strict=True) if counts and c.session
-        ]
-
-    def apply(self, screened: Screened, verdicts: list[bool], placements: list[Placement]) -> None:
-        """Fold a screened batch in; ``verdicts`` answer ``sightings(screened)`` and
-        ``placements`` answer ``session_events(screened, verdicts)``, in order."""
+    def apply(self, screened: Screened) -> None:
+        """Fold a screened batch in: each valid event is a duplicate when its partition's state
+        has seen its id within the dedup horizon, and counted otherwise."""
         for record, rejection in screened.rejected:
             self.watermarks.arrived(record.partition)
             self._reject(rejection, record)
-        first_unique = len(screened.candidates)
-        unique_verdicts = iter(verdicts[first_unique:])
-        sessions = iter(placements)
-        for candidate, counted in zip(screened.candidates, verdicts[:first_unique], strict=True):
-            firsts = [
-                (unique.measure, cell)
-                for unique in candidate.uniques
-                for cell, _, _ in candidate.distinct_cells
-                if next(unique_verdicts)
-            ]
-            self.watermarks.arrived(candidate.record.partition)
-            self.watermarks.observed(candidate.record.partition, candidate.at.timestamp())
-            if not counted:
+        dedup_horizon = self.policy.dedup_horizon_seconds
+        for candidate in screened.candidates:
+            partition = candidate.record.partition
+            state = self._states[partition]
+            self.watermarks.arrived(partition)
+            self.watermarks.observed(partition, candidate.at.timestamp())
+            if not state.first_sighting(
+                "e:" + self.pseudonymize.digest(candidate.event.event_id), dedup_horizon
+            ):
                 self.outcomes["duplicate"] += 1
                 continue
-            placement = next(sessions) if candidate.session is not None else None
             try:
-                outcome = self._count(candidate, firsts, placement)
+                outcome = self._count(candidate, state)
             except Exception as exc:  # a bug must cost one bad row, never the worker
-                log.exception(
-                    "processing failed at %s/%s", candidate.record.partition, candidate.record.offset
-                )
+                log.exception("processing failed at %s/%s", partition, candidate.record.offset)
                 self._reject(
                     Rejection(BadReason.PROCESSING_ERROR, f"{type(exc).__name__}: {exc}"), candidate.record
                 )
@@ -391,13 +391,23 @@ class BatchIngestor:
                 self.event_types[TYPE_NAMES[type(candidate.event)]] += 1
         self._unflushed_records = True
         self._positions.update(screened.next_offsets)
+        for tp, next_offset in screened.next_offsets.items():
+            self._states[tp.partition].next_offset = next_offset
 
-    def _count(
-        self, candidate: Candidate, firsts: list[tuple[str, CellKey]], placement: Placement | None
-    ) -> str:
+    def _place(self, session: SessionEvent, state: PartitionState) -> Placement:
+        """The session an event belongs to, by its subject's sessions, which it may change."""
+        before = state.sessions(session.key)
+        placement, after = place(before, session, self.policy.session_timeout_seconds)
+        if after != before:
+            state.set_sessions(session.key, after, self.policy.session_ttl_seconds)
+        return placement
+
+    def _count(self, candidate: Candidate, state: PartitionState) -> str:
         """Count a candidate, in its session's channel and campaign when it has a session, in
         every window it is not too late for; ``valid``, or ``late`` when it is too late for
-        all of them."""
+        all of them. Its unique opens and clicks count in the published cells that have not
+        seen them."""
+        placement = None if candidate.session is None else self._place(candidate.session, state)
         attribution = candidate.attribution if placement is None else placement.attribution
         missed = candidate.missed_sizes
         if missed:
@@ -408,11 +418,12 @@ class BatchIngestor:
         starts = placement is not None and placement.started
         measures = measures_of(candidate.event, attribution, self.policy.blog_path_prefix, starts)
         self.aggregator.add(at, attribution, measures, skip_sizes=missed)
-        for measure, cell in firsts:
-            self.aggregator.add_to_published_cell(cell, measure, 1)
+        for unique in candidate.uniques:
+            for cell, cell_name, horizon in candidate.distinct_cells:
+                if state.first_sighting(f"{unique.namespace}:{cell_name}:{unique.key}", horizon):
+                    self.aggregator.add_to_published_cell(cell, unique.measure, 1)
         if candidate.visitor is not None:
-            for cell, _, _ in self._distinct_cells(candidate.at, attribution, missed):
-                self.visitors[cell].add(candidate.visitor)
+            self.aggregator.add_visitor(at, attribution, candidate.visitor, missed)
         return "valid"
 
     def _record_late(self, candidate: Candidate, attribution: Attribution) -> None:
@@ -470,35 +481,31 @@ class BatchIngestor:
                     idle=idle,
                 )
             )
+        journal = {}
         for tp, position in self._positions.items():
-            commits[tp] = CommitPoint(position, self.watermarks.current(tp.partition))
+            state = self._states[tp.partition]
+            state.expire()
+            journal[tp] = state.take_changes()
+            commits[tp] = CommitPoint(
+                position, self.watermarks.current(tp.partition), state.snapshot_offset, state.journal_end
+            )
         taken = Flushable(
             deltas=self.aggregator.drain(),
             bad_rows=self.bad_rows,
             late_events=self.late_events,
             marks=marks,
             commits=commits,
+            journal=journal,
             outcomes=self.outcomes,
             reasons=self.reasons,
             event_types=self.event_types,
             late_windows=self.late_windows,
-            visitors=dict(self.visitors),
+            visitors=self.aggregator.drain_visitors(),
         )
         self.bad_rows, self.late_events, self._unflushed_records = [], [], False
         self.outcomes, self.reasons, self.event_types = Counter(), Counter(), Counter()
         self.late_windows = Counter()
-        self.visitors = defaultdict(set)
         return taken
-
-
-class Sighting(NamedTuple):
-    """A (pseudonymized) key seen in the raw message at ``partition``:``offset``."""
-
-    namespace: str
-    key: str
-    partition: int
-    offset: int
-    horizon_seconds: int
 
 
 def visitor_of(event: RawEvent) -> str | None:

@@ -7,20 +7,20 @@ client's ``session_id`` when the event carries one, else a session derived from 
 A session takes the channel and campaign of the event that starts it, and every later event of
 the session is attributed to them, so each session counts once, in one channel.
 
-This module is the rule; where the per-subject state lives is ``SessionStore``'s business
-(Redis today). Placing an event is replay-safe: the session remembers the coordinates
-(raw partition:offset) of the event that started it, and that message read again after a
-crash starts it again instead of joining it, so the start is counted in the re-sent deltas.
+This module is the rule; the per-subject state lives with the raw partition that owns the
+subject (``streams.core.subject_state``), journaled with each flush, so a message read again
+after a crash meets the state as it was before the message (never after), and placing is
+replay-safe without remembering which message started a session.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
 import msgspec
 
+from streams.contracts.journal import Session
 from streams.core.attribution import Attribution
 
 #: A subject's sessions kept (the newest by start): a late event older than all of them
@@ -36,8 +36,6 @@ class SessionEvent:
     #: ``c:<pseudonymized session_id>`` for an event of no known subject.
     key: str
     at: float
-    #: ``partition:offset`` of its raw message.
-    coordinates: str
     #: The event's own channel and campaign, by the rules.
     attribution: Attribution
     #: Whether it carries a touch: a utm source, medium or campaign, or an external referrer.
@@ -60,43 +58,11 @@ class Placement:
         return Attribution(self.channel, self.campaign, "session")
 
 
-class Session(msgspec.Struct, array_like=True, frozen=True):
-    """One session as stored: its event-time span, channel, campaign and starting message."""
-
-    first_at: float
-    last_at: float
-    channel: str
-    campaign: str
-    started_by: str
-    #: The client's session id (pseudonymized); empty for a derived session.
-    client: str = ""
-
-
 SessionState = tuple[Session, ...]
-
-_encoder = msgspec.json.Encoder()
-_decoder = msgspec.json.Decoder(tuple[Session, ...])
-
-
-def encode_state(state: SessionState) -> bytes:
-    return _encoder.encode(state)
-
-
-def decode_state(raw: bytes | None) -> SessionState:
-    """A stored state; nothing stored, or something unreadable, is no session yet."""
-    if not raw:
-        return ()
-    try:
-        return _decoder.decode(raw)
-    except msgspec.DecodeError:
-        return ()
 
 
 def place(state: SessionState, event: SessionEvent, timeout_seconds: float) -> tuple[Placement, SessionState]:
     """The session ``event`` belongs to, and the state after it."""
-    for session in state:
-        if session.started_by == event.coordinates:  # the starting message, read again
-            return Placement(session.channel, session.campaign, True), state
     if event.client:
         return _place_in_client_session(state, event, timeout_seconds)
     index = _containing(state, event.at, timeout_seconds)
@@ -128,7 +94,7 @@ def _place_in_client_session(
 
 def _started(event: SessionEvent, state: SessionState) -> tuple[Placement, SessionState]:
     own = event.attribution
-    session = Session(event.at, event.at, own.channel, own.campaign, event.coordinates, event.client)
+    session = Session(event.at, event.at, own.channel, own.campaign, event.client)
     kept = sorted((*state, session), key=lambda s: s.first_at)[-KEPT_SESSIONS:]
     return Placement(own.channel, own.campaign, True), tuple(kept)
 
@@ -164,21 +130,3 @@ def place_all(
         placement, states[event.key] = place(states.get(event.key, ()), event, timeout_seconds)
         placements.append(placement)
     return placements
-
-
-class SessionStore(Protocol):
-    """Where sessions live. ``place`` answers for a batch of events in read order, as
-    ``place_all`` would over the stored states, and stores the states after them."""
-
-    async def place(self, events: Sequence[SessionEvent]) -> list[Placement]: ...
-
-
-class InProcessSessions:
-    """A ``SessionStore`` in a dict: for one process that needs no recovery (tests, tools)."""
-
-    def __init__(self, timeout_seconds: float) -> None:
-        self.timeout_seconds = timeout_seconds
-        self.states: dict[str, SessionState] = {}
-
-    async def place(self, events: Sequence[SessionEvent]) -> list[Placement]:
-        return place_all(events, self.states, self.timeout_seconds)

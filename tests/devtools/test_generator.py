@@ -147,3 +147,22 @@ def test_a_run_nonce_renews_every_event_id_and_keeps_the_traffic() -> None:
     assert [{k: v for k, v in e.items() if k != "event_id"} for e in same] == [
         {k: v for k, v in e.items() if k != "event_id"} for e in fresh
     ]
+
+
+@pytest.mark.parametrize("live", [True, False])
+def test_live_traffic_is_late_only_in_the_configured_shares(live: bool) -> None:
+    """With the wall clock, no share of late journeys and no shuffling, no event trails the
+    newest one sent before it by more than the grace period (the first journeys ended 240 s
+    in the past, so most events revised closed windows); without ``live`` many do."""
+    grace = 60
+    scenario = Scenario(
+        5, fractions=Fractions(duplicates=0, malformed=0, shuffle_window=1), grace_seconds=grace, live=live
+    )
+    newest, behind = 0.0, 0
+    for message in scenario.messages(3000, lambda: datetime(2026, 12, 6, 12, tzinfo=UTC)):
+        event = decode_event(message.payload, 65536)
+        assert not isinstance(event, Rejection)
+        at = event_time(event).timestamp()
+        behind += at < newest - grace
+        newest = max(newest, at)
+    assert (behind == 0) == live, behind

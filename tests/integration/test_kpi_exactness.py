@@ -15,13 +15,15 @@ results (final, then revisions), the late topic, Redis and /metrics.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import itertools
 import json
 import math
 import os
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -30,8 +32,10 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import redis.asyncio as aioredis
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.partitioner import DefaultPartitioner
 
+from agents.kafka.connections import kafka_options
 from agents.kafka.topics import ensure_topics
 from agents.settings import Settings
 from devtools.generator import DUPLICATE, VALID, Fractions, Message, Scenario
@@ -109,6 +113,21 @@ def raw_partition(key: bytes | None, partitions: int) -> int:
     return int(DefaultPartitioner()(key, everything, everything))
 
 
+def by_subject_partition(message: Message, partitions: int, pseudonymization_key: str) -> int:
+    """Where the repartition puts a raw event (README, "Subject affinity"): by the HMAC-SHA256
+    pseudonym of its subject, an email event's recipient, else the user, else the anonymous
+    id, else its own id."""
+    event = json.loads(message.payload)
+    subject = (
+        (event.get("email") or {}).get("recipient")
+        or event.get("user_id")
+        or event.get("anonymous_id")
+        or event["event_id"]
+    )
+    digest = hmac.new(pseudonymization_key.encode(), subject.encode(), hashlib.sha256).hexdigest()
+    return raw_partition(f"p1_{digest[:32]}".encode(), partitions)
+
+
 @dataclass
 class Expected:
     """What the pipeline must publish, computed here from the messages as produced."""
@@ -123,7 +142,9 @@ class Expected:
     unique_visitors: dict[tuple[str, int, int, str, str], int]
 
 
-def expected_results(messages: list[Message], partitions: int, zone: ZoneInfo) -> Expected:
+def expected_results(
+    messages: list[Message], partition_of: Callable[[Message], int], zone: ZoneInfo
+) -> Expected:
     """The README's rules applied by hand: an event counts in every window size except those
     whose end + grace + retention is at or below the highest event time read before it on its
     raw partition (valid events and retries alike); a site event counts in its session's
@@ -143,7 +164,7 @@ def expected_results(messages: list[Message], partitions: int, zone: ZoneInfo) -
             continue
         event = json.loads(message.payload)
         at = datetime.fromisoformat(event["occurred_at"]).timestamp()
-        partition = raw_partition(message.key, partitions)
+        partition = partition_of(message)
         seen = watermark.get(partition)
         watermark[partition] = at if seen is None else max(seen, at)
         if message.expect == DUPLICATE:
@@ -342,6 +363,24 @@ def merged_metrics(workers: list[WorkerProcess]) -> dict[tuple[str, Any], float]
 CHAOS = os.environ.get("CHAOS_TESTS") == "1"
 
 
+def event_id_key(payload: bytes) -> bytes | None:
+    """The event id as the Kafka key (None for a payload that has none)."""
+    try:
+        event_id = json.loads(payload).get("event_id")
+    except (ValueError, AttributeError, RecursionError):
+        return None
+    return event_id.encode() if isinstance(event_id, str) else None
+
+
+async def create_topic(settings: Settings, topic: str, partitions: int) -> None:
+    admin = AIOKafkaAdminClient(**kafka_options(settings))
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, partitions, 1)])
+    finally:
+        await admin.close()
+
+
 @dataclass(frozen=True)
 class Run:
     messages: int
@@ -353,6 +392,9 @@ class Run:
     #: While the last workers run: SIGTERM, then SIGKILL, one of them, restart the broker, stop
     #: Redis for REDIS_OUTAGE_SECONDS; each while they count a part of the messages.
     faults: bool = False
+    #: Produced to a raw topic of one partition keyed by event id, not by subject: ingest
+    #: counts them through the repartition (MKPI_RAW_KEYED_BY_SUBJECT=false).
+    keyed_by_event_id: bool = False
 
 
 #: CI runs "steady", "sigkill short", "three workers" and "chaos short"; the chaos tier
@@ -366,6 +408,7 @@ RUNS = {
     "three workers": Run(60_000, workers=3, partitions=6),
     "chaos short": Run(60_000, workers=3, partitions=6, faults=True),
     "chaos": Run(200_000, workers=3, partitions=6, faults=True),
+    "repartitioned": Run(60_000, kills=1, partitions=6, keyed_by_event_id=True),
 }
 REDIS_OUTAGE_SECONDS = 30
 
@@ -402,7 +445,7 @@ async def inject_faults(settings: Settings, workers: list[WorkerProcess], messag
     await asyncio.sleep(5)
     await asyncio.to_thread(broker.start)
     await wait_for_accounting(settings, produced, timeout=300)
-    await asyncio.to_thread(redis.stop, keep_data=True)
+    await asyncio.to_thread(redis.stop)
     await send(parts[4])
     await asyncio.sleep(REDIS_OUTAGE_SECONDS)
     assert any(w.metrics("?name[]=mkpi_redis_up")[("mkpi_redis_up", ())] == 0 for w in workers), "paused"
@@ -418,6 +461,7 @@ async def inject_faults(settings: Settings, workers: list[WorkerProcess], messag
         "three workers",
         "chaos short",
         pytest.param("chaos", marks=pytest.mark.skipif(not CHAOS, reason="chaos tier (CHAOS_TESTS=1)")),
+        "repartitioned",
     ],
 )
 @pytest.mark.timeout(900)  # its own waits bound it; 200,000 events take ~2.5 min alone on 2 cores
@@ -430,15 +474,25 @@ async def test_every_kpi_of_every_window_is_exact(tmp_path: Path, run: str) -> N
         idle_timeout_seconds=20,
         day_time_zone=day_zone_with_midnight_hours_ago(),
         partitions=plan.partitions,
+        raw_keyed_by_subject=not plan.keyed_by_event_id,
     )
     messages = generate(77, count)
+    key = settings.ingest.pseudonymization_key
     expected = expected_results(
-        messages, settings.topics.partitions, ZoneInfo(settings.windows.day_time_zone)
+        messages,
+        (lambda m: by_subject_partition(m, plan.partitions, key))
+        if plan.keyed_by_event_id
+        else (lambda m: raw_partition(m.key, plan.partitions)),
+        ZoneInfo(settings.windows.day_time_zone),
     )
     assert {key[0] for key in expected.parts} == set(DEFINITIONS), "the data exercises every KPI"
     assert expected.outcomes["late"] and expected.late_by_window["3600"], "some events are past retention"
+    if plan.keyed_by_event_id:
+        await create_topic(settings, settings.topics.raw_topic, partitions=1)
     await ensure_topics(settings)
     payloads, keys = [m.payload for m in messages], [m.key for m in messages]
+    if plan.keyed_by_event_id:
+        keys = [event_id_key(m.payload) for m in messages]
     producing = None
     if kills or (worker_count > 1 and not plan.faults):
         # Over ~60 s: each kill lands while messages are still coming, and workers that start

@@ -74,3 +74,32 @@ def test_a_second_broker_starts_restarts_after_kill_and_stops(
     assert broker.running_pid() is None
     assert not broker.is_ready(timeout=2)
     shutil.rmtree(broker.data_dir)
+
+
+def test_the_local_redis_keeps_its_data_across_a_restart(local_stack: Settings, tmp_path: object) -> None:
+    """The view and the visitor sketches survive `mkpi stack down` and `up` (append-only file),
+    and a full Redis refuses writes instead of evicting keys."""
+    from agents.redis.connections import sync_redis_client
+    from tests.support import free_port
+
+    settings = Settings.from_env(
+        {
+            **local_stack.as_environment(),
+            "MKPI_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
+            "MKPI_STACK_DIR": str(tmp_path),
+        }
+    )
+    server = LocalRedis.from_settings(settings)
+    try:
+        assert server.start().startswith("started")
+        client = sync_redis_client(settings)
+        client.set("mkpi:kept", "yes")
+        assert client.config_get("maxmemory-policy") == {"maxmemory-policy": "noeviction"}
+        client.close()
+        server.stop()
+        assert server.start().startswith("started")
+        client = sync_redis_client(settings)
+        assert client.get("mkpi:kept") == b"yes"
+        client.close()
+    finally:
+        server.stop()

@@ -10,11 +10,11 @@ from typing import Any
 from aiokafka import ConsumerRecord, TopicPartition
 
 from agents.settings import Settings
-from streams.contracts.deltas import ALL
+from streams.contracts.deltas import ALL, CellKey
 from streams.core.attribution import ChannelRules
-from streams.core.ingestor import BatchIngestor, DuplicateShare, Screened
+from streams.core.ingestor import BatchIngestor, CommitPoint, DuplicateShare, RawPartition, Screened
 from streams.core.privacy import Pseudonymizer
-from streams.core.sessions import SessionState, place_all
+from streams.core.subject_state import PartitionState
 
 NOW = datetime(2026, 11, 27, 10, 0, 40, tzinfo=UTC)
 
@@ -55,19 +55,13 @@ def ingestor(**settings: str) -> BatchIngestor:
     )
 
 
-def count(
-    ingest: BatchIngestor,
-    screened: Screened,
-    verdicts: list[bool] | None = None,
-    sessions: dict[str, SessionState] | None = None,
-) -> None:
-    """Apply a screened batch as the service would: ``verdicts`` as Redis answers the
-    sightings (default: all new), sessions placed in ``sessions`` (default: none known)."""
-    verdicts = [True] * len(ingest.sightings(screened)) if verdicts is None else verdicts
-    placements = place_all(
-        ingest.session_events(screened, verdicts), {} if sessions is None else sessions, 1800
-    )
-    ingest.apply(screened, verdicts, placements)
+def count(ingest: BatchIngestor, screened: Screened) -> None:
+    """Apply a screened batch as the service does; a partition seen for the first time is
+    taken over from offset 0 with an empty state."""
+    for tp in screened.next_offsets:
+        if ingest.state(tp.partition) is None:
+            ingest.assign(tp, 0, None, PartitionState())
+    ingest.apply(screened)
 
 
 def test_every_message_ends_valid_bad_or_duplicate_and_offsets_advance_per_partition() -> None:
@@ -78,12 +72,11 @@ def test_every_message_ends_valid_bad_or_duplicate_and_offsets_advance_per_parti
             record(0, 6, b"{broken"),
             record(1, 9, None),
             record(1, 10, page_view("b", "cpc")),
-            record(1, 11, page_view("a", "organic")),
+            record(1, 11, page_view("b", "organic")),  # a retry of b: its subject's partition
         ]
     )
     assert not ingest.has_pending, "screening must not change state"
-    assert [s.offset for s in ingest.sightings(screened)] == [5, 10, 11]
-    count(ingest, screened, [True, True, False])
+    count(ingest, screened)
     taken = ingest.take()
     assert taken.outcomes == {"valid": 2, "bad": 2, "duplicate": 1}
     assert taken.reasons == {"not_json": 2}
@@ -100,18 +93,28 @@ def test_every_message_ends_valid_bad_or_duplicate_and_offsets_advance_per_parti
     assert [(row.source_partition, row.source_offset) for row in taken.bad_rows] == [(0, 6), (1, 9)]
     minute = {(d.channel, d.campaign): d.measures for d in taken.deltas if d.window_seconds == 60}
     assert minute[(ALL, "c1")] == {"page_views": 2, "organic_page_views": 1}
-    assert minute[("paid_search", ALL)] == {"page_views": 1}
+    assert minute[("paid_search", ALL)] == {"page_views": 1}, "the first copy counts"
     assert {d.window_seconds for d in taken.deltas} == {60, 3600, 86400}
     assert not ingest.has_pending
     empty = ingest.take()
     assert (empty.deltas, empty.bad_rows, empty.outcomes) == ([], [], {})
 
 
-def test_event_ids_are_pseudonymized_in_sightings() -> None:
-    ingest = ingestor()
-    [sighting] = ingest.sightings(ingest.screen([record(0, 1, page_view("user@example.com", "organic"))]))
-    assert "user@example.com" not in sighting.key
-    assert sighting.key == Pseudonymizer("k" * 32)("user@example.com")
+def test_an_event_id_counts_once_per_partition_state_until_its_horizon() -> None:
+    """Dedup is the owning partition's memory: a retry is a duplicate there, and an id is
+    forgotten after MKPI_DEDUP_HORIZON_SECONDS (the same id on another partition's state is
+    another subject's, which a producer keying by subject never sends)."""
+    now = [1_000.0]
+    ingest = ingestor(MKPI_DEDUP_HORIZON_SECONDS="60")
+    state = PartitionState(clock=lambda: now[0])
+    ingest.assign(RawPartition("raw", 0), 0, None, state)
+    for offset, advance in ((1, 0.0), (2, 59.0), (3, 2.0)):
+        now[0] += advance
+        count(ingest, ingest.screen([record(0, offset, page_view("a", "organic"))]))
+    assert ingest.take().outcomes == {"valid": 2, "duplicate": 1}
+    count(ingest, ingest.screen([record(1, 1, page_view("a", "organic"))]))
+    assert ingest.take().outcomes == {"valid": 1}
+    assert state.next_offset == 4
 
 
 def test_events_outside_the_time_range_are_bad_rows() -> None:
@@ -148,7 +151,7 @@ def test_bad_rows_keep_no_identifier_in_clear() -> None:
     broken = (
         b'{"type":"page_view","user_id":"u-12345","anonymous_id":"anon-999","note":"mail me: jo@example.org"'
     )
-    count(ingest, ingest.screen([record(0, 1, broken)]), [])
+    count(ingest, ingest.screen([record(0, 1, broken)]))
     [row] = ingest.take().bad_rows
     for secret in ("u-12345", "anon-999", "jo@example.org"):
         assert secret not in row.payload
@@ -173,18 +176,18 @@ def test_sessions_count_once_when_placed_and_unique_opens_on_a_first_sighting() 
         for i, machine in ((1, False), (2, False), (3, True))
     ]
     screened = ingest.screen([record(0, 1, view), *(record(0, 2 + i, o) for i, o in enumerate(opens))])
-    sightings = ingest.sightings(screened)
-    # Unique opens are decided per published cell: 3 window sizes x 4 grains = 12 cells each;
-    # the session is not a sighting: it is placed in the session store.
-    kinds = [s.namespace.split(":")[0] for s in sightings]
-    assert kinds == ["event"] * 4 + ["open"] * 24
-    assert len({s.namespace for s in sightings if s.namespace.startswith("open")}) == 12
-    assert "reader@example.com" not in repr(sightings)
-    # Redis would answer: all events new; the first open is, the second is not.
-    verdicts = [True] * 4 + [True] * 12 + [False] * 12
-    [session] = ingest.session_events(screened, verdicts)
-    assert session.key.startswith("c:") and "s-1" not in session.key
-    count(ingest, screened, verdicts)
+    session = screened.candidates[0].session
+    assert session is not None and session.key.startswith("c:") and "s-1" not in session.key
+    count(ingest, screened)
+    state = ingest.state(0)
+    assert state is not None
+    [changes] = state.take_changes()
+    # Unique opens are decided per published cell: 3 window sizes x 4 grains = 12 cells each,
+    # remembered once (the second open finds them), next to the 4 event ids.
+    keys = [key for key, _ in changes.sightings]
+    assert [k.split(":")[0] for k in keys] == ["e"] * 2 + ["open"] * 12 + ["e"] * 2
+    assert "reader@example.com" not in repr(changes) and "s-1" not in repr(changes)
+    assert [key for key, _, _ in changes.sessions] == [session.key]
     minute = {(d.channel, d.campaign): d.measures for d in ingest.take().deltas if d.window_seconds == 60}
     assert minute[(ALL, ALL)] == {
         "page_views": 1,
@@ -228,7 +231,7 @@ def test_events_past_retention_are_counted_only_in_windows_still_open_or_reporte
 def test_a_partition_resumes_from_its_committed_watermark() -> None:
     ingest = ingestor(MKPI_WINDOW_SIZES="60", MKPI_GRACE_SECONDS="0", MKPI_WINDOW_RETENTION_SECONDS="60")
     committed = datetime(2026, 11, 27, 10, 5, tzinfo=UTC).timestamp()
-    ingest.assign(TopicPartition("raw", 0), 100, committed)
+    ingest.assign(RawPartition("raw", 0), 100, committed, PartitionState())
     assert ingest.has_pending, "the restored mark is not published yet"
     screened = ingest.screen([record(0, 100, page_view("behind", "organic"))])
     count(ingest, screened)
@@ -245,7 +248,7 @@ def test_only_records_from_a_taken_over_position_on_are_read() -> None:
     tp = TopicPartition("raw", 0)
     batch = [record(0, offset, page_view(f"e{offset}", "organic")) for offset in range(100, 104)]
     assert ingest.unread(tp, batch) == [], "not taken over yet"
-    ingest.assign(tp, 102, None)
+    ingest.assign(tp, 102, None, PartitionState())
     assert [r.offset for r in ingest.unread(tp, batch)] == [102, 103]
     screened = ingest.screen(ingest.unread(tp, batch))
     count(ingest, screened)
@@ -258,10 +261,23 @@ def test_only_records_from_a_taken_over_position_on_are_read() -> None:
 
 def test_cell_names_are_cached_for_windows_that_can_take_events_and_stay_right() -> None:
     def at_minute(minute: int, event_id: str) -> bytes:
-        occurred = f"2026-11-27T09:{minute:02d}:30Z".encode()
-        return page_view(event_id, "organic", anonymous_id=f"v-{event_id}").replace(
-            b"2026-11-27T10:00:30Z", occurred
-        )
+        """A human open: its unique open is decided in published cells named through the cache."""
+        event = {
+            "type": "email_open",
+            "schema_version": "1-0-0",
+            "event_id": event_id,
+            "occurred_at": f"2026-11-27T09:{minute:02d}:30Z",
+            "email": {"message_id": f"m-{event_id}", "recipient": "reader@example.com"},
+            "utm": {"source": "newsletter", "medium": "email", "campaign": "c1"},
+        }
+        return json.dumps(event).encode()
+
+    def unique_opens(ingest: BatchIngestor) -> dict[tuple[int, int, str, str], int]:
+        return {
+            (d.window_seconds, d.window_start, d.channel, d.campaign): d.measures["email_unique_opens"]
+            for d in ingest.take().deltas
+            if "email_unique_opens" in d.measures
+        }
 
     settings = {"MKPI_GRACE_SECONDS": "0", "MKPI_WINDOW_RETENTION_SECONDS": "60"}
     # Partition 0 walks twenty minutes forward; partition 1, behind it, still sends to windows
@@ -273,9 +289,9 @@ def test_cell_names_are_cached_for_windows_that_can_take_events_and_stay_right()
         count(ingest, ingest.screen([record(partition, offset, message)]))
         alone = ingestor(**settings)
         count(alone, alone.screen([record(partition, offset, message)]))
-        # The visitor's cells, named through the cache, are those a fresh ingestor names.
-        expected = alone.take().visitors
-        assert ingest.take().visitors == expected and len(expected) == 12
+        # The unique open's cells, named through the cache, are those a fresh ingestor names.
+        expected = unique_opens(alone)
+        assert unique_opens(ingest) == expected and len(expected) == 12
     minute_starts = sorted(ingest._named[60])
     # A minute window takes events until its end + grace + retention (here 60 s).
     assert minute_starts == [int(datetime(2026, 11, 27, 9, m, tzinfo=UTC).timestamp()) for m in (48, 49, 50)]
@@ -293,3 +309,43 @@ def test_most_messages_being_duplicates_is_said_once_a_period() -> None:
     assert share.observe(Counter(valid=60, duplicate=40)) is None, "a minority of duplicates is traffic"
     now[0] = 183
     assert share.observe(Counter(duplicate=99)) is None, "too few to say"
+
+
+def test_a_commit_point_round_trips_through_the_offset_metadata() -> None:
+    point = CommitPoint(120, 1_700_000_000.5, state_from=40, state_to=77)
+    assert CommitPoint.from_commit(*point.as_commit()) == point
+    assert CommitPoint.from_commit(*CommitPoint(3, None).as_commit()) == CommitPoint(3, None)
+    for metadata in ("", "not json", "[1]", '{"watermark": "x", "state_from": -1, "state_to": true}'):
+        assert CommitPoint.from_commit(9, metadata) == CommitPoint(9, None), metadata
+
+
+def test_visitors_of_a_flush_are_rolled_up_into_every_published_cell_they_count_in() -> None:
+    ingest = ingestor(MKPI_WINDOW_SIZES="60,3600")
+    views = [
+        page_view("a", "organic", anonymous_id="v1"),
+        page_view("b", "cpc", anonymous_id="v1"),
+        page_view("c", "organic", anonymous_id="v2", occurred_at="2026-11-27T10:00:59Z"),
+    ]
+    count(ingest, ingest.screen([record(0, i, v) for i, v in enumerate(views)]))
+    visitors = ingest.take().visitors
+    pseudonym = Pseudonymizer("k" * 32)
+    v1, v2 = pseudonym("v1"), pseudonym("v2")
+    minute = hour = int(datetime(2026, 11, 27, 10, 0, tzinfo=UTC).timestamp())
+    for size, start in ((60, minute), (3600, hour)):
+        assert visitors[CellKey(size, start, ALL, ALL)] == {v1, v2}
+        assert visitors[CellKey(size, start, "organic_search", ALL)] == {v1, v2}
+        assert visitors[CellKey(size, start, "paid_search", "c1")] == {v1}
+    assert len(visitors) == 2 * 6, "per window: 2 channels, 1 campaign, 2 drill-downs, overall"
+    assert ingest.take().visitors == {}
+
+
+def test_event_ids_are_remembered_as_keyed_digests() -> None:
+    ingest = ingestor()
+    count(ingest, ingest.screen([record(0, 1, page_view("user@example.com", "organic"))]))
+    state = ingest.state(0)
+    assert state is not None
+    [changes] = state.take_changes()
+    assert "user@example.com" not in repr(changes)
+    assert [key for key, _ in changes.sightings] == [
+        "e:" + Pseudonymizer("k" * 32).digest("user@example.com")
+    ]

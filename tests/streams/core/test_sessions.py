@@ -9,9 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from streams.contracts.deltas import ALL
-from streams.core.attribution import Attribution
 from streams.core.ingestor import BatchIngestor
-from streams.core.sessions import SessionEvent, SessionState, decode_state, encode_state, place
 from tests.streams.core.test_ingestor import count, ingestor, record
 
 START = datetime(2026, 11, 27, 8, 0, tzinfo=UTC)
@@ -35,9 +33,8 @@ def site_event(kind: str, minute: float, event_id: str, **fields: Any) -> bytes:
 
 def hour_cells(ingest: BatchIngestor, events: list[bytes]) -> dict[tuple[str, str], dict[str, int]]:
     """Feed ``events`` one batch each, in order, and return the hour window's published cells."""
-    sessions: dict[str, SessionState] = {}
     for offset, payload in enumerate(events):
-        count(ingest, ingest.screen([record(0, offset, payload)]), sessions=sessions)
+        count(ingest, ingest.screen([record(0, offset, payload)]))
     return {(d.channel, d.campaign): d.measures for d in ingest.take().deltas if d.window_seconds == HOUR}
 
 
@@ -117,30 +114,10 @@ def test_late_and_out_of_order_events_join_the_session_they_fall_in() -> None:
         site_event("page_view", 80, "p4"),  # 35 minutes after p3: a new session
     ]
     ingest = ingestor(MKPI_WINDOW_SIZES="86400")
-    sessions: dict[str, SessionState] = {}
     for offset, payload in enumerate(journey):
-        count(ingest, ingest.screen([record(0, offset, payload)]), sessions=sessions)
+        count(ingest, ingest.screen([record(0, offset, payload)]))
     overall = next(d.measures for d in ingest.take().deltas if (d.channel, d.campaign) == (ALL, ALL))
     assert overall == {"sessions": 2, "page_views": 4}
-
-
-def test_the_starting_message_read_again_starts_its_session_again() -> None:
-    """After a crash the uncommitted messages are read again against the state they left:
-    the starting message must count the session again (its first count was never published),
-    and the others must not."""
-    journey = [site_event("page_view", m, f"p{m}", session_id="s1") for m in (0, 1, 2)]
-    first, again = site(), site()
-    sessions: dict[str, SessionState] = {}
-    for offset, payload in enumerate(journey):
-        count(first, first.screen([record(0, offset, payload)]), sessions=sessions)
-    for offset, payload in enumerate(journey):  # the same messages, the state kept
-        count(again, again.screen([record(0, offset, payload)]), sessions=sessions)
-    published = [
-        {(d.channel, d.campaign): d.measures for d in ingest.take().deltas if d.window_seconds == HOUR}
-        for ingest in (first, again)
-    ]
-    assert published[0] == published[1]
-    assert published[0][(ALL, ALL)] == {"sessions": 1, "page_views": 3}
 
 
 def test_channels_add_up_to_the_total_on_random_journeys() -> None:
@@ -165,8 +142,7 @@ def test_channels_add_up_to_the_total_on_random_journeys() -> None:
             events.append(site_event(kind, at + step, f"e{visit}-{step}", **ids, **extra))
     rng.shuffle(events)
     ingest = site()
-    sessions: dict[str, SessionState] = {}
-    count(ingest, ingest.screen([record(0, i, e) for i, e in enumerate(events)]), sessions=sessions)
+    count(ingest, ingest.screen([record(0, i, e) for i, e in enumerate(events)]))
     by_window: dict[tuple[int, int], dict[tuple[str, str], dict[str, int]]] = {}
     for d in ingest.take().deltas:
         by_window.setdefault((d.window_seconds, d.window_start), {})[(d.channel, d.campaign)] = d.measures
@@ -179,13 +155,6 @@ def test_channels_add_up_to_the_total_on_random_journeys() -> None:
             for campaign in {k for (c, k) in cells if c == ALL and k != ALL}:
                 split = sum(m.get(measure, 0) for (c, k), m in cells.items() if c != ALL and k == campaign)
                 assert split == cells[(ALL, campaign)].get(measure, 0), (measure, campaign)
-
-
-def test_state_round_trips_and_unreadable_state_is_no_session() -> None:
-    event = SessionEvent("s:x", 100.0, "0:1", Attribution("direct", "(none)", "r"), False)
-    placement, state = place((), event, 1800)
-    assert placement.started and decode_state(encode_state(state)) == state
-    assert decode_state(b"not json") == () and decode_state(None) == ()
 
 
 def test_events_without_the_session_id_join_the_client_session_they_fall_in() -> None:
