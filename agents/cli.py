@@ -56,17 +56,21 @@ def _configure_logging(settings: Settings) -> None:
 
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     settings.validate_for_worker()
-    from agents.runtime.app import create_app
-    from agents.runtime.worker import BoundedShutdownWorker
+    from agents.runtime.app import create_app, create_ingest_worker_services
+    from agents.runtime.worker import BoundedShutdown, BoundedShutdownServices, BoundedShutdownWorker
 
     asyncio.run(ensure_topics(settings))
-    app = create_app(settings)
-    worker = BoundedShutdownWorker(
-        app,
-        shutdown_timeout_seconds=settings.worker.shutdown_timeout_seconds,
-        loglevel=settings.worker.log_level,
-        quiet=True,
-    )
+    bound, level = settings.worker.shutdown_timeout_seconds, settings.worker.log_level
+    worker: BoundedShutdown
+    if settings.worker.runs_agent:
+        worker = BoundedShutdownWorker(
+            create_app(settings), shutdown_timeout_seconds=bound, loglevel=level, quiet=True
+        )
+    else:
+        services = create_ingest_worker_services(settings)
+        worker = BoundedShutdownServices(
+            *services, shutdown_timeout_seconds=bound, loglevel=level, quiet=True
+        )
     worker.execute_from_commandline()
     return 0
 

@@ -273,6 +273,17 @@ class WorkerSettings:
     log_level: str = "info"
     #: After SIGTERM, the worker exits after this long even if its graceful stop has not ended.
     shutdown_timeout_seconds: int = 45
+    #: What this worker process runs: ``all`` (ingest and the KPI agent), ``ingest`` (batch
+    #: ingest only: run one per core beside an ``agent``) or ``agent`` (the KPI agent only).
+    worker_role: str = "all"
+
+    @property
+    def runs_ingest(self) -> bool:
+        return self.worker_role in ("all", "ingest")
+
+    @property
+    def runs_agent(self) -> bool:
+        return self.worker_role in ("all", "agent")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -559,6 +570,8 @@ class Settings:
             bad("alert_rules_file", "no such file (or 'none' to turn drop alerts off)")
         if self.worker.log_level.lower() not in ("debug", "info", "warning", "error"):
             bad("log_level", "one of debug, info, warning, error")
+        if self.worker.worker_role not in WORKER_ROLES:
+            bad("worker_role", f"one of {', '.join(WORKER_ROLES)}")
         parts = self.stack.kafka_version.split(".")
         if len(parts) != 3 or not all(p.isdigit() for p in parts) or int(parts[0]) not in (3, 4):
             bad("kafka_version", "an Apache Kafka release such as 3.9.1 or 4.0.0")
@@ -598,6 +611,7 @@ _FIELD_TYPES: dict[str, type] = {
 }
 
 
+WORKER_ROLES = ("all", "ingest", "agent")
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off", "")
 

@@ -3,9 +3,10 @@
 Pre-loads ``--events`` generated events (every type, spread over the last two hours of event
 time, keyed by subject) once, then runs each contender on that same topic, one after the other,
 each in its own process: A and A2 (``bench.contenders``), B, Q, C0 and C, the project's worker
-computing the whole catalog, and CR, the same worker told the raw topic is not keyed by
+computing the whole catalog, C2, the same as two processes (``MKPI_WORKER_ROLE`` ingest and
+agent, so each gets a core), and CR, the same worker told the raw topic is not keyed by
 subject (it repartitions first). Reports events/s, CPU seconds per million events and peak RSS
-of each, for C0, C and CR also the CPU per event of the broker and Redis over the run, the
+of each, for C0, C, C2 and CR also the CPU per event of the broker and Redis over the run, the
 changelog messages written per million events, and the ratios of C to the others. Writes the
 JSON to ``--out`` and appends a markdown table with the machine's description to
 ``docs/benchmarks/README.md``.
@@ -49,7 +50,7 @@ from agents.kafka.connections import kafka_options
 from agents.kafka.topics import ensure_topics
 from agents.settings import Settings
 from bench.peers import baseline_tree, quix_python
-from bench.workers import REPO, bench_settings, machine, remove_data, start_worker
+from bench.workers import REPO, bench_settings, free_port, machine, remove_data, start_worker
 from devtools.generator import Fractions, Scenario, produce_messages
 from devtools.stack.cleanup import remove_run_data
 from devtools.stack.kafka import KafkaBroker
@@ -271,32 +272,55 @@ def measure_freshness(base: Settings, max_rate: float, seconds: float, seed: int
 
 
 def run_pipeline(
-    settings: Settings, events: int, log_path: Path, name: str = "c", tree: Path = REPO
+    settings: Settings,
+    events: int,
+    log_path: Path,
+    name: str = "c",
+    tree: Path = REPO,
+    roles: tuple[str, ...] = ("all",),
 ) -> Result:
-    """C (or C0, CR): a worker on the pre-loaded topic, from its first ingested message until
-    every event is accounted for and every delta folded into the KPI table."""
-    worker = start_worker(settings, log_path, tree, unknown=() if tree == REPO else NEW_SETTINGS)
+    """C (or C0, CR, C2): workers on the pre-loaded topic, one per role, from the first ingested
+    message until every event is accounted for and every delta folded into the KPI table. CPU
+    and peak memory are the workers' together."""
+    workers = []
+    for index, role in enumerate(roles):
+        own = (
+            settings
+            if len(roles) == 1
+            else settings.replace(
+                worker_name=f"{settings.worker.worker_name}-{role}{index}",
+                web_port=free_port(),
+                worker_role=role,
+            )
+        )
+        path = log_path.with_name(f"{log_path.stem}-{role}{index}.log") if len(roles) > 1 else log_path
+        unknown = () if tree == REPO else NEW_SETTINGS
+        workers.append((own, path, start_worker(own, path, tree, unknown=unknown)))
     try:
         started = cpu_at_start = None
         stack_at_start: dict[str, float] = {}
         deadline = time.monotonic() + 3600
         while time.monotonic() < deadline:
-            if worker.poll() is not None:
-                raise SystemExit(f"the worker exited with {worker.returncode}; see {log_path}")
+            for _, path, worker in workers:
+                if worker.poll() is not None:
+                    raise SystemExit(f"a worker exited with {worker.returncode}; see {path}")
             try:
-                totals = _metrics(settings.web.url)
+                totals: dict[str, float] = {}
+                for own, _, _ in workers:
+                    for metric, value in _metrics(own.web.url).items():
+                        totals[metric] = totals.get(metric, 0.0) + value
             except OSError:
                 time.sleep(0.5)
                 continue
             ingested = totals.get("mkpi_ingest_messages_total", 0.0)
             if started is None and ingested > 0:
-                started, (cpu_at_start, _) = time.monotonic(), _process_cpu_and_peak(worker.pid)
+                started, cpu_at_start = time.monotonic(), _workers_cpu_and_peak(workers)[0]
                 stack_at_start = _stack_cpu(settings)
             folded = totals.get("mkpi_deltas_applied_total", 0.0) + totals.get(
                 "mkpi_deltas_replayed_total", 0.0
             )
             if ingested >= events and folded >= totals.get("mkpi_ingest_deltas_total", 0.0):
-                cpu, peak = _process_cpu_and_peak(worker.pid)
+                cpu, peak = _workers_cpu_and_peak(workers)
                 stack = {
                     k: v - stack_at_start[k] for k, v in _stack_cpu(settings).items() if k in stack_at_start
                 }
@@ -306,10 +330,20 @@ def run_pipeline(
                 deltas = int(totals.get("mkpi_ingest_deltas_total", 0.0))
                 return Result(name, events, seconds, cpu - cpu_at_start, peak, written, deltas, stack)
             time.sleep(1)  # each scrape costs the worker CPU: not too often
-        raise SystemExit(f"the worker did not finish within an hour; see {log_path}")
+        raise SystemExit(f"the workers did not finish within an hour; see {log_path}")
     finally:
-        worker.terminate()
-        worker.wait(60)
+        for _, _, worker in workers:
+            worker.terminate()
+        for _, _, worker in workers:
+            worker.wait(60)
+
+
+def _workers_cpu_and_peak(
+    workers: list[tuple[Settings, Path, subprocess.Popen[bytes]]],
+) -> tuple[float, float]:
+    """CPU seconds and peak resident memory (MB) of the workers, summed."""
+    measured = [_process_cpu_and_peak(worker.pid) for _, _, worker in workers]
+    return sum(cpu for cpu, _ in measured), sum(peak for _, peak in measured)
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -354,11 +388,13 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join([*lines, "", ""])
 
 
-CONTENDERS = ("a", "a2", "b", "q", "c0", "c", "cr")
+CONTENDERS = ("a", "a2", "b", "q", "c0", "c", "c2", "cr")
+#: The contenders that are mkpi workers (each on topics and groups of its own).
+WORKER_CONTENDERS = ("c0", "c", "c2", "cr")
 #: The last commit of the first design (Redis first sightings, every event in nine cells).
 BASELINE_COMMIT = "886e7db"
 #: Settings the baseline does not know (it refuses unknown MKPI_* variables).
-NEW_SETTINGS = ("MKPI_RAW_KEYED_BY_SUBJECT",)
+NEW_SETTINGS = ("MKPI_RAW_KEYED_BY_SUBJECT", "MKPI_WORKER_ROLE")
 
 
 def campaign_curve(
@@ -383,7 +419,7 @@ def run_all(settings: Settings, events: int, contenders: list[str], baseline: st
     """Each contender on the same raw topic; the workers each with topics and groups of their own."""
     results = {}
     for name in contenders:
-        if name in ("c", "c0", "cr"):
+        if name in WORKER_CONTENDERS:
             own = settings.replace(
                 topic_prefix=f"{settings.topics.topic_prefix}{name}",
                 worker_name=f"{settings.topics.topic_prefix}-{name}",
@@ -391,10 +427,11 @@ def run_all(settings: Settings, events: int, contenders: list[str], baseline: st
             )
             tree = baseline_tree(settings, baseline) if name == "c0" else REPO
             log_path = Path(tempfile.gettempdir()) / f"{own.topics.topic_prefix}-worker.log"
-            print(f"running {name} (a worker of {tree}; its log: {log_path}) ...", flush=True)
+            print(f"running {name} (workers of {tree}; their logs: {log_path.parent}) ...", flush=True)
             if name != "c0":
                 asyncio.run(ensure_topics(own))
-            results[name] = run_pipeline(own, events, log_path, name, tree)
+            roles = ("ingest", "agent") if name == "c2" else ("all",)
+            results[name] = run_pipeline(own, events, log_path, name, tree, roles)
         else:
             print(f"running {name} ...", flush=True)
             results[name] = run_contender(name, settings, events)
@@ -407,7 +444,7 @@ def summary(settings: Settings, events: int, results: dict[str, Result]) -> dict
         c = results["c"].events_per_second
         ratios = {
             f"c_over_{name}": round(c / results[name].events_per_second, 4)
-            for name in ("a", "a2", "b", "q", "c0", "cr")
+            for name in ("a", "a2", "b", "q", "c0", "c2", "cr")
             if name in results
         }
     git = ["git", "-C", str(REPO)]
@@ -463,7 +500,7 @@ def main() -> None:
         results = run_all(settings, args.events, contenders, args.baseline)
     finally:
         prefix = settings.topics.topic_prefix
-        asyncio.run(remove_run_data(settings, [prefix + name for name in ("", "c", "c0", "cr")]))
+        asyncio.run(remove_run_data(settings, [prefix + name for name in ("", *WORKER_CONTENDERS)]))
     report = summary(settings, args.events, results)
     if args.freshness_seconds and "c" in results:
         report["freshness"] = measure_freshness(

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 from pathlib import Path
 
 import faust
+from mode import Service
 
 from agents.kafka.connections import faust_credentials
 from agents.kafka.transport import URL_SCHEME
@@ -24,6 +26,7 @@ KPI_TABLE_NAME = "kpi-values"
 
 
 def create_app(settings: Settings, metrics: Metrics | None = None) -> faust.App:
+    """The Faust worker of role ``all`` (ingest and the KPI agent) or ``agent``."""
     metrics = metrics or Metrics()
     datadir = Path(settings.stack.stack_dir) / "worker-data" / settings.topics.app_id
     datadir.parent.mkdir(parents=True, exist_ok=True)
@@ -51,22 +54,48 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> faust.App:
     table = app.Table(KPI_TABLE_NAME, partitions=settings.topics.partitions, key_type=bytes, value_type=bytes)
     agent = register_kpi_agent(app, deltas, table, metrics, settings, alert_rules)
     rules = ChannelRules.configured(settings.ingest.channel_rules_file)
+    owned: Callable[[], int] | None = None
+    if settings.worker.runs_ingest:
+        ingest, services = ingest_services(settings, metrics, rules, agent_is_behind=agent.is_behind)
+        for service in services:
+            app.service(service)  # type: ignore[arg-type]
+        owned = lambda: ingest.owned_partitions  # noqa: E731
+    health = Health(
+        ingest_partitions=owned,
+        agent_recovering=lambda: bool(app.rebalancing or getattr(app, "in_recovery", False)),
+    )
+    app.web_server(WebServer(settings, metrics, rules.channels, health))
+    return app
+
+
+def ingest_services(
+    settings: Settings,
+    metrics: Metrics,
+    rules: ChannelRules,
+    agent_is_behind: Callable[[], bool] = lambda: False,
+) -> tuple[IngestService, list[Service]]:
+    """Ingest, and the repartitioning before it when the raw topic is not keyed by subject."""
     worker_name = settings.worker.worker_name or socket.gethostname()
     pseudonymizer = Pseudonymizer.from_key(settings.ingest.pseudonymization_key)
-    if not settings.topics.raw_keyed_by_subject:
-        app.service(RepartitionService(settings, metrics, worker_name, pseudonymizer))  # type: ignore[arg-type]
     ingest = IngestService(
         settings,
         metrics,
         worker_name=worker_name,
         rules=rules,
         pseudonymizer=pseudonymizer,
-        agent_is_behind=agent.is_behind,
+        agent_is_behind=agent_is_behind,
     )
-    app.service(ingest)  # type: ignore[arg-type]
-    health = Health(
-        ingest_partitions=lambda: ingest.owned_partitions,
-        agent_recovering=lambda: bool(app.rebalancing or getattr(app, "in_recovery", False)),
-    )
-    app.web_server(WebServer(settings, metrics, rules.channels, health))
-    return app
+    services: list[Service] = [ingest]
+    if not settings.topics.raw_keyed_by_subject:
+        services.insert(0, RepartitionService(settings, metrics, worker_name, pseudonymizer))
+    return ingest, services
+
+
+def create_ingest_worker_services(settings: Settings) -> list[Service]:
+    """The services of a worker of role ``ingest``: no Faust app (it would join the KPI agent's
+    group), only ingest and the web server (metrics and probes; the board and API too)."""
+    metrics = Metrics()
+    rules = ChannelRules.configured(settings.ingest.channel_rules_file)
+    ingest, services = ingest_services(settings, metrics, rules)
+    health = Health(ingest_partitions=lambda: ingest.owned_partitions, agent_recovering=None)
+    return [*services, WebServer(settings, metrics, rules.channels, health)]

@@ -2,7 +2,8 @@
 
 Live: the event loop turns (a heartbeat task ticks every second; a loop blocked for good, or
 the task gone, stops it). Ready: ingest owns raw partitions it has taken over, and the Faust
-side is neither rebalancing nor recovering its table, so the worker counts and publishes.
+side is neither rebalancing nor recovering its table, so the worker counts and publishes (a
+worker of one role is judged on its part only).
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ class Verdict:
 class Health:
     def __init__(
         self,
-        ingest_partitions: Callable[[], int],
-        agent_recovering: Callable[[], bool],
+        ingest_partitions: Callable[[], int] | None,
+        agent_recovering: Callable[[], bool] | None,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.ingest_partitions = ingest_partitions
@@ -51,8 +52,8 @@ class Health:
 
     def ready(self) -> Verdict:
         reasons = []
-        if self.ingest_partitions() == 0:
+        if self.ingest_partitions is not None and self.ingest_partitions() == 0:
             reasons.append("ingest owns no raw partition yet (or more workers than partitions)")
-        if self.agent_recovering():
+        if self.agent_recovering is not None and self.agent_recovering():
             reasons.append("the KPI agent is rebalancing or recovering its table")
         return Verdict(not reasons, tuple(reasons))

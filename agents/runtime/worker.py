@@ -15,6 +15,7 @@ import threading
 from typing import Any
 
 import faust
+import mode
 
 log = logging.getLogger(__name__)
 
@@ -22,11 +23,11 @@ log = logging.getLogger(__name__)
 EXIT_SHUTDOWN_TIMEOUT = 70
 
 
-class BoundedShutdownWorker(faust.Worker):
-    def __init__(self, app: faust.App, *, shutdown_timeout_seconds: float, **kwargs: Any) -> None:
-        super().__init__(app, **kwargs)
-        self.shutdown_timeout_seconds = shutdown_timeout_seconds
-        self._deadline: threading.Timer | None = None
+class BoundedShutdown(mode.Worker):
+    """The bound on a graceful stop, for a Faust worker and for a worker of services alone."""
+
+    shutdown_timeout_seconds: float = 45.0
+    _deadline: threading.Timer | None = None
 
     def _on_sigterm(self) -> None:
         self._start_deadline("SIGTERM")
@@ -53,3 +54,19 @@ class BoundedShutdownWorker(faust.Worker):
             self.shutdown_timeout_seconds,
         )
         os._exit(EXIT_SHUTDOWN_TIMEOUT)
+
+
+class BoundedShutdownWorker(BoundedShutdown, faust.Worker):
+    """A Faust worker (roles ``all`` and ``agent``)."""
+
+    def __init__(self, app: faust.App, *, shutdown_timeout_seconds: float, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self.shutdown_timeout_seconds = shutdown_timeout_seconds
+
+
+class BoundedShutdownServices(BoundedShutdown):
+    """A worker of plain services (role ``ingest``)."""
+
+    def __init__(self, *services: mode.ServiceT, shutdown_timeout_seconds: float, **kwargs: Any) -> None:
+        super().__init__(*services, **kwargs)
+        self.shutdown_timeout_seconds = shutdown_timeout_seconds

@@ -194,7 +194,7 @@ def test_redis_tls_files_need_a_rediss_url(tmp_path: Path) -> None:
 def test_each_setting_has_one_section_and_one_variable() -> None:
     settings = Settings()
     names = [name for name, _ in settings.flat()]
-    assert len(names) == len(set(names)) == 52
+    assert len(names) == len(set(names)) == 53
     assert settings.value("kafka_bootstrap") == settings.kafka.bootstrap
     assert settings.value("grace_seconds") == settings.windows.grace_seconds
     assert settings.value("web_port") == settings.web.port
@@ -237,3 +237,14 @@ def test_serving_beyond_loopback_needs_a_web_token() -> None:
     for loopback in ("127.0.0.1", "localhost", "::1"):
         Settings.from_env({**key, "MKPI_WEB_HOST": loopback}).validate_for_worker()
     assert Settings.from_env({**key, "MKPI_WEB_TOKEN": "t" * 32}).redacted()["web_token"] == "***"
+
+
+def test_a_worker_role_is_one_of_all_ingest_or_agent() -> None:
+    assert (Settings.from_env(DEV).worker.runs_ingest, Settings.from_env(DEV).worker.runs_agent) == (
+        True,
+        True,
+    )
+    ingest = Settings.from_env({**DEV, "MKPI_WORKER_ROLE": "ingest"}).worker
+    assert (ingest.runs_ingest, ingest.runs_agent) == (True, False)
+    with pytest.raises(ConfigError, match="MKPI_WORKER_ROLE='both': one of all, ingest, agent"):
+        Settings.from_env({**DEV, "MKPI_WORKER_ROLE": "both"})

@@ -395,6 +395,9 @@ class Run:
     #: Produced to a raw topic of one partition keyed by event id, not by subject: ingest
     #: counts them through the repartition (MKPI_RAW_KEYED_BY_SUBJECT=false).
     keyed_by_event_id: bool = False
+    #: The last workers' roles (MKPI_WORKER_ROLE), one worker each; ``workers`` of role
+    #: ``all`` when empty.
+    roles: tuple[str, ...] = ()
 
 
 #: CI runs "steady", "sigkill short", "three workers" and "chaos short"; the chaos tier
@@ -409,6 +412,7 @@ RUNS = {
     "chaos short": Run(60_000, workers=3, partitions=6, faults=True),
     "chaos": Run(200_000, workers=3, partitions=6, faults=True),
     "repartitioned": Run(60_000, kills=1, partitions=6, keyed_by_event_id=True),
+    "ingest and agent apart": Run(60_000, partitions=6, roles=("ingest", "ingest", "agent")),
 }
 REDIS_OUTAGE_SECONDS = 30
 
@@ -462,6 +466,7 @@ async def inject_faults(settings: Settings, workers: list[WorkerProcess], messag
         "chaos short",
         pytest.param("chaos", marks=pytest.mark.skipif(not CHAOS, reason="chaos tier (CHAOS_TESTS=1)")),
         "repartitioned",
+        "ingest and agent apart",
     ],
 )
 @pytest.mark.timeout(900)  # its own waits bound it; 200,000 events take ~2.5 min alone on 2 cores
@@ -494,7 +499,7 @@ async def test_every_kpi_of_every_window_is_exact(tmp_path: Path, run: str) -> N
     if plan.keyed_by_event_id:
         keys = [event_id_key(m.payload) for m in messages]
     producing = None
-    if kills or (worker_count > 1 and not plan.faults):
+    if kills or plan.roles or (worker_count > 1 and not plan.faults):
         # Over ~60 s: each kill lands while messages are still coming, and workers that start
         # one after the other share a stream, not a backlog one of them may read alone (then
         # windows close only at its flushes, and late events may never find one closed).
@@ -509,13 +514,16 @@ async def test_every_kpi_of_every_window_is_exact(tmp_path: Path, run: str) -> N
         victim.kill()
         done = sum((await accounting_totals(settings))["outcomes"].values())
         assert 0 < done < count and producing is not None and not producing.done(), "a kill mid-stream"
+    roles = plan.roles or ("all",) * worker_count
     workers = [
         WorkerProcess(
-            settings.replace(worker_name=f"{settings.worker.worker_name}-{n}", web_port=free_port()),
+            settings.replace(
+                worker_name=f"{settings.worker.worker_name}-{n}", web_port=free_port(), worker_role=role
+            ),
             tmp_path,
-            f"last-{n}",
+            f"last-{n}-{role}",
         )
-        for n in range(worker_count)
+        for n, role in enumerate(roles)
     ]
     for worker in workers:
         worker.start()
@@ -630,6 +638,16 @@ async def test_every_kpi_of_every_window_is_exact(tmp_path: Path, run: str) -> N
             assert all(w.metrics()[("mkpi_deltas_applied_total", ())] > 0 for w in workers), "all did work"
             assigned = [w.metrics()[("mkpi_ingest_assigned_partitions", ())] for w in workers]
             assert sum(assigned) == plan.partitions and min(assigned) >= 1, assigned
+        if plan.roles:
+            # Ingest ran in the ingest workers only, the KPI agent in the agent worker only.
+            metrics = [w.metrics() for w in workers]
+            owned = [m.get(("mkpi_ingest_assigned_partitions", ()), 0.0) for m in metrics]
+            applied = [m.get(("mkpi_deltas_applied_total", ()), 0.0) for m in metrics]
+            ingesting = [role == "ingest" for role in roles]
+            assert sum(owned) == plan.partitions and all(
+                (n > 0) == i for n, i in zip(owned, ingesting, strict=True)
+            ), owned
+            assert all((n > 0) == (not i) for n, i in zip(applied, ingesting, strict=True)), applied
     finally:
         if producing is not None:
             producing.cancel()

@@ -24,3 +24,12 @@ def test_live_while_the_heartbeat_ticks() -> None:
     assert not health.live().ok and "has not turned for 31s" in health.live().reasons[0]
     health.beat()
     assert health.live().ok
+
+
+def test_a_worker_of_one_role_is_judged_on_its_part_only() -> None:
+    ingest_only = Health(ingest_partitions=lambda: 0, agent_recovering=None)
+    assert ingest_only.ready().reasons == (
+        "ingest owns no raw partition yet (or more workers than partitions)",
+    )
+    agent_only = Health(ingest_partitions=None, agent_recovering=lambda: False)
+    assert agent_only.ready().ok
