@@ -28,6 +28,7 @@ from redis.exceptions import RedisError
 from agents.kafka.topics import TopicSetupError, ensure_topics
 from agents.redis.connections import redis_client
 from agents.settings import ConfigError, Settings, without_password
+from streams.contracts.outputs import BadReason
 from streams.core.alerts import AlertRulesError
 from streams.core.attribution import RulesError
 
@@ -250,12 +251,31 @@ def cmd_query(settings: Settings, args: argparse.Namespace) -> int:
         client = redis_client(settings)
         try:
             view = RedisView(client, settings.topics.topic_prefix)
-            return await view.latest(ViewQuery(window, args.kpi, args.channel, args.campaign))
+            query = ViewQuery(window, args.kpi, args.channel, args.campaign)
+            return await view.latest(query, KPI_NAMES, rules.channels | {ALL})
         finally:
             await client.aclose()
 
     updates = asyncio.run(run())
     print(msgspec.json.encode(updates).decode() if args.json else render_table(updates))
+    return 0
+
+
+def cmd_replay_bad_rows(settings: Settings, args: argparse.Namespace) -> int:
+    """Send the bad rows of one reason back to where they were read, once."""
+    from agents.kafka.replay import replay_bad_rows
+
+    reason = BadReason(args.reason)
+    report = asyncio.run(replay_bad_rows(settings, reason, dry_run=args.dry_run))
+    verb = "would send" if args.dry_run else "sent"
+    total = sum(report.replayed.values())
+    print(
+        f"{reason.value}: {verb} {total} bad rows again"
+        + "".join(f", {n} to {t}" for t, n in report.replayed.items())
+    )
+    for why, count in report.skipped.items():
+        print(f"  skipped {count}: {why}")
+    print(f"  passed over {report.other_reasons} bad rows of other reasons")
     return 0
 
 
@@ -321,6 +341,12 @@ def build_parser(stories: dict[str, str] | None = None) -> argparse.ArgumentPars
     query.add_argument("--channel", help="only this channel ('*' for the all-channel roll-up)")
     query.add_argument("--campaign", help="only this campaign ('*' for the all-campaign roll-up)")
     query.add_argument("--json", action="store_true", help="JSON instead of a table")
+    replay = sub.add_parser(
+        "replay-bad-rows",
+        help="send the bad rows of one reason back to the raw topic once their cause is fixed",
+    )
+    replay.add_argument("--reason", required=True, choices=[reason.value for reason in BadReason])
+    replay.add_argument("--dry-run", action="store_true", help="count what would be sent; send nothing")
     sub.add_parser("config", help="print the effective settings (secrets masked)")
     schemas = sub.add_parser("schemas", help="write the JSON Schemas of events and outputs from the models")
     schemas.add_argument("--dir", default="schemas", help="schemas folder (default: ./schemas)")
@@ -336,6 +362,7 @@ COMMANDS = {
     "config": cmd_config,
     "schemas": cmd_schemas,
     "query": cmd_query,
+    "replay-bad-rows": cmd_replay_bad_rows,
 }
 
 

@@ -18,6 +18,8 @@ log = logging.getLogger(__name__)
 INSECURE_DEV_KEY = "mkpi-insecure-development-key-do-not-use"
 PSEUDONYM_PREFIX = "p1_"
 
+_PSEUDONYM = re.compile(re.escape(PSEUDONYM_PREFIX) + "[0-9a-f]{32}")
+
 #: JSON fields that hold personal identifiers, wherever they appear in a payload.
 IDENTIFIER_FIELDS = ("anonymous_id", "user_id", "session_id", "recipient", "email")
 _FIELD_VALUE = re.compile(
@@ -46,10 +48,14 @@ class Pseudonymizer:
         return cls(INSECURE_DEV_KEY)
 
     def __call__(self, value: str) -> str:
+        """The value's pseudonym; a value that is a pseudonym already (from a bad row sent again,
+        whose payload was pseudonymized when it was kept) is its own, so the subject keeps it."""
         pseudonym = self._cache.get(value)
         if pseudonym is None:
             if len(self._cache) >= CACHED_PSEUDONYMS:
                 self._cache.clear()
+            if _PSEUDONYM.fullmatch(value):
+                return value
             pseudonym = PSEUDONYM_PREFIX + hmac.digest(self._key, value.encode(), "sha256").hex()[:32]
             self._cache[value] = pseudonym
         return pseudonym

@@ -150,3 +150,12 @@ def make_bad_row(
         processor=processor,
         failed_at=datetime.now(UTC),
     )
+
+
+def payload_of(row: BadRow) -> bytes | None:
+    """The payload a bad row kept, as bytes to send again; None when only its start was kept."""
+    if row.payload_truncated:
+        return None
+    if row.payload_encoding == "base64":
+        return base64.b64decode(row.payload)
+    return row.payload.encode("utf-8")

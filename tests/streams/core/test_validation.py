@@ -6,7 +6,7 @@ import pytest
 
 from streams.contracts.events import PageView
 from streams.contracts.outputs import BadReason
-from streams.core.validation import Rejection, decode_event, make_bad_row
+from streams.core.validation import Rejection, decode_event, make_bad_row, payload_of
 
 VALID = {
     "type": "page_view",
@@ -71,3 +71,14 @@ def test_bad_row_keeps_utf8_payload_as_text_and_other_bytes_as_base64() -> None:
     assert binary_row.payload_encoding == "base64"
     assert base64.b64decode(binary_row.payload) == b"\xff\x00"
     assert (binary_row.source_topic, binary_row.source_partition, binary_row.source_offset) == ("raw", 2, 42)
+
+
+@pytest.mark.parametrize("payload", [b'{"type":"page_view","extra":"caf\xc3\xa9"}', b"\xff\xfe not utf-8"])
+def test_a_bad_rows_payload_comes_back_as_it_was_kept(payload: bytes) -> None:
+    row = make_bad_row(Rejection(BadReason.NOT_JSON, "x"), payload, "raw", 0, 1, "test")
+    assert payload_of(row) == payload
+
+
+def test_a_payload_cut_to_its_start_is_not_sent_again() -> None:
+    row = make_bad_row(Rejection(BadReason.TOO_LARGE, "x"), b"{" + b" " * 100_000 + b"}", "raw", 0, 1, "test")
+    assert row.payload_truncated and payload_of(row) is None
