@@ -205,6 +205,10 @@ class IngestSettings:
     dedup_horizon_seconds: int = 86400
     #: How long sessions, unique opens and unique clicks are remembered to count them once.
     unique_horizon_seconds: int = 30 * 86400
+    #: Entries journaled after which a flush writes a snapshot of a partition's per-subject
+    #: state instead of its changes (at least as many as the last snapshot held): restoring a
+    #: partition reads about twice the larger of this and its state at most.
+    state_snapshot_entries: int = 50_000
     #: Inactivity (by event time) after which a subject's next event without a session_id
     #: starts a new session (GA4's session timeout).
     session_timeout_seconds: int = 1800
@@ -564,6 +568,8 @@ class Settings:
         ):
             if self.value(name) <= 0:
                 bad(name, "must be a positive number of seconds")
+        if self.ingest.state_snapshot_entries < 1:
+            bad("state_snapshot_entries", "must be a positive number of entries")
         if self.ingest.channel_rules_file and not Path(self.ingest.channel_rules_file).is_file():
             bad("channel_rules_file", "no such file")
         if self.alerts.rules_file not in ("", "none") and not Path(self.alerts.rules_file).is_file():

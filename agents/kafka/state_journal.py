@@ -85,7 +85,7 @@ class StateJournal:
                 self.topic,
             )
             start = begin
-        state = PartitionState()
+        state = PartitionState(snapshot_after_entries=self.settings.ingest.state_snapshot_entries)
         started, read = time.monotonic(), 0
         report_at = started + STALL_REPORT_SECONDS
         consumer.seek(tp, start)

@@ -351,6 +351,13 @@ class IngestService(Service):
         snapshot_taken = point.state_from is not None and point.state_from != state.snapshot_offset
         state.snapshot_offset, state.journal_end = point.state_from, point.state_to
         if snapshot_taken and point.state_from is not None:
+            log.info(
+                "partition %d's state: a snapshot of %d entries at journal offset %d; deleting the "
+                "records before it",
+                tp.partition,
+                state.last_snapshot_entries,
+                point.state_from,
+            )
             self.add_future(self.journal.drop_before(tp.partition, point.state_from))
         self.metrics.state_journal_records.inc(len(pending.journal.get(tp, ())))
         self.metrics.state_entries.labels(str(tp.partition)).set(len(state))

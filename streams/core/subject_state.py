@@ -12,9 +12,9 @@ lives with the partition, in the worker that owns it:
 Everything the state learns is also kept as changes, which ``take_changes`` hands to the
 flush: it writes them to the journal in the same Kafka transaction as the deltas and the raw
 offsets, so the journal up to a committed offset is exactly the state at that offset. When the
-journal since the last snapshot has grown as large as the state, the flush writes a snapshot
-instead, and a new owner folds the journal from it (``fold``): restoring reads at most twice
-the state.
+journal since the last snapshot has grown as large as that snapshot (and at least
+``snapshot_after_entries``), the flush writes a snapshot instead, and a new owner folds the
+journal from it (``fold``): restoring reads about twice the state at most.
 
 Entries expire by wall clock, as they did in Redis: each records when; expired ones are
 forgotten lazily (``expire``, in order of writing per horizon) and never answer.
@@ -31,9 +31,6 @@ from streams.contracts.versions import STATE_JOURNAL_VERSION
 
 SessionState = tuple[Session, ...]
 
-#: A snapshot is due once this many entries were journaled since the last one, or as many
-#: as the state holds, whichever is more.
-SNAPSHOT_AFTER_ENTRIES = 50_000
 #: Bytes of entries per journal record (estimated from their text), so that a record stays
 #: well under Kafka's default 1 MB message limit.
 RECORD_BYTES = 512 * 1024
@@ -42,8 +39,12 @@ RECORD_BYTES = 512 * 1024
 class PartitionState:
     """The per-subject state of one raw partition, and its changes since the last flush."""
 
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time, snapshot_after_entries: int = 50_000) -> None:
         self.clock = clock
+        #: A snapshot is due once this many entries were journaled since the last one, or as
+        #: many as that one held, whichever is more.
+        self.snapshot_after_entries = snapshot_after_entries
+        self.last_snapshot_entries = 0
         self._sightings: dict[str, float] = {}
         self._sessions: dict[str, tuple[float, SessionState]] = {}
         #: (expires at, key) in order of writing, one queue per horizon (so each is sorted).
@@ -106,7 +107,7 @@ class PartitionState:
 
     @property
     def snapshot_due(self) -> bool:
-        return self.journaled_since_snapshot >= max(SNAPSHOT_AFTER_ENTRIES, len(self))
+        return self.journaled_since_snapshot >= max(self.snapshot_after_entries, self.last_snapshot_entries)
 
     def take_changes(self) -> list[JournalRecord]:
         """What to journal for the changes since the last call: one record of them, a
@@ -127,6 +128,7 @@ class PartitionState:
         empty state is a snapshot too)."""
         self.expire()
         self.journaled_since_snapshot = 0
+        self.last_snapshot_entries = len(self)
         sessions = [(key, *stored) for key, stored in self._sessions.items()]
         return _records(True, list(self._sightings.items()), sessions) or [
             JournalRecord(STATE_JOURNAL_VERSION, True, [], [])
@@ -144,8 +146,11 @@ class PartitionState:
                 if expires > now:
                     self._sessions[key] = (expires, sessions)
                     self._session_queue.append((expires, key))
-            if not record.snapshot:
-                self.journaled_since_snapshot += len(record.sightings) + len(record.sessions)
+            entries = len(record.sightings) + len(record.sessions)
+            if record.snapshot:
+                self.last_snapshot_entries += entries
+            else:
+                self.journaled_since_snapshot += entries
         for queue in (*self._sighting_queues.values(), self._session_queue):
             ordered = sorted(queue)
             queue.clear()

@@ -194,7 +194,7 @@ def test_redis_tls_files_need_a_rediss_url(tmp_path: Path) -> None:
 def test_each_setting_has_one_section_and_one_variable() -> None:
     settings = Settings()
     names = [name for name, _ in settings.flat()]
-    assert len(names) == len(set(names)) == 53
+    assert len(names) == len(set(names)) == 54
     assert settings.value("kafka_bootstrap") == settings.kafka.bootstrap
     assert settings.value("grace_seconds") == settings.windows.grace_seconds
     assert settings.value("web_port") == settings.web.port

@@ -84,10 +84,9 @@ def test_changes_folded_into_a_new_state_answer_as_the_old_one() -> None:
 
 
 def test_a_snapshot_replaces_the_changes_once_they_outgrow_the_state(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(subject_state, "SNAPSHOT_AFTER_ENTRIES", 10)
     monkeypatch.setattr(subject_state, "RECORD_BYTES", 60)  # about 4 of these keys per record
     clock = Clock()
-    state = PartitionState(clock)
+    state = PartitionState(clock, snapshot_after_entries=10)
     journal: list[JournalRecord] = []
     snapshots = []
     for flush in range(40):

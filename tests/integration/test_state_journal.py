@@ -1,0 +1,69 @@
+"""Ingest's state journal on the real broker: snapshots, the records they replace deleted, and
+a restore from the newest snapshot after kill -9 that still knows every event id."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from agents.kafka.connections import kafka_options
+from agents.kafka.topics import ensure_topics
+from agents.settings import Settings
+from devtools.generator import Fractions, GroundTruth, Scenario
+from tests.support import WorkerProcess, isolated_settings, produce, produce_in_parts, wait_for_accounting
+
+pytestmark = pytest.mark.kafka
+
+RESTORED = re.compile(
+    r"restored the state of partition \d+ from the journal: \d+ records \(offsets (\d+)-(\d+)\)"
+)
+
+
+async def journal_starts(settings: Settings) -> list[int]:
+    consumer = AIOKafkaConsumer(**kafka_options(settings))
+    await consumer.start()
+    try:
+        topic = settings.topics.state_journal_topic
+        partitions = [TopicPartition(topic, p) for p in range(settings.topics.partitions)]
+        return list((await consumer.beginning_offsets(partitions)).values())
+    finally:
+        await consumer.stop()
+
+
+async def test_a_worker_restored_from_snapshots_drops_retries_of_events_seen_before(tmp_path: Path) -> None:
+    settings = isolated_settings(state_snapshot_entries=100)
+    await ensure_topics(settings)
+    scenario = Scenario(11, fractions=Fractions(duplicates=0.05, malformed=0.01), live=True)
+    messages = list(scenario.messages(4000, lambda: datetime.now(UTC)))
+    first, second = messages[:2000], messages[2000:]
+    retries = [m for m in first if m.expect == "valid"][:200]  # sent again after the restart
+    truth = GroundTruth()
+    for message in messages:
+        truth.add(message)
+
+    killed = WorkerProcess(settings, tmp_path, "killed")
+    killed.start()
+    # In parts, so that several flushes journal changes and snapshots follow.
+    await produce_in_parts(settings, [m.payload for m in first], [m.key for m in first], 8, 0.7)
+    await wait_for_accounting(settings, len(first), timeout=90)
+    killed.kill()
+    assert any(start > 0 for start in await journal_starts(settings)), "records before a snapshot deleted"
+
+    again = second + retries
+    await produce(settings, settings.topics.raw_topic, [m.payload for m in again], [m.key for m in again])
+    worker = WorkerProcess(settings, tmp_path, "restored")
+    worker.start()
+    try:
+        totals = await wait_for_accounting(settings, len(messages) + len(retries), timeout=90)
+        assert totals["outcomes"] == {
+            **truth.outcomes,
+            "duplicate": truth.outcomes["duplicate"] + len(retries),
+        }
+        spans = [(int(a), int(b)) for a, b in RESTORED.findall(worker.log_path.read_text())]
+        assert any(start > 0 for start, _ in spans), spans  # from a snapshot, not the log's start
+    finally:
+        worker.stop()
