@@ -4,7 +4,7 @@ Every KPI is computed from measures that add up across partitions, channels, cam
 windows (counts and sums). A ratio is published with its numerator and denominator so that
 consumers can aggregate it correctly. Distinct counts that must be exact (unique opens and
 clicks) are measures too: an email event adds 1 only on the first sighting of its
-(pseudonymized) key, which ingest checks in Redis together with the duplicate check. Sessions
+(pseudonymized) key, which ingest checks in the partition's state with the duplicate check. Sessions
 are counted once each, by the event that starts them (``streams.core.sessions``).
 """
 

@@ -157,7 +157,7 @@ class Candidate:
     watermark: float | None
     #: Its visitor (pseudonymized) when it is a page view, for the unique-visitor sketches.
     visitor: str | None
-    #: (cell, its Redis name, horizon) of each published cell its unique opens or clicks are
+    #: (cell, its name in the state, horizon) of each published cell its unique opens or clicks are
     #: decided in, in the window sizes it is not too late for; empty when it has none.
     distinct_cells: tuple[NamedCell, ...]
     #: Its session, for a site event with a session id or a subject.
@@ -327,7 +327,7 @@ class BatchIngestor:
     def _distinct_cells(
         self, at: datetime, attribution: Attribution, missed: tuple[int, ...]
     ) -> tuple[NamedCell, ...]:
-        """The published cells a distinct count is decided in, with a Redis name and how long
+        """The published cells a distinct count is decided in, with a name and how long
         to remember it: until no event of that window can still be accepted."""
         cells: list[NamedCell] = []
         for size, start in self.windowing.starts(at.timestamp()):
@@ -336,7 +336,7 @@ class BatchIngestor:
         return tuple(cells)
 
     def _named_cells(self, size: int, start: int, channel: str, campaign: str) -> list[NamedCell]:
-        """``published_cells`` with their Redis names and horizon; the same few come back for
+        """``published_cells`` with their names and horizon; the same few come back for
         every event of a window, so they are made once per window that can still take events.
         When a newer window of a size appears, windows that ended more than grace + retention
         before it are dropped, so the cache follows the live windows instead of growing."""
