@@ -15,7 +15,6 @@ replay-safe without remembering which message started a session.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import msgspec
@@ -119,14 +118,3 @@ def _containing(state: tuple[Session | None, ...], at: float, timeout_seconds: f
         return None
     before = [i for i in near if (s := state[i]) is not None and s.first_at <= at]
     return before[-1] if before else near[0]
-
-
-def place_all(
-    events: Sequence[SessionEvent], states: dict[str, SessionState], timeout_seconds: float
-) -> list[Placement]:
-    """Place events in order, updating ``states`` (key -> state) in place."""
-    placements = []
-    for event in events:
-        placement, states[event.key] = place(states.get(event.key, ()), event, timeout_seconds)
-        placements.append(placement)
-    return placements

@@ -26,10 +26,9 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 
-from streams.contracts.journal import JournalRecord, Session
+from streams.contracts.journal import JournalRecord
 from streams.contracts.versions import STATE_JOURNAL_VERSION
-
-SessionState = tuple[Session, ...]
+from streams.core.sessions import SessionState
 
 #: Bytes of entries per journal record (estimated from their text), so that a record stays
 #: well under Kafka's default 1 MB message limit.
