@@ -17,7 +17,7 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -208,13 +208,31 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_schemas(settings: Settings, args: argparse.Namespace) -> int:
-    from devtools.schema_export import stale_files, write_all
+    from devtools import schema_export
 
-    root = Path(args.dir)
-    if args.check:
+    return _generated(
+        Path(args.dir), args.check, "schemas", schema_export.stale_files, schema_export.write_all
+    )
+
+
+def cmd_dashboards(settings: Settings, args: argparse.Namespace) -> int:
+    from devtools import dashboards
+
+    return _generated(Path(args.dir), args.check, "dashboards", dashboards.stale_files, dashboards.write_all)
+
+
+def _generated(
+    root: Path,
+    check: bool,
+    command: str,
+    stale_files: Callable[[Path], list[str]],
+    write_all: Callable[[Path], list[str]],
+) -> int:
+    """Rewrite files generated from the code under ``root``, or (``check``) list the stale ones."""
+    if check:
         stale = stale_files(root)
         for path in stale:
-            print(f"stale: {root / path} (run 'mkpi schemas' to rewrite it)", file=sys.stderr)
+            print(f"stale: {root / path} (run 'mkpi {command}' to rewrite it)", file=sys.stderr)
         return 1 if stale else 0
     for path in write_all(root):
         print(f"wrote {root / path}")
@@ -351,6 +369,13 @@ def build_parser(stories: dict[str, str] | None = None) -> argparse.ArgumentPars
     schemas = sub.add_parser("schemas", help="write the JSON Schemas of events and outputs from the models")
     schemas.add_argument("--dir", default="schemas", help="schemas folder (default: ./schemas)")
     schemas.add_argument("--check", action="store_true", help="only report files that are out of date")
+    dashboards = sub.add_parser(
+        "dashboards", help="write the Grafana dashboards of the KPIs (overview, campaign, roles)"
+    )
+    dashboards.add_argument(
+        "--dir", default="deploy/grafana/dashboards", help="dashboards folder (default: %(default)s)"
+    )
+    dashboards.add_argument("--check", action="store_true", help="only report files that are out of date")
     return parser
 
 
@@ -361,6 +386,7 @@ COMMANDS = {
     "run": cmd_run,
     "config": cmd_config,
     "schemas": cmd_schemas,
+    "dashboards": cmd_dashboards,
     "query": cmd_query,
     "replay-bad-rows": cmd_replay_bad_rows,
 }

@@ -30,7 +30,7 @@ MAY_IMPORT: dict[str, tuple[str, ...]] = {
         "agents.runtime",
     ),
     "agents.cli": ("streams", "agents", "devtools"),
-    "devtools": ("streams", "agents.settings", "agents.kafka", "agents.redis", "devtools"),
+    "devtools": ("streams", "agents.settings", "agents.kafka", "agents.redis", "agents.metrics", "devtools"),
     "bench": ("streams", "agents.settings", "agents.kafka", "agents.redis", "devtools", "bench"),
 }
 FIRST_PARTY = ("streams", "agents", "devtools", "bench")

@@ -285,8 +285,16 @@ async def stable_committed_offsets(
     """
     deadline = time.monotonic() + timeout
     while True:
-        node_id = await admin.find_coordinator(group_id)
-        response = await admin._send_request(StableOffsetFetchRequest(group_id, partitions), node_id)
+        try:
+            node_id = await admin.find_coordinator(group_id)
+            response = await admin._send_request(StableOffsetFetchRequest(group_id, partitions), node_id)
+        except KafkaError as error:
+            # Right after a broker restart the coordinator is not known yet, or its connection
+            # drops: ask again rather than leave the partitions assigned but never taken over.
+            if not error.retriable or time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.2)
+            continue
         codes = {response.error_code} | {p[4] for _, parts, _ in response.topics for p in parts}
         if not codes & _FETCH_AGAIN:
             break

@@ -16,9 +16,10 @@ from prometheus_client import (
     disable_created_metrics,
 )
 
+from streams.contracts.deltas import ALL
 from streams.contracts.events import EVENT_TYPES
 from streams.contracts.outputs import BadReason
-from streams.core.catalog import MEASURES
+from streams.core.catalog import KPI_UNITS, MEASURES, Unit
 
 OUTCOMES = ("valid", "bad", "duplicate", "late")
 
@@ -131,20 +132,20 @@ class Metrics:
         )
         self.measures = Counter(
             "mkpi_measure_total",
-            "Additive measures behind the KPIs (counts; engaged_ms and lead_value_cents are sums), "
-            "all windows together. channel or campaign '*' is the roll-up over all of them.",
+            "Counts behind the KPIs (events, sessions, unique opens and clicks), all windows "
+            "together. channel or campaign '*' is the roll-up over all of them.",
             ["measure", "channel", "campaign"],
             registry=self.registry,
         )
-        self.kpi_current = Gauge(
-            "mkpi_kpi_current",
-            "Value of a KPI in the newest window seen for the series (NaN: ratio with denominator 0).",
-            ["kpi", "window", "channel", "campaign"],
-            registry=self.registry,
-        )
+        #: The summed measures, each a metric in its own unit (the counts' metric has none).
+        self.measure_sums = {
+            measure: (Counter(name, help_text, ["channel", "campaign"], registry=self.registry), scale)
+            for measure, (name, scale, help_text) in SUM_MEASURE_METRICS.items()
+        }
+        self.kpi_current = self._kpi_gauges("mkpi_kpi_current", "in the newest window seen for the series")
         self.kpi_current_window_start = Gauge(
             "mkpi_kpi_current_window_start_seconds",
-            "Start (Unix time) of the window mkpi_kpi_current reports.",
+            "Start (Unix time) of the window mkpi_kpi_current* reports.",
             ["kpi", "window", "channel", "campaign"],
             registry=self.registry,
         )
@@ -201,7 +202,7 @@ class Metrics:
         self.alerts = Counter(
             "mkpi_alerts_total",
             "Drop alert events published on <prefix>.alerts.",
-            ["rule", "status", "cause"],
+            ["rule", "kpi", "status", "cause"],
             registry=self.registry,
         )
         self.alert_judgements = Counter(
@@ -216,15 +217,12 @@ class Metrics:
             "Deltas for windows already past retention (dropped; should stay 0: see the logs).",
             registry=self.registry,
         )
-        self.kpi_last_closed = Gauge(
-            "mkpi_kpi_last_closed",
-            "Value of a KPI in the newest closed window of the series, revisions included.",
-            ["kpi", "window", "channel", "campaign"],
-            registry=self.registry,
+        self.kpi_last_closed = self._kpi_gauges(
+            "mkpi_kpi_last_closed", "in the newest closed window of the series, revisions included"
         )
         self.kpi_last_closed_window_start = Gauge(
             "mkpi_kpi_last_closed_window_start_seconds",
-            "Start (Unix time) of the window mkpi_kpi_last_closed reports.",
+            "Start (Unix time) of the window mkpi_kpi_last_closed* reports.",
             ["kpi", "window", "channel", "campaign"],
             registry=self.registry,
         )
@@ -235,7 +233,61 @@ class Metrics:
         for event_type in EVENT_TYPES:
             self.events.labels(event_type)
         for measure in MEASURES:
-            self.measures.labels(measure, "*", "*")
+            self.count_measure(measure, ALL, ALL, 0)
+
+    def _kpi_gauges(self, name: str, which_window: str) -> dict[Unit, Gauge]:
+        """One gauge per unit (Prometheus names carry their unit: ``name``, ``name_ratio``,
+        ``name_seconds``), labelled by KPI."""
+        return {
+            unit: Gauge(
+                kpi_metric_name(name, unit),
+                f"Value of a KPI measured {KPI_UNIT_WORDS[unit]}, {which_window}"
+                + (" (NaN: denominator 0)." if unit is Unit.RATIO else "."),
+                ["kpi", "window", "channel", "campaign"],
+                registry=self.registry,
+            )
+            for unit in Unit
+        }
+
+    def count_measure(self, measure: str, channel: str, campaign: str, amount: int) -> None:
+        """Add ``amount`` of ``measure`` to its counter (a sum in its metric's unit)."""
+        if measure in self.measure_sums:
+            counter, scale = self.measure_sums[measure]
+            counter.labels(channel, campaign).inc(amount * scale)
+        else:
+            self.measures.labels(measure, channel, campaign).inc(amount)
+
+    def remove_measure(self, measure: str, channel: str, campaign: str) -> None:
+        if measure in self.measure_sums:
+            self.measure_sums[measure][0].remove(channel, campaign)
+        else:
+            self.measures.remove(measure, channel, campaign)
+
+
+#: The summed measures' metrics: name, factor from the measure's unit, help.
+SUM_MEASURE_METRICS = {
+    "engaged_ms": (
+        "mkpi_engaged_seconds_total",
+        0.001,
+        "Engaged time reported by page_engagement events (time on page's numerator), all windows together.",
+    ),
+    "lead_value_cents": (
+        "mkpi_lead_value_cents_total",
+        1,
+        "Value of leads in cents of the events' currency, all windows together.",
+    ),
+}
+KPI_UNIT_WORDS = {Unit.COUNT: "in counts", Unit.RATIO: "as a ratio (0-1)", Unit.SECONDS: "in seconds"}
+
+
+def kpi_metric_name(name: str, unit: Unit) -> str:
+    """The metric of ``unit`` among a KPI gauge's metrics: counts carry no unit suffix."""
+    return name if unit is Unit.COUNT else f"{name}_{unit.value}"
+
+
+def kpi_metric(name: str, kpi: str) -> str:
+    """The metric that holds ``kpi``'s values among the ``name`` gauges."""
+    return kpi_metric_name(name, KPI_UNITS[kpi])
 
 
 def _version() -> str:

@@ -10,7 +10,7 @@ from typing import Any
 from agents.metrics.registry import Metrics
 from streams.contracts.deltas import ALL, CellKey
 from streams.contracts.outputs import KpiKey
-from streams.core.catalog import SUM_MEASURES
+from streams.core.catalog import KPI_UNITS, SUM_MEASURES, Unit
 from streams.core.cells import window_label
 from streams.core.labels import CampaignLabels
 
@@ -18,9 +18,10 @@ Series = tuple[str, int, str, str]
 
 
 class WindowGauges:
-    """Keeps a value gauge and its window-start gauge on the newest window of each series."""
+    """Keeps a value gauge (one per unit) and its window-start gauge on the newest window of
+    each series."""
 
-    def __init__(self, values: Any, starts: Any) -> None:
+    def __init__(self, values: dict[Unit, Any], starts: Any) -> None:
         self.values = values
         self.starts = starts
         self._newest_start: dict[Series, int] = {}
@@ -31,7 +32,7 @@ class WindowGauges:
             return
         self._newest_start[series] = key.window_start
         labels = (key.kpi, window_label(key.window_seconds), key.channel, key.campaign)
-        self.values.labels(*labels).set(float("nan") if value is None else value)
+        self.values[KPI_UNITS[key.kpi]].labels(*labels).set(float("nan") if value is None else value)
         self.starts.labels(*labels).set(key.window_start)
 
     def drop_campaigns(self, campaigns: frozenset[str]) -> None:
@@ -42,7 +43,7 @@ class WindowGauges:
         for series in [s for s in self._newest_start if dropped(s[2], s[3])]:
             kpi, size, channel, campaign = series
             labels = (kpi, window_label(size), channel, campaign)
-            self.values.remove(*labels)
+            self.values[KPI_UNITS[kpi]].remove(*labels)
             self.starts.remove(*labels)
             del self._newest_start[series]
 
@@ -69,13 +70,13 @@ class CampaignSeries:
     def _count(self, key: CellKey, measures: dict[str, int]) -> None:
         campaign = self.labels.label(key.campaign)
         for measure, amount in measures.items():
-            self.metrics.measures.labels(measure, key.channel, campaign).inc(amount)
+            self.metrics.count_measure(measure, key.channel, campaign, amount)
             self._counters[campaign].add((measure, key.channel))
         if self.labels.rerank_due():
             dropped = self.labels.rerank().dropped
             for campaign in dropped:
                 for measure, channel in self._counters.pop(campaign, ()):
-                    self.metrics.measures.remove(measure, channel, campaign)
+                    self.metrics.remove_measure(measure, channel, campaign)
             for gauges in self.gauges:
                 gauges.drop_campaigns(dropped)
 

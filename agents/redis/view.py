@@ -4,7 +4,9 @@ Layout (``<prefix>`` is MKPI_TOPIC_PREFIX):
 - ``<prefix>:latest:<window_seconds>`` hash: field ``kpi|channel|campaign`` -> KPI update JSON
   of the newest window seen for that series;
 - ``<prefix>:window:<window_seconds>:<window_start>`` hash: the same fields for one window,
-  kept for ``HISTORY_SECONDS`` (sparklines, recent history).
+  kept for ``HISTORY_SECONDS`` (sparklines, the comparison with a week before);
+- ``<prefix>:alerts:firing`` hash: incident id -> alert event JSON of each firing drop alert,
+  removed when its ``resolved`` event comes.
 A series lives on one partition of the delta topic, so one worker writes it.
 """
 
@@ -18,12 +20,14 @@ import msgspec
 import redis.asyncio as aioredis
 
 from streams.contracts.deltas import ALL_TIME
-from streams.contracts.outputs import KpiKey, KpiUpdate
+from streams.contracts.outputs import AlertEvent, KpiKey, KpiUpdate
 
-HISTORY_SECONDS = 7 * 86400
+#: A week and a day: the board compares a window with the same one a week before.
+HISTORY_SECONDS = 8 * 86400
 FIELD_SEPARATOR = "|"
 
 _update_decoder = msgspec.json.Decoder(KpiUpdate)
+_alert_decoder = msgspec.json.Decoder(AlertEvent)
 
 
 def series_field(key: KpiKey) -> str:
@@ -59,9 +63,13 @@ class RedisView:
     def _latest_key(self, window_seconds: int) -> str:
         return f"{self.prefix}:latest:{window_seconds}"
 
-    async def write(self, updates: Iterable[tuple[KpiKey, bytes]]) -> None:
-        """Store encoded KPI updates in one round trip: one HSET per window and one per
-        window size's latest values, whatever the number of updates."""
+    @property
+    def _alerts_key(self) -> str:
+        return f"{self.prefix}:alerts:firing"
+
+    async def write(self, updates: Iterable[tuple[KpiKey, bytes]], alerts: Iterable[bytes] = ()) -> None:
+        """Store encoded KPI updates and alert events in one round trip: one HSET per window
+        and one per window size's latest values, whatever the number of updates."""
         windows: defaultdict[str, dict[str, bytes]] = defaultdict(dict)
         latest: defaultdict[str, dict[str, bytes]] = defaultdict(dict)
         for key, body in updates:
@@ -71,9 +79,22 @@ class RedisView:
             if key.window_start >= self._newest.get(series, key.window_start):
                 self._newest[series] = key.window_start
                 latest[self._latest_key(key.window_seconds)][field] = body
-        if not windows:
+        firing: dict[str, bytes] = {}
+        resolved: list[str] = []
+        for body in alerts:
+            event = _alert_decoder.decode(body)
+            if event.status == "firing":
+                firing[event.incident_id] = body
+            else:
+                firing.pop(event.incident_id, None)
+                resolved.append(event.incident_id)
+        if not windows and not firing and not resolved:
             return
         pipe = self.client.pipeline(transaction=False)
+        if resolved:
+            pipe.hdel(self._alerts_key, *resolved)
+        if firing:
+            pipe.hset(self._alerts_key, mapping=firing)  # type: ignore[arg-type]
         for window_key, fields in windows.items():
             pipe.hset(window_key, mapping=fields)  # type: ignore[arg-type]
             pipe.expire(window_key, HISTORY_SECONDS)
@@ -95,6 +116,11 @@ class RedisView:
             start: [_update_decoder.decode(body) for body in bodies if body is not None]
             for start, bodies in zip(starts, replies, strict=True)
         }
+
+    async def firing_alerts(self) -> list[AlertEvent]:
+        """The drop alerts firing now (few: one per open incident)."""
+        bodies = (await self.client.hgetall(self._alerts_key)).values()
+        return sorted((_alert_decoder.decode(b) for b in bodies), key=lambda a: a.first_breach_start)
 
     async def latest(
         self, query: ViewQuery, kpis: Iterable[str] = (), channels: Iterable[str] = ()

@@ -77,7 +77,7 @@ class KpiTableAgent:
         for rule in alert_rules:  # every series from the start, so increase() sees the first one
             for status in ("firing", "resolved"):
                 for cause in Cause:
-                    metrics.alerts.labels(rule.name, status, cause.value)
+                    metrics.alerts.labels(rule.name, rule.kpi.name, status, cause.value)
             for result in ("ok", "breach", "unjudged"):
                 metrics.alert_judgements.labels(rule.name, result)
         self.metrics = metrics
@@ -183,7 +183,7 @@ class KpiTableAgent:
         for (rule, result), amount in outputs.judgements.items():
             self.metrics.alert_judgements.labels(rule, result).inc(amount)
         for event in outputs.fired:
-            self.metrics.alerts.labels(event.rule, event.status, event.cause).inc()
+            self.metrics.alerts.labels(event.rule, event.kpi, event.status, event.cause).inc()
 
     async def _publish(self, partition: int, outputs: Outputs) -> None:
         """Gauges and the Redis view first, so whoever sees a value on a topic finds them
@@ -207,7 +207,9 @@ class KpiTableAgent:
                 if update.final:
                     self.last_closed.observe(kpi_key, update.value)
         encoded = [(kpi_key, _encoder.encode(update), update.final) for kpi_key, update in updates]
-        await self._write_view([(kpi_key, body) for kpi_key, body, _ in encoded])
+        await self._write_view(
+            [(kpi_key, body) for kpi_key, body, _ in encoded], [body for _, body in outputs.alerts]
+        )
         settings = self.settings
         messages: list[OutputMessage] = []
         for kpi_key, body, final in encoded:
@@ -237,11 +239,14 @@ class KpiTableAgent:
             for (key, state, window_end), count in zip(cells, counts, strict=True)
         ]
 
-    async def _write_view(self, updates: list[tuple[KpiKey, bytes]]) -> None:
+    async def _write_view(self, updates: list[tuple[KpiKey, bytes]], alerts: list[bytes]) -> None:
         view = self.view
         assert view is not None
         await until_redis_answers(
-            lambda: view.write(updates), "the Redis view", self.metrics.redis_up, self.metrics.view_errors
+            lambda: view.write(updates, alerts),
+            "the Redis view",
+            self.metrics.redis_up,
+            self.metrics.view_errors,
         )
 
 

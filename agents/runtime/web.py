@@ -23,9 +23,20 @@ from agents.redis.view import RedisView, ViewQuery, series_field
 from agents.runtime.health import Health, Verdict
 from agents.settings import Settings
 from streams.contracts.deltas import ALL, ALL_TIME
-from streams.contracts.outputs import KpiKey
-from streams.core.board import DEFAULT_POINTS, MAX_POINTS, board_data, window_starts
+from streams.contracts.outputs import KpiKey, KpiUpdate
+from streams.core.board import (
+    DAY,
+    DEFAULT_POINTS,
+    MAX_POINTS,
+    WEEK,
+    board_data,
+    earlier_window,
+    newest_start,
+    shown_window,
+    window_starts,
+)
 from streams.core.cells import KPI_NAMES
+from streams.core.roles import OVERVIEW, VIEWS
 
 PAGE = Path(__file__).with_name("board.html")
 #: Answer without the web token: what Prometheus and the orchestrator's probes call.
@@ -106,30 +117,48 @@ class WebServer(Service):
         return web.Response(text=PAGE.read_text(encoding="utf-8"), content_type="text/html")
 
     async def _board(self, request: web.Request) -> web.Response:
-        """GET /api/board?window=60&campaign=*&points=30 -> every KPI per channel, with history."""
-        window = self._window(request, with_running_total=False)
+        """GET /api/board?view=seo&window=3600&campaign=*&points=30 -> the view's cards."""
+        role = VIEWS.get(request.query.get("view", OVERVIEW.name))
+        if role is None:
+            raise web.HTTPBadRequest(text=f"view must be one of {', '.join(VIEWS)}")
+        size = self._window(request, with_running_total=False)
         campaign = request.query.get("campaign", ALL)
         try:
             points = min(max(int(request.query.get("points", DEFAULT_POINTS)), 1), MAX_POINTS)
         except ValueError:
             raise web.HTTPBadRequest(text="points must be a whole number") from None
-        assert self._view is not None
+        windowing = self.settings.windows.windowing
+        view = self._view
+        assert view is not None
+        # Only this campaign's all-channel series of the view's KPIs: the hashes hold every
+        # campaign's, and the board polls.
+        fields = [series_field(KpiKey(kpi, size, 0, ALL, campaign)) for kpi in role.kpis]
         try:
-            # Only this campaign's series: the hash holds every campaign's, and the board polls.
-            latest = await self._view.latest(
-                ViewQuery(window, campaign=campaign), self.known["kpi"], self.known["channel"]
-            )
-            newest = max((int(u.window_start.timestamp()) for u in latest), default=None)
-            starts = (
-                []
-                if newest is None
-                else window_starts(self.settings.windows.windowing, window, newest, points)
-            )
-            fields = [series_field(KpiKey(u.kpi, window, 0, u.channel, u.campaign)) for u in latest]
-            history = await self._view.window_values(window, starts, fields)
+            latest = await view.latest(ViewQuery(size, campaign=campaign), role.kpis, (ALL,))
+            newest = newest_start(latest)
+            starts: set[int] = set()
+            if newest is not None:
+                # The sparkline up to the newest window and the one before it (either can be
+                # shown), and the windows a day and a week before each.
+                for start in window_starts(windowing, size, newest, points + 1):
+                    starts.add(start)
+                for start in window_starts(windowing, size, newest, 2):
+                    starts |= {earlier_window(windowing, size, start, s) for s in (DAY, WEEK)}
+            history = await view.window_values(size, sorted(starts), fields)
+            shown = shown_window(windowing, size, latest, history)
+            split: list[KpiUpdate] = []
+            if shown is not None:
+                channels = sorted(self.known["channel"] - {ALL})
+                every_channel = [
+                    series_field(KpiKey(kpi, size, 0, channel, campaign))
+                    for kpi in role.kpis
+                    for channel in channels
+                ]
+                split = (await view.window_values(size, [shown.start], every_channel))[shown.start]
+            alerts = await view.firing_alerts()
         except (RedisError, OSError) as exc:
             raise web.HTTPServiceUnavailable(text=f"the Redis view is unavailable: {exc}") from None
-        body = board_data(self.settings.windows.windowing.sizes, window, campaign, starts, latest, history)
+        body = board_data(role, windowing, size, campaign, shown, history, split, alerts, points)
         return web.Response(body=_encoder.encode(body), content_type="application/json")
 
     @web.middleware

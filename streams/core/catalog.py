@@ -10,6 +10,7 @@ are counted once each, by the event that starts them (``streams.core.sessions``)
 
 from __future__ import annotations
 
+import enum
 import functools
 from dataclasses import dataclass
 
@@ -186,6 +187,14 @@ def uniques_of(event: EventBase, recipient_key: str | None) -> tuple[Unique, ...
     return ()
 
 
+class Unit(enum.Enum):
+    """What a KPI's value measures, which decides how it is shown and which metric holds it."""
+
+    COUNT = "count"  # events, sessions, visitors (net counts may be negative)
+    RATIO = "ratio"  # a fraction, 0 to 1
+    SECONDS = "seconds"
+
+
 @dataclass(frozen=True, slots=True)
 class Kpi:
     """A KPI: ``sum(plus) - sum(minus)``, divided by ``denominator`` when it is a ratio."""
@@ -196,6 +205,7 @@ class Kpi:
     denominator: str | None = None
     scale: float = 1.0
     description: str = ""
+    unit: Unit = Unit.COUNT
 
     @property
     def inputs(self) -> frozenset[str]:
@@ -214,6 +224,7 @@ CATALOG: tuple[Kpi, ...] = (
         denominator="engagements",
         scale=0.001,
         description="mean engaged seconds per page view that reported engagement",
+        unit=Unit.SECONDS,
     ),
     Kpi("net_subscribers", ("subscribes",), ("unsubscribes",), description="subscribes - unsubscribes"),
     Kpi("net_follows", ("follows",), ("unfollows",), description="follows - unfollows"),
@@ -225,6 +236,7 @@ CATALOG: tuple[Kpi, ...] = (
         ("email_unique_opens",),
         denominator="emails_delivered",
         description="unique human opens / delivered",
+        unit=Unit.RATIO,
     ),
     Kpi("email_machine_opens", ("email_machine_opens",), description="opens by privacy proxies"),
     Kpi(
@@ -232,22 +244,35 @@ CATALOG: tuple[Kpi, ...] = (
         ("email_unique_clicks",),
         denominator="emails_delivered",
         description="unique email clicks / delivered",
+        unit=Unit.RATIO,
     ),
     Kpi(
         "ad_click_through_rate",
         ("ad_clicks",),
         denominator="ad_impressions",
         description="ad clicks / ad impressions",
+        unit=Unit.RATIO,
     ),
     Kpi(
         "social_click_through_rate",
         ("social_clicks",),
         denominator="post_impressions",
         description="post clicks / post impressions",
+        unit=Unit.RATIO,
     ),
     Kpi("leads", ("leads",), description="leads"),
-    Kpi("lead_conversion_rate", ("leads",), denominator="sessions", description="leads / sessions"),
+    Kpi(
+        "lead_conversion_rate",
+        ("leads",),
+        denominator="sessions",
+        description="leads / sessions",
+        unit=Unit.RATIO,
+    ),
 )
+#: The approximate distinct visitors of a cell (a HyperLogLog count, not a catalog formula).
+UNIQUE_VISITORS = "unique_visitors"
+#: Every KPI a cell publishes (the catalog's and the visitor estimate) and its unit.
+KPI_UNITS: dict[str, Unit] = {kpi.name: kpi.unit for kpi in CATALOG} | {UNIQUE_VISITORS: Unit.COUNT}
 
 
 @dataclass(frozen=True, slots=True)

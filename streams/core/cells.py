@@ -16,7 +16,7 @@ import msgspec
 from streams.contracts.deltas import ALL_TIME, CellKey, Delta
 from streams.contracts.outputs import KpiKey, KpiUpdate
 from streams.contracts.versions import KPI_UPDATE_VERSION
-from streams.core.catalog import CATALOG, affected, evaluate
+from streams.core.catalog import KPI_UNITS, UNIQUE_VISITORS, affected, evaluate
 
 
 class CellState(msgspec.Struct, frozen=True, kw_only=True):
@@ -68,9 +68,8 @@ def apply_delta(
     )
 
 
-UNIQUE_VISITORS = "unique_visitors"
 #: Every KPI a cell publishes: the catalog's and the visitor estimate.
-KPI_NAMES = frozenset({kpi.name for kpi in CATALOG} | {UNIQUE_VISITORS})
+KPI_NAMES = frozenset(KPI_UNITS)
 
 
 def kpi_updates(

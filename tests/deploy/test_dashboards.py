@@ -1,5 +1,6 @@
-"""The provisioned Grafana dashboards: structure, ids, variables, and PromQL that parses
-(promtool checks every expression as a recording rule)."""
+"""The provisioned Grafana dashboards: two folders (the team's, one per role), written from the
+catalog and the roles, structure, ids, variables, a metric of the right unit for every KPI, and
+PromQL that parses (promtool checks every expression as a recording rule)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,14 @@ from typing import Any
 import pytest
 import yaml
 
+from agents.metrics.registry import kpi_metric
+from devtools.dashboards import GRAFANA_UNITS, stale_files
+from streams.core.catalog import KPI_UNITS
+from streams.core.roles import ROLES, Role
+
 ROOT = Path(__file__).resolve().parents[2]
-DASHBOARDS = sorted((ROOT / "deploy" / "grafana" / "dashboards").glob("*.json"))
+FOLDER = ROOT / "deploy" / "grafana" / "dashboards"
+DASHBOARDS = sorted(FOLDER.rglob("*.json"))
 PROMTOOL = ROOT / ".tools" / "promtool"
 #: Values for Grafana's variables, to parse the expressions as Prometheus would receive them.
 VARIABLE_VALUES = {"$window": "3600s", "$campaign": "spring_sale", "$__rate_interval": "5m"}
@@ -29,9 +36,48 @@ def expressions(dashboard: dict[str, Any]) -> list[str]:
     return exprs
 
 
-def test_there_are_an_overview_a_campaign_drill_down_and_pipeline_health() -> None:
-    assert {path.stem for path in DASHBOARDS} == {"overview", "campaign", "pipeline"}
+def test_the_team_folder_and_one_board_per_role_are_provisioned() -> None:
+    folders = {path.relative_to(FOLDER).as_posix() for path in DASHBOARDS}
+    assert folders == {"team/overview.json", "team/campaign.json", "team/pipeline.json"} | {
+        f"roles/{role.name}.json" for role in ROLES
+    }
     assert len({load(path)["uid"] for path in DASHBOARDS}) == len(DASHBOARDS)
+    providers = yaml.safe_load((ROOT / "deploy/grafana/provisioning/dashboards/mkpi.yml").read_text())
+    mounted = "/var/lib/grafana/dashboards"  # docker-compose mounts deploy/grafana/dashboards there
+    paths = {p["folder"]: p["options"]["path"].removeprefix(mounted + "/") for p in providers["providers"]}
+    assert paths == {"Marketing KPIs": "team", "Marketing KPIs by role": "roles"}
+
+
+def test_the_generated_dashboards_are_up_to_date() -> None:
+    assert stale_files(FOLDER) == [], "run 'mkpi dashboards' and commit the result"
+
+
+@pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.stem)
+def test_every_kpi_is_read_from_the_metric_of_its_unit(path: Path) -> None:
+    """A ratio from mkpi_kpi_current_ratio, seconds from ..._seconds, counts from the plain one;
+    and the panel's unit says the same."""
+    for panel in load(path)["panels"]:
+        for target in panel["targets"]:
+            for metric, kpi in re.findall(
+                r'(mkpi_kpi_(?:current|last_closed)\w*)\{kpi="(\w+)"', target["expr"]
+            ):
+                base = "mkpi_kpi_current" if metric.startswith("mkpi_kpi_current") else "mkpi_kpi_last_closed"
+                assert metric == kpi_metric(base, kpi), (path.name, panel["title"], metric, kpi)
+                if panel["type"] != "stat" or "before" not in panel["title"]:
+                    assert panel["fieldConfig"]["defaults"]["unit"] == GRAFANA_UNITS[KPI_UNITS[kpi]], panel
+
+
+@pytest.mark.parametrize("role", ROLES, ids=lambda r: r.name)
+def test_a_roles_board_holds_its_kpis_with_comparisons_and_its_alerts(role: Role) -> None:
+    dashboard = load(FOLDER / "roles" / f"{role.name}.json")
+    text = json.dumps(dashboard)
+    assert set(re.findall(r'kpi=\\"([a-z_]+)\\"', text)) == set(role.kpis)
+    for kpi in role.kpis:
+        assert f'kpi=\\"{kpi}\\"' in text and "offset 1d" in text and "offset 1w" in text
+    kinds = [panel["type"] for panel in dashboard["panels"]]
+    assert kinds.count("bargauge") == len(role.kpis), "a channel split per KPI"
+    for annotation in dashboard["annotations"]["list"]:
+        assert "|".join(role.kpis) in annotation["expr"], "only the role's alerts"
 
 
 @pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.stem)
@@ -62,13 +108,6 @@ def test_structure_ids_datasource_and_variables(path: Path) -> None:
     assert any("ALERTS" in a.get("expr", "") for a in dashboard["annotations"]["list"]), "alert annotations"
 
 
-def test_time_on_page_panels_are_in_seconds() -> None:
-    for path in DASHBOARDS:
-        for panel in load(path)["panels"]:
-            if any("time_on_page" in target["expr"] for target in panel["targets"]):
-                assert panel["fieldConfig"]["defaults"]["unit"] == "s", (path.name, panel["title"])
-
-
 def catalog_kpis() -> set[str]:
     """The KPI names of README's KPI table (its first column)."""
     table = (ROOT / "README.md").read_text().split("| kpi | value | from |")[1].split("\n\n")[0]
@@ -79,7 +118,7 @@ def test_every_kpi_of_the_catalog_is_on_the_overview_and_the_drill_down() -> Non
     kpis = catalog_kpis()
     assert len(kpis) == 19, kpis
     for name in ("overview", "campaign"):
-        text = (ROOT / "deploy" / "grafana" / "dashboards" / f"{name}.json").read_text()
+        text = (FOLDER / "team" / f"{name}.json").read_text()
         shown = set(re.findall(r'kpi=\\"([a-z_]+)\\"', text))
         assert kpis <= shown, (name, kpis - shown)
 

@@ -37,6 +37,7 @@ from aiokafka.partitioner import DefaultPartitioner
 
 from agents.kafka.connections import kafka_options
 from agents.kafka.topics import ensure_topics
+from agents.metrics.registry import kpi_metric
 from agents.settings import Settings
 from devtools.generator import DUPLICATE, VALID, Fractions, Message, Scenario
 from devtools.stack.kafka import KafkaBroker
@@ -350,14 +351,37 @@ def merged_metrics(workers: list[WorkerProcess]) -> dict[tuple[str, Any], float]
     merged: dict[tuple[str, Any], float] = {}
     for samples in (worker.metrics() for worker in workers):
         for (name, labels), value in samples.items():
-            if name == "mkpi_measure_total":
+            if name in MEASURE_METRICS:
                 merged[(name, labels)] = merged.get((name, labels), 0.0) + value
         for (name, labels), start in samples.items():
             key = ("mkpi_kpi_last_closed_window_start_seconds", labels)
             if name == key[0] and start >= merged.get(key, start):
                 merged[key] = start
-                merged[("mkpi_kpi_last_closed", labels)] = samples[("mkpi_kpi_last_closed", labels)]
+                value_metric = kpi_metric("mkpi_kpi_last_closed", dict(labels)["kpi"])
+                merged[("mkpi_kpi_last_closed", labels)] = samples[(value_metric, labels)]
     return merged
+
+
+#: The raw counters' metrics, and how to read a measure's amount from each: the counts carry
+#: the measure as a label; the sums are metrics of their own, in their own units.
+MEASURE_METRICS = {
+    "mkpi_measure_total": (None, 1),
+    "mkpi_engaged_seconds_total": ("engaged_ms", 1000),
+    "mkpi_lead_value_cents_total": ("lead_value_cents", 1),
+}
+
+
+def measure_counters(samples: dict[tuple[str, Any], float]) -> dict[tuple[str, str, str], int]:
+    """(measure, channel, campaign) -> amount, from every raw counter metric (zeros left out)."""
+    counters = {}
+    for (name, labels), value in samples.items():
+        if name in MEASURE_METRICS and value:
+            label = dict(labels)
+            measure, factor = MEASURE_METRICS[name]
+            counters[(measure or label["measure"], label["channel"], label["campaign"])] = round(
+                value * factor
+            )
+    return counters
 
 
 CHAOS = os.environ.get("CHAOS_TESTS") == "1"
@@ -601,11 +625,7 @@ async def test_every_kpi_of_every_window_is_exact(tmp_path: Path, run: str) -> N
         restarted = kills or plan.faults
         if not restarted:  # a restarted worker counts from zero
             known = {measure for measure, _, _ in expected.minute_measures}
-            counters = {
-                (labels[2][1], labels[1][1], labels[0][1]): value
-                for (name, labels), value in samples.items()
-                if name == "mkpi_measure_total" and value and labels[2][1] in known
-            }
+            counters = {key: value for key, value in measure_counters(samples).items() if key[0] in known}
             assert counters == expected.minute_measures, differences(expected.minute_measures, counters)
         # Windows go on closing while the test reads (idle partitions' watermarks follow the
         # clock), so a gauge may show a newer window than the results read above: read the

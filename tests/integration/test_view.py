@@ -1,6 +1,9 @@
-"""The Redis view on the real server: the board's poll reads one campaign's series only."""
+"""The Redis view on the real server: the board's poll reads one campaign's series only, and
+firing alerts stay until they resolve."""
 
 from __future__ import annotations
+
+from datetime import UTC, datetime
 
 import msgspec
 import pytest
@@ -8,7 +11,7 @@ import pytest
 from agents.redis.connections import redis_client
 from agents.redis.view import RedisView, ViewQuery
 from agents.settings import Settings
-from streams.contracts.outputs import KpiKey
+from streams.contracts.outputs import AlertEvent, KpiKey
 from tests.agents.redis.test_view import update
 from tests.support import isolated_settings
 
@@ -47,3 +50,44 @@ async def test_a_campaigns_latest_values_are_read_by_field_not_the_whole_hash(lo
         assert len(await view.latest(ViewQuery(60))) == len(updates), "all campaigns: the whole hash"
     finally:
         await client.aclose()
+
+
+async def test_firing_alerts_are_kept_until_their_incident_resolves(local_stack: Settings) -> None:
+    settings = isolated_settings()
+    client = redis_client(settings)
+    view = RedisView(client, settings.topics.app_id)
+    try:
+        firing = [alert_event(kpi, "firing") for kpi in ("leads", "email_open_rate")]
+        await view.write([], [msgspec.json.encode(a) for a in firing])
+        assert await view.firing_alerts() == sorted(firing, key=lambda a: a.first_breach_start)
+        # The same flush may carry an incident's firing and its resolution: nothing stays.
+        late = alert_event("shares", "firing")
+        resolved = [alert_event("leads", "resolved"), late, alert_event("shares", "resolved")]
+        await view.write([], [msgspec.json.encode(a) for a in resolved])
+        assert [a.kpi for a in await view.firing_alerts()] == ["email_open_rate"]
+    finally:
+        await client.aclose()
+
+
+def alert_event(kpi: str, status: str) -> AlertEvent:
+    at = datetime(2026, 12, 1, len(kpi) % 24, tzinfo=UTC)
+    return AlertEvent(
+        schema_version="1-0-0",
+        incident_id=f"incident-{kpi}",
+        status=status,  # type: ignore[arg-type]
+        rule=f"{kpi}-drop",
+        severity="warning",
+        cause="kpi_fell",
+        detail="fell",
+        kpi=kpi,
+        window_seconds=3600,
+        window_start=at,
+        first_breach_start=at,
+        scope="overall",
+        channel="*",
+        campaign="*",
+        value=1.0,
+        baseline=2.0,
+        breached_windows=1,
+        emitted_at=at,
+    )

@@ -1,8 +1,10 @@
 from types import SimpleNamespace
 
 import pytest
+from aiokafka import TopicPartition
+from aiokafka.errors import GroupAuthorizationFailedError, GroupCoordinatorNotAvailableError, KafkaError
 
-from agents.kafka.fencing import GroupMembership, NotInGroupError, membership
+from agents.kafka.fencing import GroupMembership, NotInGroupError, membership, stable_committed_offsets
 
 
 def consumer_in(generation: int, member_id: str) -> object:
@@ -21,3 +23,35 @@ def test_a_consumer_outside_the_group_may_not_commit(generation: int, member_id:
     """The broker skips its generation check for generation -1, so the refusal must be ours."""
     with pytest.raises(NotInGroupError, match="not in group mkpi-ingest now"):
         membership(consumer_in(generation, member_id), "mkpi-ingest")  # type: ignore[arg-type]
+
+
+class CoordinatorComingBack:
+    """An admin client whose group coordinator is unknown for its first ``misses`` lookups, as
+    right after a broker restart; then it answers an offset fetch with no committed offsets."""
+
+    def __init__(self, misses: int, error: type[KafkaError]) -> None:
+        self.misses = misses
+        self.error = error
+        self.lookups = 0
+
+    async def find_coordinator(self, group_id: str) -> int:
+        self.lookups += 1
+        if self.lookups <= self.misses:
+            raise self.error(f"no coordinator for {group_id} yet")
+        return 1
+
+    async def _send_request(self, request: object, node_id: int) -> object:
+        return SimpleNamespace(error_code=0, topics=[])
+
+
+async def test_the_committed_offsets_are_asked_again_while_the_coordinator_is_not_back() -> None:
+    admin = CoordinatorComingBack(3, GroupCoordinatorNotAvailableError)
+    offsets = await stable_committed_offsets(admin, "group", [TopicPartition("raw", 0)])  # type: ignore[arg-type]
+    assert offsets == {} and admin.lookups == 4
+
+
+async def test_an_error_that_does_not_clear_is_raised_at_once() -> None:
+    admin = CoordinatorComingBack(1, GroupAuthorizationFailedError)
+    with pytest.raises(GroupAuthorizationFailedError):
+        await stable_committed_offsets(admin, "group", [TopicPartition("raw", 0)])  # type: ignore[arg-type]
+    assert admin.lookups == 1
