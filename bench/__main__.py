@@ -294,7 +294,7 @@ def run_pipeline(
             )
         )
         path = log_path.with_name(f"{log_path.stem}-{role}{index}.log") if len(roles) > 1 else log_path
-        unknown = () if tree == REPO else NEW_SETTINGS
+        unknown = () if tree == REPO else BASELINE_UNSET
         workers.append((own, path, start_worker(own, path, tree, unknown=unknown)))
     try:
         started = cpu_at_start = None
@@ -393,8 +393,14 @@ CONTENDERS = ("a", "a2", "b", "q", "c0", "c", "c2", "cr")
 WORKER_CONTENDERS = ("c0", "c", "c2", "cr")
 #: The last commit of the first design (Redis first sightings, every event in nine cells).
 BASELINE_COMMIT = "886e7db"
-#: Settings the baseline does not know (it refuses unknown MKPI_* variables).
-NEW_SETTINGS = ("MKPI_RAW_KEYED_BY_SUBJECT", "MKPI_WORKER_ROLE")
+#: Settings the baseline runs without: those it does not know (it refuses unknown MKPI_*
+#: variables), and those whose default changed since, so that it runs as it was.
+BASELINE_UNSET = (
+    "MKPI_RAW_KEYED_BY_SUBJECT",
+    "MKPI_WORKER_ROLE",
+    "MKPI_STATE_SNAPSHOT_ENTRIES",
+    "MKPI_BACKLOG_FLUSH_INTERVAL_SECONDS",
+)
 
 
 def campaign_curve(
