@@ -140,8 +140,7 @@ class WebServer(Service):
             if newest is not None:
                 # The sparkline up to the newest window and the one before it (either can be
                 # shown), and the windows a day and a week before each.
-                for start in window_starts(windowing, size, newest, points + 1):
-                    starts.add(start)
+                starts.update(window_starts(windowing, size, newest, points + 1))
                 for start in window_starts(windowing, size, newest, 2):
                     starts |= {earlier_window(windowing, size, start, s) for s in (DAY, WEEK)}
             history = await view.window_values(size, sorted(starts), fields)

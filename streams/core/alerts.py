@@ -9,8 +9,9 @@ event), and the first window that does not breach closes it (one ``resolved`` ev
 
 A breach is put down to broken tracking rather than a real fall when the KPI's input volume
 collapsed (a source stopped sending: the count behind the numerator or the denominator fell
-below ``tracking_floor`` of what the baseline predicts), or when events of the KPI's source
-types were rejected as bad rows in that window.
+below ``tracking_floor`` of what the baseline predicts). ``judge`` also blames tracking when an
+observation counts bad rows of the KPI's source types, but the engine does not count them yet
+(a bad row often has no usable type or time): rejected events show up as the collapse.
 """
 
 from __future__ import annotations
@@ -224,7 +225,8 @@ def rules_from_mapping(data: Any, origin: str, window_sizes: tuple[int, ...]) ->
 
 class Observation(msgspec.Struct, frozen=True, array_like=True):
     """One closed window of a series: the KPI's numerator and denominator (None for counts),
-    and the bad rows of the KPI's source types in that window and scope."""
+    and the bad rows of the KPI's source types in that window and scope (not counted by the
+    engine yet: always 0 there; kept in the stored layout)."""
 
     numerator: int
     denominator: int | None
