@@ -273,25 +273,18 @@ def role_dashboard(role: Role) -> dict[str, Any]:
                 f"({kpi_metric('mkpi_kpi_last_closed', kpi)}).",
                 stat,
             ),
-            _panel(
-                first + 1,
-                "stat",
-                "vs a day before",
-                (5, y, 3, 7),
-                "percentunit",
-                [_target("A", change_against(closed, "1d"), "change")],
-                "Change against the same window a day before.",
-                changes,
-            ),
-            _panel(
-                first + 2,
-                "stat",
-                "vs a week before",
-                (8, y, 3, 7),
-                "percentunit",
-                [_target("A", change_against(closed, "1w"), "change")],
-                "Change against the same window a week before.",
-                changes,
+            *(
+                _panel(
+                    first + index,
+                    "stat",
+                    f"vs a {period} before",
+                    (2 + 3 * index, y, 3, 7),
+                    "percentunit",
+                    [_target("A", change_against(closed, offset), "change")],
+                    f"Change against the same window a {period} before.",
+                    changes,
+                )
+                for index, (period, offset) in enumerate((("day", "1d"), ("week", "1w")), start=1)
             ),
             _panel(
                 first + 3,
