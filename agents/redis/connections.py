@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlparse
 
+import hiredis
 import redis
 import redis.asyncio as aioredis
 
@@ -25,10 +26,44 @@ def _redis_tls_options(settings: Settings) -> dict[str, Any]:
     return options
 
 
+class _HiredisPacking:
+    """Commands packed by hiredis (C) rather than redis-py's asyncio connection (Python), which
+    reads every argument of a command: ingest's PFADD of a flush carries thousands of visitor
+    ids, and packing them was a twentieth of the ingest process's time."""
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        if isinstance(args[0], str):  # "CONFIG GET" is two words of the protocol
+            args = (*args[0].encode().split(), *args[1:])
+        return [hiredis.pack_command(args)]
+
+
+class _PackedConnection(_HiredisPacking, aioredis.Connection):
+    pass
+
+
+class _PackedSSLConnection(_HiredisPacking, aioredis.SSLConnection):
+    pass
+
+
+class _PackedUnixConnection(_HiredisPacking, aioredis.UnixDomainSocketConnection):
+    pass
+
+
+_PACKED: dict[type[Any], type[Any]] = {
+    aioredis.Connection: _PackedConnection,
+    aioredis.SSLConnection: _PackedSSLConnection,
+    aioredis.UnixDomainSocketConnection: _PackedUnixConnection,
+}
+
+
 def redis_client(settings: Settings, **options: Any) -> aioredis.Redis:
     """An asyncio Redis client for ``MKPI_REDIS_URL`` (its user and password are the ACL
     login) with the configured TLS; ``options`` are redis-py's (timeouts)."""
-    return aioredis.Redis.from_url(settings.redis.url, **_redis_tls_options(settings), **options)
+    client = aioredis.Redis.from_url(settings.redis.url, **_redis_tls_options(settings), **options)
+    pool = client.connection_pool
+    # from_url picks the connection class by the URL's scheme; packing is all that changes.
+    pool.connection_class = _PACKED[pool.connection_class]
+    return client
 
 
 def sync_redis_client(settings: Settings, **options: Any) -> redis.Redis:

@@ -284,7 +284,12 @@ class KpiValue:
 
 
 def evaluate(kpi: Kpi, measures: dict[str, int]) -> KpiValue:
-    numerator = sum(measures.get(m, 0) for m in kpi.plus) - sum(measures.get(m, 0) for m in kpi.minus)
+    get = measures.get  # a loop, not sum() over generators: the agent evaluates every KPI update
+    numerator = 0
+    for measure in kpi.plus:
+        numerator += get(measure, 0)
+    for measure in kpi.minus:
+        numerator -= get(measure, 0)
     if kpi.denominator is None:
         return KpiValue(kpi.name, numerator * kpi.scale, numerator, None)
     denominator = measures.get(kpi.denominator, 0)

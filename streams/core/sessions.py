@@ -81,7 +81,10 @@ def _place_in_client_session(
 ) -> tuple[Placement, SessionState]:
     """The client's session by its id; a derived session the event falls in is that same
     session, seen first through an event without the id (either may be read first)."""
-    index = next((i for i, s in enumerate(state) if s.client == event.client), None)
+    # At most one session holds a client id (it is only given to a session when none has
+    # it); the newest ones are searched first, as an event most often continues one of them.
+    client = event.client
+    index = next((i for i in range(len(state) - 1, -1, -1) if state[i].client == client), None)
     if index is None:
         derived = tuple(s if not s.client else None for s in state)
         index = _containing(derived, event.at, timeout_seconds)
