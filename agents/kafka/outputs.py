@@ -1,9 +1,12 @@
-"""The KPI agent's Kafka outputs: KPI updates, window results and alerts, one batch per topic.
+"""The KPI agent's Kafka outputs: the KPI table's changelog writes, KPI updates, window results
+and alerts, one batch per topic.
 
 Every output of a delta message goes to the output partition of the message's delta
 partition: all series of a (channel, campaign) live on one delta partition, so each KPI key
 always lands on the same output partition (compaction and "latest per key" hold), and the
-outputs of a whole delta message make one produce request per topic.
+outputs of a whole delta message make one produce request per topic. The table's changelog has
+as many partitions as the delta topic, so a delta partition's table writes land where Faust
+recovers that partition's table from.
 
 The agent's own aiokafka producer builds those batches; Faust's producer sends one message at a
 time. ``publish`` returns once the broker has acknowledged every batch, so a delta message only
@@ -23,7 +26,8 @@ from agents.settings import Settings
 #: Produce batches up to this size; a delta message's outputs are a few hundred kilobytes.
 MAX_BATCH_BYTES = 1024 * 1024
 
-OutputMessage = tuple[str, bytes, bytes]
+#: (topic, key, value); a None value is a changelog tombstone.
+OutputMessage = tuple[str, bytes, bytes | None]
 
 
 class OutputPublisher:
@@ -53,7 +57,7 @@ class OutputPublisher:
         """Send ``messages`` (topic, key, value), in order per topic, and wait for the acks."""
         producer = self._producer
         assert producer is not None, "start() the publisher first"
-        by_topic: defaultdict[str, list[tuple[bytes, bytes]]] = defaultdict(list)
+        by_topic: defaultdict[str, list[tuple[bytes, bytes | None]]] = defaultdict(list)
         for topic, key, value in messages:
             by_topic[topic].append((key, value))
         sent = []

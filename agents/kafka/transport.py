@@ -9,7 +9,8 @@ It is Faust's stock aiokafka transport with three changes, registered under the 
 - The consumer's gaps (offsets without a record, such as transaction markers) leave out the
   record after them, which Faust counted twice and so held its commits back.
 - The producer's ``flush`` waits until the broker has acknowledged every message handed to
-  ``send_soon`` (table changelog writes) before the flush began. Faust flushes before it
+  ``send_soon`` (the table changelog writes the agent makes through Faust: the offset whose
+  outputs are out) before the flush began. Faust flushes before it
   commits consumer offsets, but its own buffer flush returns once no message went out for
   0.1 s, without the one its sender task holds (an offset could be committed while the
   changelog write of the delta behind it was still in memory: a SIGKILL then lost that
@@ -27,17 +28,10 @@ from faust.exceptions import ProducerSendError
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types.tuples import TP, FutureMessage
 
-from streams.contracts.deltas import DELTAS_PER_MESSAGE
-
 URL_SCHEME = "mkpi-kafka"
 
 #: How long a flush waits for buffered writes before it fails the commit.
 FLUSH_TIMEOUT_SECONDS = 60.0
-#: Changelog writes the producer buffer holds before Faust stops feeding the agent. Faust's
-#: default of 100 is less than one delta message's writes (up to ``DELTAS_PER_MESSAGE``), and
-#: its wait counts one send per turn of the event loop: a busy worker's agent then spent
-#: seconds per message waiting and fell behind ingest in a soak run.
-CHANGELOG_BUFFER_MESSAGES = 10 * DELTAS_PER_MESSAGE
 
 
 class ReadCommittedConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
@@ -107,7 +101,6 @@ class DurableFlushProducer(faust_aiokafka.Producer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.acknowledgements = Acknowledgements()
-        self.buffer.max_messages = CHANGELOG_BUFFER_MESSAGES
 
     def send_soon(self, fut: FutureMessage) -> None:
         self.acknowledgements.track(fut)

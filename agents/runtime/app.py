@@ -23,8 +23,6 @@ from streams.core.attribution import ChannelRules
 from streams.core.privacy import Pseudonymizer
 
 KPI_TABLE_NAME = "kpi-values"
-CHANGELOG_LINGER_SECONDS = 0.005
-CHANGELOG_BATCH_BYTES = 1024 * 1024
 
 
 def create_app(settings: Settings, metrics: Metrics | None = None) -> faust.App:
@@ -48,12 +46,6 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> faust.App:
         web_port=settings.web.port,
         key_serializer="raw",
         value_serializer="raw",
-        # The table's changelog: Faust sends one message per table write. With its defaults (no
-        # linger, 16 kB batches) aiokafka's sender and socket writes took a fifth of the agent's
-        # samples, 7% with 5 ms, which gathers a delta message's writes into a few requests.
-        producer_linger=CHANGELOG_LINGER_SECONDS,
-        producer_max_batch_size=CHANGELOG_BATCH_BYTES,
-        producer_max_request_size=CHANGELOG_BATCH_BYTES,
     )
     deltas = app.topic(
         settings.topics.deltas_topic, partitions=settings.topics.partitions, key_type=bytes, value_type=bytes

@@ -41,13 +41,15 @@ _encoder = msgspec.json.Encoder()
 
 
 class TableStore:
-    """The Faust table as the engine's ``CellStore``: every write goes to its changelog."""
+    """The Faust table as the engine's ``CellStore``: every write goes to its changelog through
+    Faust's producer (which the worker's commits wait for). The agent writes the published
+    record's offset this way; everything else a message changes goes in ``BatchedTableStore``."""
 
     def __init__(self, table: TableT[bytes, bytes]) -> None:
         self.table = table
 
     def get(self, key: bytes) -> bytes | None:
-        value: bytes | None = self.table.get(key)
+        value: bytes | None = self.table.data.get(key)
         return value
 
     def put(self, key: bytes, value: bytes) -> None:
@@ -57,7 +59,30 @@ class TableStore:
         self.table.pop(key, None)
 
     def items(self) -> Iterable[tuple[bytes, bytes]]:
-        return self.table.items()
+        return self.table.data.items()
+
+
+class BatchedTableStore(TableStore):
+    """The table, with the changelog writes of a delta message kept for the agent to send in
+    one produce batch with the message's outputs. Faust's producer sends one message per write,
+    each its own future on its buffer: that was about a fifth of the agent's time."""
+
+    def __init__(self, table: TableT[bytes, bytes]) -> None:
+        super().__init__(table)
+        self.changes: dict[bytes, bytes | None] = {}
+
+    def put(self, key: bytes, value: bytes) -> None:
+        self.table.data[key] = value
+        self.changes[key] = value
+
+    def delete(self, key: bytes) -> None:
+        self.table.data.pop(key, None)
+        self.changes[key] = None
+
+    def take_changes(self) -> dict[bytes, bytes | None]:
+        """The newest value of each key written since the last call (None: deleted)."""
+        changes, self.changes = self.changes, {}
+        return changes
 
 
 class KpiTableAgent:
@@ -71,7 +96,10 @@ class KpiTableAgent:
         alert_rules: tuple[AlertRule, ...],
     ) -> None:
         self.table = table
-        self.store = TableStore(table)
+        self.store = BatchedTableStore(table)
+        #: For the published record's offset, written after the outputs are acknowledged.
+        self.direct_store = TableStore(table)
+        self.changelog_topic = table.changelog_topic.get_topic_name()
         self.engine = KpiEngine(settings.windows.policy, alert_rules)
         self.publisher = OutputPublisher(settings)
         for rule in alert_rules:  # every series from the start, so increase() sees the first one
@@ -167,9 +195,14 @@ class KpiTableAgent:
         in the table that its outputs are out."""
         outputs = self.engine.apply(partition, offset, value, self.store)
         self._count(outputs)
-        if not outputs.counts["deltas_invalid"]:
-            await self._publish(partition, outputs)
-        self.engine.published(partition, offset, self.store)
+        changelog: list[OutputMessage] = [
+            (self.changelog_topic, key, changed) for key, changed in self.store.take_changes().items()
+        ]
+        if outputs.counts["deltas_invalid"]:
+            await self.publisher.publish(partition, changelog)
+        else:
+            await self._publish(partition, outputs, changelog)
+        self.engine.published(partition, offset, self.direct_store)
 
     def _count(self, outputs: Outputs) -> None:
         for name, amount in outputs.counts.items():
@@ -185,10 +218,10 @@ class KpiTableAgent:
         for event in outputs.fired:
             self.metrics.alerts.labels(event.rule, event.kpi, event.status, event.cause).inc()
 
-    async def _publish(self, partition: int, outputs: Outputs) -> None:
+    async def _publish(self, partition: int, outputs: Outputs, changelog: list[OutputMessage]) -> None:
         """Gauges and the Redis view first, so whoever sees a value on a topic finds them
-        already there; then one batch per topic: the latest values, the results of closed
-        windows, and the alert events."""
+        already there; then one batch per topic: the table's changelog writes, the latest
+        values, the results of closed windows, and the alert events."""
         now = datetime.now(UTC)
         updates: list[tuple[KpiKey, KpiUpdate]] = []
         counted: list[tuple[CellKey, CellState, int | None]] = []
@@ -211,15 +244,14 @@ class KpiTableAgent:
             [(kpi_key, body) for kpi_key, body, _ in encoded], [body for _, body in outputs.alerts]
         )
         settings = self.settings
-        messages: list[OutputMessage] = []
+        messages = changelog
         for kpi_key, body, final in encoded:
             raw_key = kpi_key.encode()
             messages.append((settings.topics.kpi_updates_topic, raw_key, body))
             if final:
                 messages.append((settings.topics.window_results_topic, raw_key, body))
         messages += [(settings.topics.alerts_topic, key, body) for key, body in outputs.alerts]
-        if messages:
-            await self.publisher.publish(partition, messages)
+        await self.publisher.publish(partition, messages)
 
     async def _unique_visitors(
         self, cells: list[tuple[CellKey, CellState, int | None]], now: datetime
