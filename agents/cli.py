@@ -15,7 +15,6 @@ import os
 import secrets
 import shutil
 import signal
-import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -175,41 +174,42 @@ def _stack(settings: Settings, action: str) -> int:
 
 
 def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
-    """Stack up, worker in a child process, generator in this one; Ctrl-C stops both."""
-    from devtools.stack.process import terminate_pid, wait_for_http
+    """Stack up, the workers in child processes, generator in this one; Ctrl-C stops them all."""
+    from devtools.stack.workers import LocalWorkers, default_ingest_processes
 
     settings.validate_for_worker()
     if cmd_stack(settings, argparse.Namespace(action="up")):
         return 1
-    log_path = Path(settings.stack.stack_dir) / "logs" / f"worker-{settings.topics.app_id}.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab") as log_file:
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "agents.cli", "worker"],
-            env=os.environ.copy(),
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
+    ingest_processes = default_ingest_processes() if args.ingest_processes is None else args.ingest_processes
+    workers = LocalWorkers(settings, ingest_processes, Path(settings.stack.stack_dir) / "logs")
+    workers.start()
     try:
-        if not wait_for_http(f"{settings.web.url}/healthz", worker, timeout=120):
-            print(f"the worker did not become healthy; see {log_path}", file=sys.stderr)
+        if (unhealthy := workers.unhealthy(timeout=120)) is not None:
+            print(
+                f"the worker {unhealthy.label} did not become healthy; see {unhealthy.log_path}",
+                file=sys.stderr,
+            )
             return 1
+        processes = "\n".join(
+            f"                {worker.label} ({worker.settings.worker.worker_role}): "
+            f"{worker.settings.web.url}/metrics, log {worker.log_path}"
+            for worker in workers.workers
+        )
         print(
             "\nmkpi is running.\n"
             f"  live board:   {settings.web.url}/board\n"
             f"  metrics:      {settings.web.url}/metrics   (look for mkpi_kpi_current)\n"
-            f"  worker log:   {log_path}\n"
+            f"  workers:\n{processes}\n"
             f"  query:        {program()} query --kpi organic_traffic   or   {settings.web.url}/api/kpis\n"
             f"  KPI topic:    {settings.topics.kpi_updates_topic} on {settings.kafka.bootstrap}\n"
             f"  raw events:   {settings.topics.raw_topic}   bad rows: {settings.topics.bad_rows_topic}\n"
-            "  stop:         Ctrl-C (stops the generator and the worker); "
+            "  stop:         Ctrl-C (stops the generator and the workers); "
             f"'{program()} stack down' stops Kafka and Redis\n",
             flush=True,
         )
         return cmd_generate(settings, args)
     finally:
-        terminate_pid(worker.pid, grace_seconds=30)
-        worker.wait()
+        workers.stop(grace_seconds=30)
 
 
 def cmd_schemas(settings: Settings, args: argparse.Namespace) -> int:
@@ -308,6 +308,16 @@ def cmd_config(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number, 0 or more, got {text!r}")
+    return value
+
+
 def build_parser(stories: dict[str, str] | None = None) -> argparse.ArgumentParser:
     """The command line; ``stories`` (name -> description) are the generator's, given only
     when the command is ``generate``."""
@@ -353,7 +363,13 @@ def build_parser(stories: dict[str, str] | None = None) -> argparse.ArgumentPars
     generate.add_argument("--hours", type=int, default=0, help="shorten or lengthen the --story")
     stack = sub.add_parser("stack", help="the local Kafka broker and Redis server")
     stack.add_argument("action", choices=["up", "down", "status", "install"])
-    run = sub.add_parser("run", help="stack + worker + generator, until Ctrl-C")
+    run = sub.add_parser("run", help="stack + workers + generator, until Ctrl-C")
+    run.add_argument(
+        "--ingest-processes",
+        type=_non_negative_int,
+        help="ingest processes beside the KPI agent (default: one per core but one; 0: a single "
+        "worker running both)",
+    )
     add_generator_options(run, 200.0, 0, 0.02)
     run.set_defaults(story=None, hours=0)  # live traffic, never a story
     query = sub.add_parser("query", help="the newest KPI values from the Redis view, as a table")

@@ -50,11 +50,11 @@ from agents.kafka.connections import kafka_options
 from agents.kafka.topics import ensure_topics
 from agents.settings import Settings
 from bench.peers import baseline_tree, quix_python
-from bench.workers import REPO, bench_settings, free_port, machine, remove_data, start_worker
+from bench.workers import REPO, bench_settings, machine, remove_data, start_worker
 from devtools.generator import Fractions, Scenario, produce_messages
 from devtools.stack.cleanup import remove_run_data
 from devtools.stack.kafka import KafkaBroker
-from devtools.stack.process import wait_for_http
+from devtools.stack.process import free_port, wait_for_http
 from devtools.stack.redis import LocalRedis
 from streams.core.subjects import subject_key
 

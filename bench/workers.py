@@ -7,7 +7,6 @@ import asyncio
 import os
 import platform
 import secrets
-import socket
 import subprocess
 import sys
 import uuid
@@ -15,14 +14,9 @@ from pathlib import Path
 
 from agents.settings import Settings
 from devtools.stack.cleanup import remove_run_data
+from devtools.stack.process import free_port
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def machine() -> str:

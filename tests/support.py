@@ -6,9 +6,7 @@ import asyncio
 import json
 import math
 import os
-import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,21 +23,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from agents.kafka.connections import kafka_options
 from agents.settings import Settings
+from devtools.stack.process import free_port
 from streams.core.subjects import subject_key
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    """A free port below Linux's ephemeral range, so no client connection takes it meanwhile."""
-    while True:
-        port = random.randrange(20_000, 32_000)
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
 
 
 #: The pseudonymization key of every test worker, so tests can compute expected pseudonyms.

@@ -21,10 +21,10 @@ from agents.kafka.connections import kafka_options
 from agents.kafka.topics import ensure_topics
 from agents.settings import Settings
 from devtools.generator import Fractions, GroundTruth, Message, Scenario
+from devtools.stack.process import free_port
 from tests.support import (
     WorkerProcess,
     accounting_totals,
-    free_port,
     isolated_settings,
     produce,
     produce_in_parts,

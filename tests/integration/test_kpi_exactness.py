@@ -41,11 +41,11 @@ from agents.metrics.registry import kpi_metric
 from agents.settings import Settings
 from devtools.generator import DUPLICATE, VALID, Fractions, Message, Scenario
 from devtools.stack.kafka import KafkaBroker
+from devtools.stack.process import free_port
 from devtools.stack.redis import LocalRedis
 from tests.support import (
     WorkerProcess,
     accounting_totals,
-    free_port,
     isolated_settings,
     produce,
     produce_in_parts,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -46,12 +47,37 @@ def organic_by_campaign(metrics_url: str) -> dict[tuple[str, str, float], float]
     }
 
 
+def ingested(metrics_url: str) -> float:
+    """mkpi_ingest_messages_total of one worker process, summed over its raw partitions."""
+    with urllib.request.urlopen(metrics_url, timeout=5) as response:
+        text = response.read().decode()
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "mkpi_ingest_messages_total"
+    )
+
+
 def test_run_shows_organic_traffic_per_campaign_within_90_seconds(tmp_path: Path) -> None:
+    """With ``--ingest-processes 1`` (the default on two cores): the KPIs come from the agent's
+    process, the raw events are read by the ingest process beside it."""
     settings = isolated_settings()
     env = {**os.environ, **settings.as_environment()}
     log = open(tmp_path / "run.log", "wb")  # noqa: SIM115 - closed below
     run = subprocess.Popen(
-        [sys.executable, "-m", "agents.cli", "run", "--rate", "100", "--seed", "5"],
+        [
+            sys.executable,
+            "-m",
+            "agents.cli",
+            "run",
+            "--ingest-processes",
+            "1",
+            "--rate",
+            "100",
+            "--seed",
+            "5",
+        ],
         env=env,
         cwd=REPO,
         stdout=log,
@@ -68,6 +94,11 @@ def test_run_shows_organic_traffic_per_campaign_within_90_seconds(tmp_path: Path
             except OSError:
                 continue
         assert any(v > 0 for v in seen.values()), (tmp_path / "run.log").read_text()[-3000:]
+        banner = (tmp_path / "run.log").read_text()
+        ingest_urls = re.findall(r"\(ingest\): (http://\S+/metrics)", banner)
+        assert len(ingest_urls) == 1, banner[-3000:]
+        assert ingested(ingest_urls[0]) > 0
+        assert ingested(f"{settings.web.url}/metrics") == 0, "the agent's process does not ingest"
         # Stop generating, let the last flush land, then compare both outputs.
         run.send_signal(signal.SIGINT)
         run.wait(60)

@@ -27,10 +27,10 @@ from agents.redis.connections import sync_redis_client
 from agents.settings import Settings
 from devtools.generator import VALID, Fractions, GroundTruth, Scenario
 from devtools.stack.kafka import KafkaBroker
+from devtools.stack.process import free_port
 from streams.contracts.deltas import ALL, ALL_TIME
 from tests.support import (
     WorkerProcess,
-    free_port,
     isolated_settings,
     produce,
     read_everything,

@@ -43,7 +43,7 @@ def test_a_second_broker_starts_restarts_after_kill_and_stops(
     local_stack: Settings, tmp_path: object
 ) -> None:
     """A broker of its own on free ports: started, SIGKILLed, started again, stopped."""
-    from tests.support import free_port
+    from devtools.stack.process import free_port
 
     settings = Settings.from_env(
         {
@@ -80,7 +80,7 @@ def test_the_local_redis_keeps_its_data_across_a_restart(local_stack: Settings, 
     """The view and the visitor sketches survive `mkpi stack down` and `up` (append-only file),
     and a full Redis refuses writes instead of evicting keys."""
     from agents.redis.connections import sync_redis_client
-    from tests.support import free_port
+    from devtools.stack.process import free_port
 
     settings = Settings.from_env(
         {
