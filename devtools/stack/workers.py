@@ -2,7 +2,7 @@
 processes beside it, each a `mkpi worker` of its own role, so each gets a core.
 
 Measured on two cores (docs/benchmarks): one `all` process is one core for ingest and the
-agent together; an `agent` and an `ingest` process keep both cores busy and count 1.6 times
+agent together; an `agent` and an `ingest` process keep both cores busy and count 1.8 times
 as many events per second. The agent needs a core of its own, so the default is one ingest
 process per core but one.
 """
