@@ -50,12 +50,13 @@ from agents.kafka.connections import kafka_options
 from agents.kafka.topics import ensure_topics
 from agents.settings import Settings
 from bench.peers import baseline_tree, quix_python
-from bench.workers import REPO, bench_settings, machine, remove_data, start_worker
+from bench.workers import REPO, bench_settings, machine, remove_data
 from devtools.generator import Fractions, Scenario, produce_messages
 from devtools.stack.cleanup import remove_run_data
 from devtools.stack.kafka import KafkaBroker
-from devtools.stack.process import free_port, wait_for_http
+from devtools.stack.process import wait_for_http
 from devtools.stack.redis import LocalRedis
+from devtools.stack.workers import process_settings, start_worker
 from streams.core.subjects import subject_key
 
 RESULTS = REPO / "docs" / "benchmarks"
@@ -277,24 +278,19 @@ def run_pipeline(
     log_path: Path,
     name: str = "c",
     tree: Path = REPO,
-    roles: tuple[str, ...] = ("all",),
+    ingest_processes: int = 0,
 ) -> Result:
-    """C (or C0, CR, C2): workers on the pre-loaded topic, one per role, from the first ingested
+    """C (or C0, CR, C2): workers on the pre-loaded topic (C2: the agent and
+    ``ingest_processes`` ingest workers, as `mkpi run` starts them), from the first ingested
     message until every event is accounted for and every delta folded into the KPI table. CPU
     and peak memory are the workers' together."""
     workers = []
-    for index, role in enumerate(roles):
-        own = (
-            settings
-            if len(roles) == 1
-            else settings.replace(
-                worker_name=f"{settings.worker.worker_name}-{role}{index}",
-                web_port=free_port(),
-                worker_role=role,
-            )
+    unknown = () if tree == REPO else BASELINE_UNSET
+    for own in process_settings(settings, ingest_processes):
+        role = own.worker.worker_role
+        path = (
+            log_path if role == "all" else log_path.with_name(f"{log_path.stem}-{own.worker.worker_name}.log")
         )
-        path = log_path.with_name(f"{log_path.stem}-{role}{index}.log") if len(roles) > 1 else log_path
-        unknown = () if tree == REPO else BASELINE_UNSET
         workers.append((own, path, start_worker(own, path, tree, unknown=unknown)))
     try:
         started = cpu_at_start = None
@@ -436,8 +432,7 @@ def run_all(settings: Settings, events: int, contenders: list[str], baseline: st
             print(f"running {name} (workers of {tree}; their logs: {log_path.parent}) ...", flush=True)
             if name != "c0":
                 asyncio.run(ensure_topics(own))
-            roles = ("ingest", "agent") if name == "c2" else ("all",)
-            results[name] = run_pipeline(own, events, log_path, name, tree, roles)
+            results[name] = run_pipeline(own, events, log_path, name, tree, 1 if name == "c2" else 0)
         else:
             print(f"running {name} ...", flush=True)
             results[name] = run_contender(name, settings, events)

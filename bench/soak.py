@@ -36,9 +36,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from agents.kafka.connections import kafka_options
 from agents.kafka.topics import ensure_topics
 from agents.settings import Settings
-from bench.workers import REPO, bench_settings, machine, remove_data, start_worker
+from bench.workers import REPO, bench_settings, machine, remove_data
 from devtools.generator import Fractions, GroundTruth, Scenario
 from devtools.stack.process import wait_for_http
+from devtools.stack.workers import start_worker
 
 SAMPLED_METRICS = (
     "mkpi_ingest_lag_messages",

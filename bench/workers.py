@@ -7,8 +7,6 @@ import asyncio
 import os
 import platform
 import secrets
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 
@@ -48,20 +46,6 @@ def bench_settings(base: Settings) -> Settings:
         web_port=free_port(),
         raw_keyed_by_subject=True,  # the generator keys raw events by subject
     )
-
-
-def start_worker(
-    settings: Settings, log_path: Path, tree: Path = REPO, unknown: tuple[str, ...] = ()
-) -> subprocess.Popen[bytes]:
-    """A worker of the checkout at ``tree`` (another commit's, for a baseline), without the
-    ``unknown`` variables that commit's settings would refuse."""
-    env = {**os.environ, **settings.as_environment()}
-    for name in unknown:
-        env.pop(name, None)
-    with open(log_path, "ab") as log:
-        return subprocess.Popen(
-            [sys.executable, "-m", "agents.cli", "worker"], cwd=tree, env=env, stdout=log, stderr=log
-        )
 
 
 def remove_data(settings: Settings) -> None:

@@ -21,6 +21,21 @@ from agents.settings import Settings
 from devtools.stack.process import free_port, wait_for_http
 
 
+def start_worker(
+    settings: Settings, log_path: Path, tree: Path | None = None, unknown: tuple[str, ...] = ()
+) -> subprocess.Popen[bytes]:
+    """``mkpi worker`` with ``settings``, its output appended to ``log_path``; from the checkout
+    at ``tree`` (another commit's, for the benchmark's baseline) without the ``unknown``
+    variables that commit's settings would refuse."""
+    env = {**os.environ, **settings.as_environment()}
+    for name in unknown:
+        env.pop(name, None)
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "agents.cli", "worker"], cwd=tree, env=env, stdout=log, stderr=log
+        )
+
+
 def default_ingest_processes() -> int:
     return max(1, (os.cpu_count() or 1) - 1)
 
@@ -66,14 +81,7 @@ class LocalWorkers:
         for own in process_settings(self.settings, self.ingest_processes):
             suffix = "" if own.worker.worker_role == "all" else f"-{own.worker.worker_name}"
             log_path = self.log_dir / f"worker-{own.topics.app_id}{suffix}.log"
-            with open(log_path, "ab") as log_file:
-                process = subprocess.Popen(
-                    [sys.executable, "-m", "agents.cli", "worker"],
-                    env={**os.environ, **own.as_environment()},
-                    stdout=log_file,
-                    stderr=subprocess.STDOUT,
-                )
-            self.workers.append(LocalWorker(own, log_path, process))
+            self.workers.append(LocalWorker(own, log_path, start_worker(own, log_path)))
 
     def unhealthy(self, timeout: float) -> LocalWorker | None:
         """The first worker that did not answer /healthz within ``timeout`` seconds, if any."""
