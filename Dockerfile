@@ -6,10 +6,11 @@ RUN pip install --no-cache-dir -r requirements.lock
 COPY streams ./streams
 COPY agents ./agents
 COPY devtools ./devtools
+COPY mkpi ./mkpi
 COPY schemas ./schemas
 RUN pip install --no-cache-dir --no-deps .
 RUN useradd --create-home mkpi
 USER mkpi
-ENV MKPI_STACK_DIR=/home/mkpi/.cache/mkpi
+ENV MKPI_DATA_DIR=/home/mkpi/.cache/mkpi/worker-data
 ENTRYPOINT ["mkpi"]
 CMD ["worker"]

@@ -1,10 +1,15 @@
 """Typed settings in sections, read from environment variables and an optional TOML file.
 
-Every setting has one environment variable: ``MKPI_`` + its flat name in upper case, where the
-flat name is the section's prefix + the field's name (``kafka.bootstrap`` is
-``MKPI_KAFKA_BOOTSTRAP``, ``windows.grace_seconds`` is ``MKPI_GRACE_SECONDS``). A TOML file
-named by ``MKPI_CONFIG_FILE`` may set the same flat names in lower case; the environment wins
-over the file. Validation happens once, at start-up, and each problem names the variable to fix.
+One rule names every setting: a field is named as its variable, without ``MKPI_`` and in lower
+case, in every section (``kafka.kafka_bootstrap`` is ``MKPI_KAFKA_BOOTSTRAP``,
+``windows.grace_seconds`` is ``MKPI_GRACE_SECONDS``), so searching the code for a variable's
+name finds where it is used. A TOML file named by ``MKPI_CONFIG_FILE`` may set the same names;
+the environment wins over the file. Validation happens once, at start-up, and each problem
+names the variable to fix.
+
+These are the settings of the product: a worker's, and of the commands that talk to its Kafka
+and Redis. The local development stack reads its own ``MKPI_STACK_*`` variables
+(``devtools.stack.settings``), which this loader leaves to it.
 """
 
 from __future__ import annotations
@@ -25,14 +30,16 @@ from streams.core.windows import Windowing, WindowPolicy, parse_sizes
 
 ENV_PREFIX = "MKPI_"
 CONFIG_FILE_VARIABLE = "MKPI_CONFIG_FILE"
+#: Variables of the local development stack and its install scripts, not of a worker.
+STACK_ENV_PREFIX = "MKPI_STACK_"
 
 
 class ConfigError(ValueError):
     """One or more settings are invalid; the message lists what to fix."""
 
 
-def _default_stack_dir() -> str:
-    return str(Path.home() / ".cache" / "mkpi")
+def _default_data_dir() -> str:
+    return str(Path.home() / ".cache" / "mkpi" / "worker-data")
 
 
 #: ``scheme:[//]user:password@``, however malformed the rest: the password is what to hide.
@@ -49,32 +56,30 @@ def without_password(url: str) -> str:
 class KafkaSettings:
     """How every client reaches the brokers."""
 
-    PREFIX: ClassVar[str] = "kafka_"
-    bootstrap: str = "127.0.0.1:9092"
+    kafka_bootstrap: str = "127.0.0.1:9092"
     #: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL, as the broker's listener expects.
-    security_protocol: str = "PLAINTEXT"
+    kafka_security_protocol: str = "PLAINTEXT"
     #: SCRAM-SHA-512, SCRAM-SHA-256 or PLAIN (SASL protocols only).
-    sasl_mechanism: str = "SCRAM-SHA-512"
-    sasl_username: str = ""
-    sasl_password: str = dataclasses.field(default="", repr=False)
+    kafka_sasl_mechanism: str = "SCRAM-SHA-512"
+    kafka_sasl_username: str = ""
+    kafka_sasl_password: str = dataclasses.field(default="", repr=False)
     #: PEM file of the CA(s) the broker's certificate must chain to; empty: the system's CAs.
-    tls_ca_file: str = ""
+    kafka_tls_ca_file: str = ""
     #: PEM client certificate and key, for brokers that require client authentication.
-    tls_cert_file: str = ""
-    tls_key_file: str = ""
+    kafka_tls_cert_file: str = ""
+    kafka_tls_key_file: str = ""
     #: How long a worker may go silent before the broker hands its partitions to the others.
-    session_timeout_seconds: int = 30
+    kafka_session_timeout_seconds: int = 30
 
     @property
     def port(self) -> int:
-        return _split_host_port(self.bootstrap.split(",")[0])[1]
+        return _split_host_port(self.kafka_bootstrap.split(",")[0])[1]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class TopicSettings:
     """The raw topic, and the prefix every topic, group and Redis key of mkpi's own carries."""
 
-    PREFIX: ClassVar[str] = ""
     raw_topic: str = "marketing.events.raw"
     topic_prefix: str = "mkpi"
     partitions: int = 3
@@ -147,21 +152,19 @@ class TopicSettings:
 class RedisSettings:
     """The Redis server of the view, the board's history and the duplicate check."""
 
-    PREFIX: ClassVar[str] = "redis_"
     #: redis://[user:password@]host:port/db, rediss://... for TLS, or unix:///path.
-    url: str = "redis://127.0.0.1:6379/0"
+    redis_url: str = "redis://127.0.0.1:6379/0"
     #: PEM CA file for rediss:// (empty: the system's CAs), and a client certificate and key
     #: for servers that require one.
-    tls_ca_file: str = ""
-    tls_cert_file: str = ""
-    tls_key_file: str = ""
+    redis_tls_ca_file: str = ""
+    redis_tls_cert_file: str = ""
+    redis_tls_key_file: str = ""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class WindowSettings:
     """Window sizes and their life cycle in event time."""
 
-    PREFIX: ClassVar[str] = ""
     #: Tumbling window sizes in seconds, comma-separated; each a divisor of a day.
     window_sizes: str = "60,3600,86400"
     #: Time zone day windows are aligned to (IANA name).
@@ -189,7 +192,6 @@ class WindowSettings:
 class IngestSettings:
     """How ingest reads, screens, counts and flushes raw events."""
 
-    PREFIX: ClassVar[str] = ""
     #: How often ingest publishes deltas and commits while it keeps up with the raw topic...
     flush_interval_seconds: float = 0.2
     #: ...and while it has a backlog (more than a batch of records waiting): longer flushes
@@ -229,49 +231,45 @@ class IngestSettings:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class AlertSettings:
-    PREFIX: ClassVar[str] = "alert_"
     #: A YAML file of drop alert rules replacing the shipped ones (streams/core/alert_rules.yml);
     #: "none" turns in-stream alerts off.
-    rules_file: str = ""
+    alert_rules_file: str = ""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class MetricSettings:
-    PREFIX: ClassVar[str] = "metrics_"
     #: Campaigns with their own Prometheus series (by recent volume); the rest count as "other".
-    top_campaigns: int = 50
+    metrics_top_campaigns: int = 50
     #: A campaign without events for this long loses its Prometheus series.
-    campaign_idle_seconds: int = 3600
+    metrics_campaign_idle_seconds: int = 3600
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class WebSettings:
     """The worker's HTTP surface: /metrics, /healthz, the board and its API."""
 
-    PREFIX: ClassVar[str] = "web_"
-    host: str = "127.0.0.1"
-    port: int = 6066
+    web_host: str = "127.0.0.1"
+    web_port: int = 6066
     #: Required by the board and the API (a bearer token, a cookie, or ?token= once) when the
     #: host is beyond loopback; /metrics and the probes stay open.
-    token: str = dataclasses.field(default="", repr=False)
+    web_token: str = dataclasses.field(default="", repr=False)
 
     @property
     def on_loopback(self) -> bool:
-        if self.host == "localhost":
+        if self.web_host == "localhost":
             return True
         try:
-            return ipaddress.ip_address(self.host).is_loopback
+            return ipaddress.ip_address(self.web_host).is_loopback
         except ValueError:
             return False
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"http://{self.web_host}:{self.web_port}"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class WorkerSettings:
-    PREFIX: ClassVar[str] = ""
     #: Names this worker's transactional producer; unique per worker, stable across restarts.
     worker_name: str = ""
     log_level: str = "info"
@@ -280,6 +278,8 @@ class WorkerSettings:
     #: What this worker process runs: ``all`` (ingest and the KPI agent), ``ingest`` (batch
     #: ingest only: run one per core beside an ``agent``) or ``agent`` (the KPI agent only).
     worker_role: str = "all"
+    #: The worker's own files (Faust's table store), a folder per topic prefix under it.
+    data_dir: str = dataclasses.field(default_factory=_default_data_dir)
 
     @property
     def runs_ingest(self) -> bool:
@@ -288,21 +288,6 @@ class WorkerSettings:
     @property
     def runs_agent(self) -> bool:
         return self.worker_role in ("all", "agent")
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class StackSettings:
-    """The local stack (``mkpi stack``): where the broker and Redis live on this machine."""
-
-    PREFIX: ClassVar[str] = ""
-    stack_dir: str = dataclasses.field(default_factory=_default_stack_dir)
-    kafka_version: str = "3.9.1"
-    kafka_controller_port: int = 9093
-    #: The local broker's SASL_SSL (SCRAM) and SSL (client certificate) listeners, for trying
-    #: security settings against it; 0 leaves one out.
-    kafka_sasl_ssl_port: int = 9094
-    kafka_ssl_port: int = 9095
-    kafka_heap: str = "512m"
 
 
 Section = (
@@ -315,13 +300,12 @@ Section = (
     | MetricSettings
     | WebSettings
     | WorkerSettings
-    | StackSettings
 )
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Settings:
-    """Everything a worker, the generator and the local stack need, in sections."""
+    """Everything a worker and the commands beside it need, in sections."""
 
     kafka: KafkaSettings = dataclasses.field(default_factory=KafkaSettings)
     topics: TopicSettings = dataclasses.field(default_factory=TopicSettings)
@@ -332,7 +316,6 @@ class Settings:
     metrics: MetricSettings = dataclasses.field(default_factory=MetricSettings)
     web: WebSettings = dataclasses.field(default_factory=WebSettings)
     worker: WorkerSettings = dataclasses.field(default_factory=WorkerSettings)
-    stack: StackSettings = dataclasses.field(default_factory=StackSettings)
 
     SECRET_FIELDS: ClassVar[frozenset[str]] = frozenset(
         {"pseudonymization_key", "kafka_sasl_password", "web_token"}
@@ -397,6 +380,7 @@ class Settings:
             for name in env
             if name.startswith(ENV_PREFIX)
             and name != CONFIG_FILE_VARIABLE
+            and not name.startswith(STACK_ENV_PREFIX)
             and name[len(ENV_PREFIX) :].lower() not in _FLAT
         )
         for name in unknown:
@@ -404,11 +388,11 @@ class Settings:
         values: dict[str, Any] = {}
         for name, value in raw.items():
             try:
-                values[name] = _coerce(value, _FIELD_TYPES[name])
+                values[name] = parse_value(value, _FIELD_TYPES[name])
             except ValueError as exc:
                 problems.append(f"{ENV_PREFIX}{name.upper()}: {exc}")
         if problems:
-            raise ConfigError(_format_problems(problems))
+            raise ConfigError(format_problems(problems))
         settings = cls().replace(**values)
         settings.validate()
         return settings
@@ -419,7 +403,7 @@ class Settings:
         shown = {
             name: "***" if name in self.SECRET_FIELDS and value else str(value) for name, value in self.flat()
         }
-        shown["redis_url"] = without_password(self.redis.url)
+        shown["redis_url"] = without_password(self.redis.redis_url)
         return shown
 
     def validate_for_worker(self) -> None:
@@ -436,33 +420,33 @@ class Settings:
                 "MKPI_PSEUDONYMIZATION_KEY: too short; use at least 16 characters (32 random bytes is best)"
             )
         web = self.web
-        if not web.on_loopback and not web.token and not self.ingest.insecure_dev_mode:
+        if not web.on_loopback and not web.web_token and not self.ingest.insecure_dev_mode:
             problems.append(
-                f"MKPI_WEB_HOST={web.host!r} serves the board and the KPI API beyond this machine: set "
+                f"MKPI_WEB_HOST={web.web_host!r} serves the board and the KPI API beyond this machine: set "
                 "MKPI_WEB_TOKEN to a long random secret (for example `openssl rand -hex 32`), or bind "
                 "MKPI_WEB_HOST to 127.0.0.1"
             )
-        elif web.token and len(web.token) < 16:
+        elif web.web_token and len(web.web_token) < 16:
             problems.append("MKPI_WEB_TOKEN: too short; use at least 16 characters (32 random bytes is best)")
         if problems:
-            raise ConfigError(_format_problems(problems))
+            raise ConfigError(format_problems(problems))
 
     def as_environment(self) -> dict[str, str]:
         """The ``MKPI_*`` variables that reproduce these settings (for child processes)."""
         return {ENV_PREFIX + name.upper(): str(value) for name, value in self.flat()}
 
     def _validate_kafka_security(self, bad: Callable[[str, str], None]) -> None:
-        protocol = self.kafka.security_protocol
+        protocol = self.kafka.kafka_security_protocol
         if protocol not in KAFKA_SECURITY_PROTOCOLS:
             bad("kafka_security_protocol", f"one of {', '.join(KAFKA_SECURITY_PROTOCOLS)}")
         if protocol.startswith("SASL_"):
-            if self.kafka.sasl_mechanism not in KAFKA_SASL_MECHANISMS:
+            if self.kafka.kafka_sasl_mechanism not in KAFKA_SASL_MECHANISMS:
                 bad("kafka_sasl_mechanism", f"one of {', '.join(KAFKA_SASL_MECHANISMS)}")
             # Only empty values are shown: bad() prints the value, and a password must not be.
             for name in ("kafka_sasl_username", "kafka_sasl_password"):
                 if not self.value(name):
                     bad(name, f"MKPI_KAFKA_SECURITY_PROTOCOL={protocol} needs it")
-        elif self.kafka.sasl_username or self.kafka.sasl_password:
+        elif self.kafka.kafka_sasl_username or self.kafka.kafka_sasl_password:
             bad(
                 "kafka_security_protocol",
                 "a SASL user is set but the protocol does not use SASL: use SASL_SSL (or SASL_PLAINTEXT)",
@@ -474,7 +458,7 @@ class Settings:
                 "TLS files are set but the protocol does not use TLS: use SSL or SASL_SSL",
             )
         _check_files(self, tls, bad)
-        if bool(self.kafka.tls_cert_file) != bool(self.kafka.tls_key_file):
+        if bool(self.kafka.kafka_tls_cert_file) != bool(self.kafka.kafka_tls_key_file):
             bad(
                 "kafka_tls_cert_file",
                 "set both MKPI_KAFKA_TLS_CERT_FILE and MKPI_KAFKA_TLS_KEY_FILE, or neither",
@@ -492,21 +476,21 @@ class Settings:
                 value = without_password(value)
             problems.append(f"{ENV_PREFIX}{name.upper()}={value!r}: {why}")
 
-        for address in self.kafka.bootstrap.split(","):
+        for address in self.kafka.kafka_bootstrap.split(","):
             try:
                 _split_host_port(address)
             except ValueError as exc:
                 bad("kafka_bootstrap", str(exc))
         self._validate_kafka_security(bad)
-        parsed = urlparse(self.redis.url)
-        if not _redis_url_is_valid(self.redis.url):
+        parsed = urlparse(self.redis.redis_url)
+        if not _redis_url_is_valid(self.redis.redis_url):
             bad("redis_url", "expected redis://host:port/db, rediss://... or unix:///path")
         redis_tls = ("redis_tls_ca_file", "redis_tls_cert_file", "redis_tls_key_file")
         for name in redis_tls:
             if self.value(name) and parsed.scheme != "rediss":
                 bad(name, "only used with TLS: make MKPI_REDIS_URL a rediss:// URL, or unset this")
         _check_files(self, redis_tls, bad)
-        if bool(self.redis.tls_cert_file) != bool(self.redis.tls_key_file):
+        if bool(self.redis.redis_tls_cert_file) != bool(self.redis.redis_tls_key_file):
             bad(
                 "redis_tls_cert_file",
                 "set both MKPI_REDIS_TLS_CERT_FILE and MKPI_REDIS_TLS_KEY_FILE, or neither",
@@ -542,17 +526,13 @@ class Settings:
             bad("ingest_max_records", "must be between 1 and 1,000,000")
         if not 64 <= self.ingest.max_event_bytes <= 10_000_000:
             bad("max_event_bytes", "must be between 64 and 10,000,000")
-        for name in ("web_port", "kafka_controller_port"):
-            if not 1 <= self.value(name) <= 65535:
-                bad(name, "must be a TCP port (1-65535)")
-        for name in ("kafka_sasl_ssl_port", "kafka_ssl_port"):
-            if not 0 <= self.value(name) <= 65535:
-                bad(name, "must be a TCP port (1-65535), or 0 for none")
-        if not 1 <= self.metrics.top_campaigns <= 10_000:
+        if not 1 <= self.web.web_port <= 65535:
+            bad("web_port", "must be a TCP port (1-65535)")
+        if not 1 <= self.metrics.metrics_top_campaigns <= 10_000:
             bad("metrics_top_campaigns", "must be between 1 and 10,000")
-        if self.metrics.campaign_idle_seconds <= 0:
+        if self.metrics.metrics_campaign_idle_seconds <= 0:
             bad("metrics_campaign_idle_seconds", "must be a positive number of seconds")
-        if not 6 <= self.kafka.session_timeout_seconds <= 300:
+        if not 6 <= self.kafka.kafka_session_timeout_seconds <= 300:
             bad("kafka_session_timeout_seconds", "must be between 6 and 300 seconds (the broker's limits)")
         if self.windows.grace_seconds < 0:
             bad("grace_seconds", "must be 0 or more seconds")
@@ -572,19 +552,19 @@ class Settings:
             bad("state_snapshot_entries", "must be a positive number of entries")
         if self.ingest.channel_rules_file and not Path(self.ingest.channel_rules_file).is_file():
             bad("channel_rules_file", "no such file")
-        if self.alerts.rules_file not in ("", "none") and not Path(self.alerts.rules_file).is_file():
+        if (
+            self.alerts.alert_rules_file not in ("", "none")
+            and not Path(self.alerts.alert_rules_file).is_file()
+        ):
             bad("alert_rules_file", "no such file (or 'none' to turn drop alerts off)")
         if self.worker.log_level.lower() not in ("debug", "info", "warning", "error"):
             bad("log_level", "one of debug, info, warning, error")
         if self.worker.worker_role not in WORKER_ROLES:
             bad("worker_role", f"one of {', '.join(WORKER_ROLES)}")
-        parts = self.stack.kafka_version.split(".")
-        if len(parts) != 3 or not all(p.isdigit() for p in parts) or int(parts[0]) not in (3, 4):
-            bad("kafka_version", "an Apache Kafka release such as 3.9.1 or 4.0.0")
-        if not self.stack.kafka_heap[:-1].isdigit() or self.stack.kafka_heap[-1].lower() not in "mg":
-            bad("kafka_heap", "a JVM heap size such as 512m or 1g")
+        if not self.worker.data_dir:
+            bad("data_dir", "a folder for the worker's files")
         if problems:
-            raise ConfigError(_format_problems(problems))
+            raise ConfigError(format_problems(problems))
 
 
 KAFKA_SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
@@ -599,20 +579,23 @@ def _check_files(settings: Settings, names: tuple[str, ...], bad: Callable[[str,
 
 
 def _flat_names() -> dict[str, tuple[str, str]]:
-    """Flat name -> (section, field), section by section in declaration order."""
+    """Setting name -> (section, field), section by section in declaration order."""
     names = {}
     for section in dataclasses.fields(Settings):
         kind: Any = section.default_factory  # every section has one
         for field in dataclasses.fields(kind):
-            names[kind.PREFIX + field.name] = (section.name, field.name)
+            names[field.name] = (section.name, field.name)
     return names
+
+
+def field_type(field: dataclasses.Field[Any]) -> type:
+    """The type of a settings field (declared as a name under ``from __future__ import annotations``)."""
+    return {"str": str, "int": int, "float": float, "bool": bool}[str(field.type)]
 
 
 _FLAT = _flat_names()
 _FIELD_TYPES: dict[str, type] = {
-    name: {"str": str, "int": int, "float": float, "bool": bool}[
-        str(next(f.type for f in dataclasses.fields(getattr(Settings(), section)) if f.name == field))
-    ]
+    name: field_type(next(f for f in dataclasses.fields(getattr(Settings(), section)) if f.name == field))
     for name, (section, field) in _FLAT.items()
 }
 
@@ -622,7 +605,9 @@ _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off", "")
 
 
-def _coerce(value: Any, kind: type) -> Any:
+def parse_value(value: Any, kind: type) -> Any:
+    """``value`` (a variable's text, or a TOML value) as a setting of type ``kind``; ValueError
+    saying what was expected."""
     if kind is bool:
         if isinstance(value, bool):
             return value
@@ -676,5 +661,5 @@ def _read_config_file(path: Path, problems: list[str]) -> dict[str, Any]:
     return {k: v for k, v in data.items() if k in _FLAT}
 
 
-def _format_problems(problems: list[str]) -> str:
+def format_problems(problems: list[str]) -> str:
     return "invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems)

@@ -56,6 +56,7 @@ from devtools.stack.cleanup import remove_run_data
 from devtools.stack.kafka import KafkaBroker
 from devtools.stack.process import wait_for_http
 from devtools.stack.redis import LocalRedis
+from devtools.stack.settings import StackSettings
 from devtools.stack.workers import process_settings, start_worker
 from streams.core.subjects import subject_key
 
@@ -112,14 +113,14 @@ def run_contender(name: str, settings: Settings, events: int) -> Result:
     ``{"events"`` is its measurement (Faust logs to standard output too)."""
     python: str | Path = sys.executable
     if name == "q":
-        python, program = quix_python(settings), ["bench.quix_contender"]
+        python, program = quix_python(StackSettings.from_env()), ["bench.quix_contender"]
     else:
         program = ["bench.naive_faust"] if name == "b" else ["bench.contenders", name]
     command = [
         str(python),
         "-m",
         *program,
-        settings.kafka.bootstrap,
+        settings.kafka.kafka_bootstrap,
         settings.topics.raw_topic,
         str(events),
     ]
@@ -392,6 +393,7 @@ BASELINE_COMMIT = "886e7db"
 #: Settings the baseline runs without: those it does not know (it refuses unknown MKPI_*
 #: variables), and those whose default changed since, so that it runs as it was.
 BASELINE_UNSET = (
+    "MKPI_DATA_DIR",
     "MKPI_RAW_KEYED_BY_SUBJECT",
     "MKPI_WORKER_ROLE",
     "MKPI_STATE_SNAPSHOT_ENTRIES",
@@ -427,7 +429,7 @@ def run_all(settings: Settings, events: int, contenders: list[str], baseline: st
                 worker_name=f"{settings.topics.topic_prefix}-{name}",
                 raw_keyed_by_subject=name != "cr",
             )
-            tree = baseline_tree(settings, baseline) if name == "c0" else REPO
+            tree = baseline_tree(StackSettings.from_env(), baseline) if name == "c0" else REPO
             log_path = Path(tempfile.gettempdir()) / f"{own.topics.topic_prefix}-worker.log"
             print(f"running {name} (workers of {tree}; their logs: {log_path.parent}) ...", flush=True)
             if name != "c0":

@@ -7,16 +7,16 @@ import subprocess
 import sys
 from pathlib import Path
 
-from agents.settings import Settings
 from bench.workers import REPO
+from devtools.stack.settings import StackSettings
 
 QUIX_LOCK = REPO / "bench" / "quix.lock"
 
 
-def quix_python(settings: Settings) -> Path:
+def quix_python(stack: StackSettings) -> Path:
     """The Python of Quix Streams' virtualenv, installed from ``bench/quix.lock`` when missing
     or older than the lock."""
-    venv = Path(settings.stack.stack_dir).expanduser() / "bench-quix"
+    venv = stack.home / "bench-quix"
     python = venv / "bin" / "python"
     stamp = venv / "installed.lock"
     if not python.exists() or not stamp.exists() or stamp.read_text() != QUIX_LOCK.read_text():
@@ -27,7 +27,7 @@ def quix_python(settings: Settings) -> Path:
     return python
 
 
-def baseline_tree(settings: Settings, commit: str) -> Path:
+def baseline_tree(stack: StackSettings, commit: str) -> Path:
     """A checkout of ``commit`` (its worker is contender C0), as a git worktree outside the
     repository; it runs with this checkout's virtualenv, so its dependencies must match."""
     resolved = subprocess.run(
@@ -36,7 +36,7 @@ def baseline_tree(settings: Settings, commit: str) -> Path:
         text=True,
         check=True,
     ).stdout.strip()
-    tree = Path(settings.stack.stack_dir).expanduser() / "bench-baseline" / resolved[:12]
+    tree = stack.home / "bench-baseline" / resolved[:12]
     if not (tree / "agents").exists():
         tree.parent.mkdir(parents=True, exist_ok=True)
         subprocess.run(["git", "-C", str(REPO), "worktree", "prune"], check=True)

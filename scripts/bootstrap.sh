@@ -13,15 +13,18 @@ command -v mvn >/dev/null || die "mvn is missing: install Maven (apt-get install
 PYTHON=${PYTHON:-python3.11}
 command -v "$PYTHON" >/dev/null || die "$PYTHON is missing: mkpi needs Python 3.11 (or set PYTHON=...)"
 
+# MKPI_STACK_WITH_CHROMIUM / MKPI_STACK_WITH_PROMTOOL (devtools/stack/settings.py): 0 or false skips one.
+wanted() { case "${1,,}" in 0|false|no|off) return 1 ;; *) return 0 ;; esac; }
+
 debian_packages=()
 [ -x /usr/bin/redis-server ] || command -v redis-server >/dev/null || debian_packages+=(redis-server)
 # openssl makes the local stack's TLS certificates (the broker's SASL_SSL and SSL listeners).
 command -v openssl >/dev/null || debian_packages+=(openssl)
-# Debian's Chromium, for the live board's browser test (MKPI_WITH_CHROMIUM=0 skips it).
-if [ "${MKPI_WITH_CHROMIUM:-1}" = 1 ] && [ ! -x /usr/bin/chromium ]; then
+# Debian's Chromium, for the live board's browser test.
+if wanted "${MKPI_STACK_WITH_CHROMIUM:-1}" && [ ! -x /usr/bin/chromium ]; then
   debian_packages+=(chromium)
 fi
-if [ "${MKPI_WITH_PROMTOOL:-1}" = 1 ] && [ ! -x .tools/promtool ]; then
+if wanted "${MKPI_STACK_WITH_PROMTOOL:-1}" && [ ! -x .tools/promtool ]; then
   debian_packages_download=(prometheus)
 else
   debian_packages_download=()

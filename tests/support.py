@@ -88,7 +88,7 @@ class WorkerProcess:
         env = {**os.environ, **self.settings.as_environment()}
         log_file = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child process
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "agents.cli", "worker"],
+            [sys.executable, "-m", "mkpi", "worker"],
             env=env,
             cwd=REPO,
             stdout=log_file,
@@ -150,7 +150,7 @@ class WorkerProcess:
 def run_cli(settings: Settings, *args: str) -> str:
     """Run ``mkpi`` with these settings; return its standard output (fails on a non-zero exit)."""
     done = subprocess.run(
-        [sys.executable, "-m", "agents.cli", *args],
+        [sys.executable, "-m", "mkpi", *args],
         env={**os.environ, **settings.as_environment()},
         cwd=REPO,
         capture_output=True,

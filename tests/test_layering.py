@@ -1,6 +1,6 @@
 """Imports run one way (docs/architecture.md): entry point -> runtime -> adapters -> core ->
-contracts, with the development tools beside them. Checked on the source of every module,
-imports inside functions included, and on what a worker really loads."""
+contracts, with the development tools beside the runtime, under the entry point. Checked on the
+source of every module, imports inside functions included, and on what a worker really loads."""
 
 from __future__ import annotations
 
@@ -29,11 +29,11 @@ MAY_IMPORT: dict[str, tuple[str, ...]] = {
         "agents.metrics",
         "agents.runtime",
     ),
-    "agents.cli": ("streams", "agents", "devtools"),
     "devtools": ("streams", "agents.settings", "agents.kafka", "agents.redis", "agents.metrics", "devtools"),
     "bench": ("streams", "agents.settings", "agents.kafka", "agents.redis", "devtools", "bench"),
+    "mkpi": ("streams", "agents", "devtools", "mkpi"),
 }
-FIRST_PARTY = ("streams", "agents", "devtools", "bench")
+FIRST_PARTY = ("streams", "agents", "devtools", "bench", "mkpi")
 #: What the pure layers may use beyond the standard library.
 PURE_THIRD_PARTY = {"msgspec", "yaml"}
 PURE = ("streams.contracts", "streams.core")
@@ -85,8 +85,12 @@ def test_a_module_imports_only_the_layers_below_it(module: str) -> None:
 
 
 def test_the_checker_sees_an_upward_import() -> None:
-    """The rule above can fail: a core module importing a runtime one is caught."""
+    """The rule above can fail: a core module importing a runtime one is caught, and so is the
+    runtime importing a development tool or the command."""
     assert not within("agents.runtime.app", MAY_IMPORT[layer_of("streams.core.engine")])
+    assert not within("devtools.generator", MAY_IMPORT[layer_of("agents.runtime.ingest")])
+    assert not within("mkpi.cli", MAY_IMPORT[layer_of("devtools.stack.workers")])
+    assert not any("mkpi" in MAY_IMPORT[layer] for layer in MAY_IMPORT if not within(layer, ("mkpi",)))
     assert "aiokafka" not in sys.stdlib_module_names and "aiokafka" not in PURE_THIRD_PARTY
 
 
@@ -94,7 +98,7 @@ def test_a_worker_loads_no_development_tool() -> None:
     """What ``mkpi worker`` imports before it runs: the CLI, its parser and the Faust app."""
     program = (
         "import sys\n"
-        "from agents.cli import build_parser, _stories_for\n"
+        "from mkpi.cli import build_parser, _stories_for\n"
         "build_parser(_stories_for(['worker'])).parse_args(['worker'])\n"
         "import agents.runtime.app, agents.runtime.worker\n"
         "print('\\n'.join(m for m in sys.modules if m.startswith(('devtools', 'bench'))))\n"

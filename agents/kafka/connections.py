@@ -25,36 +25,40 @@ def tls_context(ca_file: str, cert_file: str, key_file: str) -> ssl.SSLContext:
 
 
 def kafka_tls_context(settings: Settings) -> ssl.SSLContext | None:
-    if not settings.kafka.security_protocol.endswith("SSL"):
+    if not settings.kafka.kafka_security_protocol.endswith("SSL"):
         return None
-    return tls_context(settings.kafka.tls_ca_file, settings.kafka.tls_cert_file, settings.kafka.tls_key_file)
+    return tls_context(
+        settings.kafka.kafka_tls_ca_file,
+        settings.kafka.kafka_tls_cert_file,
+        settings.kafka.kafka_tls_key_file,
+    )
 
 
 def kafka_options(settings: Settings) -> dict[str, Any]:
     """Keyword arguments for any aiokafka client: bootstrap servers and security."""
     options: dict[str, Any] = {
-        "bootstrap_servers": settings.kafka.bootstrap,
-        "security_protocol": settings.kafka.security_protocol,
+        "bootstrap_servers": settings.kafka.kafka_bootstrap,
+        "security_protocol": settings.kafka.kafka_security_protocol,
     }
     context = kafka_tls_context(settings)
     if context is not None:
         options["ssl_context"] = context
-    if settings.kafka.security_protocol.startswith("SASL_"):
-        options["sasl_mechanism"] = settings.kafka.sasl_mechanism
-        options["sasl_plain_username"] = settings.kafka.sasl_username
-        options["sasl_plain_password"] = settings.kafka.sasl_password
+    if settings.kafka.kafka_security_protocol.startswith("SASL_"):
+        options["sasl_mechanism"] = settings.kafka.kafka_sasl_mechanism
+        options["sasl_plain_username"] = settings.kafka.kafka_sasl_username
+        options["sasl_plain_password"] = settings.kafka.kafka_sasl_password
     return options
 
 
 def faust_credentials(settings: Settings) -> faust.SASLCredentials | faust.SSLCredentials | None:
     """The same security for Faust's own clients (its consumer, changelog producer and admin)."""
     context = kafka_tls_context(settings)
-    if settings.kafka.security_protocol.startswith("SASL_"):
+    if settings.kafka.kafka_security_protocol.startswith("SASL_"):
         return faust.SASLCredentials(
-            username=settings.kafka.sasl_username,
-            password=settings.kafka.sasl_password,
+            username=settings.kafka.kafka_sasl_username,
+            password=settings.kafka.kafka_sasl_password,
             ssl_context=context,
-            mechanism=settings.kafka.sasl_mechanism,
+            mechanism=settings.kafka.kafka_sasl_mechanism,
         )
     if context is not None:
         return faust.SSLCredentials(context)

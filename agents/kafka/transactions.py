@@ -25,8 +25,8 @@ def group_consumer(settings: Settings, group_id: str, client_id: str) -> AIOKafk
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         isolation_level="read_committed",
-        session_timeout_ms=settings.kafka.session_timeout_seconds * 1000,
-        heartbeat_interval_ms=settings.kafka.session_timeout_seconds * 100,
+        session_timeout_ms=settings.kafka.kafka_session_timeout_seconds * 1000,
+        heartbeat_interval_ms=settings.kafka.kafka_session_timeout_seconds * 100,
         max_partition_fetch_bytes=4 * 1024 * 1024,
     )
 

@@ -15,14 +15,14 @@ from agents.settings import Settings
 
 
 def _redis_tls_options(settings: Settings) -> dict[str, Any]:
-    if urlparse(settings.redis.url).scheme != "rediss":
+    if urlparse(settings.redis.redis_url).scheme != "rediss":
         return {}
     options: dict[str, Any] = {"ssl_cert_reqs": "required", "ssl_check_hostname": True}
-    if settings.redis.tls_ca_file:
-        options["ssl_ca_certs"] = settings.redis.tls_ca_file
-    if settings.redis.tls_cert_file:
-        options["ssl_certfile"] = settings.redis.tls_cert_file
-        options["ssl_keyfile"] = settings.redis.tls_key_file
+    if settings.redis.redis_tls_ca_file:
+        options["ssl_ca_certs"] = settings.redis.redis_tls_ca_file
+    if settings.redis.redis_tls_cert_file:
+        options["ssl_certfile"] = settings.redis.redis_tls_cert_file
+        options["ssl_keyfile"] = settings.redis.redis_tls_key_file
     return options
 
 
@@ -59,7 +59,7 @@ _PACKED: dict[type[Any], type[Any]] = {
 def redis_client(settings: Settings, **options: Any) -> aioredis.Redis:
     """An asyncio Redis client for ``MKPI_REDIS_URL`` (its user and password are the ACL
     login) with the configured TLS; ``options`` are redis-py's (timeouts)."""
-    client = aioredis.Redis.from_url(settings.redis.url, **_redis_tls_options(settings), **options)
+    client = aioredis.Redis.from_url(settings.redis.redis_url, **_redis_tls_options(settings), **options)
     pool = client.connection_pool
     # from_url picks the connection class by the URL's scheme; packing is all that changes.
     pool.connection_class = _PACKED[pool.connection_class]
@@ -67,4 +67,4 @@ def redis_client(settings: Settings, **options: Any) -> aioredis.Redis:
 
 
 def sync_redis_client(settings: Settings, **options: Any) -> redis.Redis:
-    return redis.Redis.from_url(settings.redis.url, **_redis_tls_options(settings), **options)
+    return redis.Redis.from_url(settings.redis.redis_url, **_redis_tls_options(settings), **options)

@@ -28,29 +28,29 @@ KPI_TABLE_NAME = "kpi-values"
 def create_app(settings: Settings, metrics: Metrics | None = None) -> faust.App:
     """The Faust worker of role ``all`` (ingest and the KPI agent) or ``agent``."""
     metrics = metrics or Metrics()
-    datadir = Path(settings.stack.stack_dir) / "worker-data" / settings.topics.app_id
+    datadir = Path(settings.worker.data_dir).expanduser() / settings.topics.app_id
     datadir.parent.mkdir(parents=True, exist_ok=True)
     app = faust.App(
         settings.topics.app_id,
-        broker=f"{URL_SCHEME}://{settings.kafka.bootstrap}",
+        broker=f"{URL_SCHEME}://{settings.kafka.kafka_bootstrap}",
         broker_credentials=faust_credentials(settings),
         store="memory://",
         datadir=str(datadir),
         topic_partitions=settings.topics.partitions,
         topic_replication_factor=settings.topics.replication_factor,
         consumer_auto_offset_reset="earliest",
-        broker_session_timeout=settings.kafka.session_timeout_seconds,
-        broker_heartbeat_interval=settings.kafka.session_timeout_seconds / 10,
+        broker_session_timeout=settings.kafka.kafka_session_timeout_seconds,
+        broker_heartbeat_interval=settings.kafka.kafka_session_timeout_seconds / 10,
         web_enabled=True,
-        web_host=settings.web.host,
-        web_port=settings.web.port,
+        web_host=settings.web.web_host,
+        web_port=settings.web.web_port,
         key_serializer="raw",
         value_serializer="raw",
     )
     deltas = app.topic(
         settings.topics.deltas_topic, partitions=settings.topics.partitions, key_type=bytes, value_type=bytes
     )
-    alert_rules = configured_rules(settings.alerts.rules_file, settings.windows.windowing.sizes)
+    alert_rules = configured_rules(settings.alerts.alert_rules_file, settings.windows.windowing.sizes)
     table = app.Table(KPI_TABLE_NAME, partitions=settings.topics.partitions, key_type=bytes, value_type=bytes)
     agent = register_kpi_agent(app, deltas, table, metrics, settings, alert_rules)
     rules = ChannelRules.configured(settings.ingest.channel_rules_file)

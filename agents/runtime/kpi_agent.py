@@ -123,7 +123,9 @@ class KpiTableAgent:
         self.current = WindowGauges(metrics.kpi_current, metrics.kpi_current_window_start)
         self.last_closed = WindowGauges(metrics.kpi_last_closed, metrics.kpi_last_closed_window_start)
         labels = CampaignLabels(
-            settings.metrics.top_campaigns, settings.metrics.campaign_idle_seconds, time.monotonic
+            settings.metrics.metrics_top_campaigns,
+            settings.metrics.metrics_campaign_idle_seconds,
+            time.monotonic,
         )
         self.campaigns = CampaignSeries(metrics, labels, [self.current, self.last_closed])
         self.gap_reader = DeltaGapReader(settings)

@@ -164,7 +164,7 @@ class WebServer(Service):
     async def _require_token(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         """With MKPI_WEB_TOKEN set, the board and the API need it: ``Authorization: Bearer``,
         the cookie a ``?token=`` link sets, or that query itself. /metrics and the probes do not."""
-        token = self.settings.web.token
+        token = self.settings.web.web_token
         if not token or request.path in OPEN_PATHS:
             return await handler(request)
         offered = request.headers.get("Authorization", "").removeprefix("Bearer ")
@@ -192,7 +192,7 @@ class WebServer(Service):
         application.router.add_get("/", self._board_page)
         self._runner = web.AppRunner(application, access_log=None)
         await self._runner.setup()
-        await web.TCPSite(self._runner, self.settings.web.host, self.settings.web.port).start()
+        await web.TCPSite(self._runner, self.settings.web.web_host, self.settings.web.web_port).start()
 
     async def on_stop(self) -> None:
         if self._runner is not None:

@@ -1,6 +1,6 @@
 """A real single-node Apache Kafka broker (KRaft), assembled from Maven Central jars.
 
-The broker's jars are resolved once with Maven into ``<stack_dir>/kafka-<version>/libs``;
+The broker's jars are resolved once with Maven into ``<MKPI_STACK_DIR>/kafka-<version>/libs``;
 storage is formatted once; the broker runs as a detached ``java`` process whose pid is
 kept in a file. "Ready" means a metadata round trip succeeded, not that the port opened.
 """
@@ -26,6 +26,7 @@ from aiokafka.errors import KafkaError
 
 from agents.settings import Settings
 from devtools.stack.process import StackError, pid_alive, port_is_open, read_pid, terminate_pid
+from devtools.stack.settings import StackSettings
 from devtools.stack.tls import LocalTls
 
 log = logging.getLogger(__name__)
@@ -93,17 +94,19 @@ class KafkaBroker:
     ssl_port: int
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> KafkaBroker:
-        host = settings.kafka.bootstrap.split(",")[0].rpartition(":")[0]
+    def from_settings(cls, settings: Settings, stack: StackSettings | None = None) -> KafkaBroker:
+        """The broker that ``settings`` reach, as ``stack`` (default: the environment's) runs it."""
+        stack = stack or StackSettings.from_env()
+        host = settings.kafka.kafka_bootstrap.split(",")[0].rpartition(":")[0]
         return cls(
-            version=settings.stack.kafka_version,
-            home=Path(settings.stack.stack_dir) / f"kafka-{settings.stack.kafka_version}",
+            version=stack.stack_kafka_version,
+            home=stack.home / f"kafka-{stack.stack_kafka_version}",
             host=host,
             port=settings.kafka.port,
-            controller_port=settings.stack.kafka_controller_port,
-            heap=settings.stack.kafka_heap,
-            sasl_ssl_port=settings.stack.kafka_sasl_ssl_port,
-            ssl_port=settings.stack.kafka_ssl_port,
+            controller_port=stack.stack_kafka_controller_port,
+            heap=stack.stack_kafka_heap,
+            sasl_ssl_port=stack.stack_kafka_sasl_ssl_port,
+            ssl_port=stack.stack_kafka_ssl_port,
         )
 
     @property
@@ -322,7 +325,7 @@ class KafkaBroker:
                 raise StackError(
                     f"port {self.host}:{port} is taken by something that is not a healthy Kafka "
                     "broker of this project; free it or set MKPI_KAFKA_BOOTSTRAP / "
-                    "MKPI_KAFKA_CONTROLLER_PORT to free ports"
+                    "MKPI_STACK_KAFKA_CONTROLLER_PORT to free ports"
                 )
         self.install()
         self._write_config()

@@ -15,6 +15,7 @@ import redis.exceptions
 from agents.redis.connections import sync_redis_client
 from agents.settings import Settings, without_password
 from devtools.stack.process import StackError, pid_alive, port_is_open, read_pid, terminate_pid
+from devtools.stack.settings import StackSettings
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 #: The append-only file's folder under the server's data folder.
@@ -29,18 +30,21 @@ class LocalRedis:
     home: Path
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> LocalRedis:
-        parsed = urlparse(settings.redis.url)
+    def from_settings(cls, settings: Settings, stack: StackSettings | None = None) -> LocalRedis:
+        """The server that ``settings`` reach, with its data under ``stack``'s folder (default:
+        the environment's)."""
+        stack = stack or StackSettings.from_env()
+        parsed = urlparse(settings.redis.redis_url)
         return cls(
             settings=settings,
             host=parsed.hostname or "127.0.0.1",
             port=parsed.port or 6379,
-            home=Path(settings.stack.stack_dir) / f"redis-{parsed.port or 6379}",
+            home=stack.home / f"redis-{parsed.port or 6379}",
         )
 
     @property
     def url(self) -> str:
-        return self.settings.redis.url
+        return self.settings.redis.redis_url
 
     @property
     def pid_file(self) -> Path:

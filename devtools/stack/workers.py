@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from agents.settings import Settings
+from agents.settings import STACK_ENV_PREFIX, Settings
 from devtools.stack.process import free_port, wait_for_http
 
 
@@ -26,13 +26,18 @@ def start_worker(
 ) -> subprocess.Popen[bytes]:
     """``mkpi worker`` with ``settings``, its output appended to ``log_path``; from the checkout
     at ``tree`` (another commit's, for the benchmark's baseline) without the ``unknown``
-    variables that commit's settings would refuse."""
-    env = {**os.environ, **settings.as_environment()}
-    for name in unknown:
-        env.pop(name, None)
+    variables that commit's settings would refuse. The local stack's variables are not a
+    worker's, and older commits refuse them."""
+    env = {
+        name: value
+        for name, value in {**os.environ, **settings.as_environment()}.items()
+        if name not in unknown and not name.startswith(STACK_ENV_PREFIX)
+    }
+    # A checkout from before the command had a package of its own starts it as agents.cli.
+    command = "mkpi" if tree is None or (tree / "mkpi").is_dir() else "agents.cli"
     with open(log_path, "ab") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", "agents.cli", "worker"], cwd=tree, env=env, stdout=log, stderr=log
+            [sys.executable, "-m", command, "worker"], cwd=tree, env=env, stdout=log, stderr=log
         )
 
 

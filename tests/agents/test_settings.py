@@ -1,3 +1,4 @@
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,7 @@ DEV = {"MKPI_INSECURE_DEV_MODE": "true"}
 
 def test_defaults_are_valid_and_bind_to_loopback() -> None:
     settings = Settings.from_env(DEV)
-    assert settings.web.host == "127.0.0.1"
+    assert settings.web.web_host == "127.0.0.1"
     assert settings.kafka.port == 9092
     assert settings.topics.deltas_topic == "mkpi.kpi-deltas"
 
@@ -194,16 +195,34 @@ def test_redis_tls_files_need_a_rediss_url(tmp_path: Path) -> None:
 def test_each_setting_has_one_section_and_one_variable() -> None:
     settings = Settings()
     names = [name for name, _ in settings.flat()]
-    assert len(names) == len(set(names)) == 54
-    assert settings.value("kafka_bootstrap") == settings.kafka.bootstrap
+    assert len(names) == len(set(names)) == 49
+    fields = [
+        f.name
+        for section in dataclasses.fields(settings)
+        for f in dataclasses.fields(getattr(settings, section.name))
+    ]
+    assert fields == names, "every field is named as its variable, in every section"
+    assert settings.value("kafka_bootstrap") == settings.kafka.kafka_bootstrap
     assert settings.value("grace_seconds") == settings.windows.grace_seconds
-    assert settings.value("web_port") == settings.web.port
-    assert settings.value("alert_rules_file") == settings.alerts.rules_file
+    assert settings.value("web_port") == settings.web.web_port
+    assert settings.value("alert_rules_file") == settings.alerts.alert_rules_file
+
+
+def test_the_local_stacks_variables_are_left_to_it_and_the_data_dir_is_the_workers() -> None:
+    settings = Settings.from_env({**DEV, "MKPI_STACK_KAFKA_HEAP": "1g", "MKPI_DATA_DIR": "/var/lib/mkpi"})
+    assert settings.worker.data_dir == "/var/lib/mkpi"
+    assert "stack_kafka_heap" not in dict(settings.flat())
+    with pytest.raises(ConfigError, match="MKPI_KAFKA_HEAP is not a known setting"):
+        Settings.from_env({**DEV, "MKPI_KAFKA_HEAP": "1g"})
 
 
 def test_replace_takes_flat_names_and_refuses_unknown_ones() -> None:
     changed = Settings().replace(grace_seconds=5, web_port=7000, kafka_sasl_username="u")
-    assert (changed.windows.grace_seconds, changed.web.port, changed.kafka.sasl_username) == (5, 7000, "u")
+    assert (changed.windows.grace_seconds, changed.web.web_port, changed.kafka.kafka_sasl_username) == (
+        5,
+        7000,
+        "u",
+    )
     assert changed.windows.window_sizes == Settings().windows.window_sizes
     with pytest.raises(TypeError, match="not a setting: grace"):
         Settings().replace(grace=5)

@@ -56,9 +56,9 @@ def test_worker_settings_are_valid_and_ports_match_them() -> None:
     for name in ("worker", "generator"):
         service_settings(services[name])  # raises ConfigError when a variable is wrong
     worker = service_settings(services["worker"])
-    assert worker.web.host == "0.0.0.0", "inside a container the worker must listen beyond loopback"
-    assert worker.web.port in container_ports(services["worker"])
-    kafka_host, kafka_port = worker.kafka.bootstrap.rsplit(":", 1)
+    assert worker.web.web_host == "0.0.0.0", "inside a container the worker must listen beyond loopback"
+    assert worker.web.web_port in container_ports(services["worker"])
+    kafka_host, kafka_port = worker.kafka.kafka_bootstrap.rsplit(":", 1)
     assert kafka_host == "kafka"
     listeners = services["kafka"]["environment"]["KAFKA_ADVERTISED_LISTENERS"]
     assert f"//kafka:{kafka_port}" in listeners
@@ -66,9 +66,9 @@ def test_worker_settings_are_valid_and_ports_match_them() -> None:
     assert external is not None
     default = Settings.from_env({"MKPI_INSECURE_DEV_MODE": "true"})
     assert container_ports(services["kafka"])[int(external.group(1))] == default.kafka.port
-    redis_port = int(worker.redis.url.rsplit(":", 1)[1].split("/")[0])
+    redis_port = int(worker.redis.redis_url.rsplit(":", 1)[1].split("/")[0])
     assert container_ports(services["redis"])[redis_port] == int(
-        default.redis.url.rsplit(":", 1)[1].split("/")[0]
+        default.redis.redis_url.rsplit(":", 1)[1].split("/")[0]
     )
 
 
@@ -87,7 +87,11 @@ def test_prometheus_scrapes_the_worker_port_and_grafana_reads_prometheus() -> No
     scrape = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
     [job] = scrape["scrape_configs"]
     [discovery] = job["dns_sd_configs"]  # every replica of the worker service
-    assert (discovery["names"], discovery["type"], discovery["port"]) == (["worker"], "A", worker.web.port)
+    assert (discovery["names"], discovery["type"], discovery["port"]) == (
+        ["worker"],
+        "A",
+        worker.web.web_port,
+    )
     [alerting] = scrape["alerting"]["alertmanagers"]
     [target] = alerting["static_configs"][0]["targets"]
     assert target.split(":")[0] in services and int(target.split(":")[1]) in container_ports(

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 import yaml
 
-from agents.cli import build_parser
 from agents.settings import Settings
+from mkpi.cli import build_parser
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
@@ -66,7 +66,7 @@ def test_ports_probes_service_and_labels_agree() -> None:
     )
     container = worker_container()
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert ports == {"http": settings.web.port}
+    assert ports == {"http": settings.web.web_port}
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
     assert container["livenessProbe"]["httpGet"] == {"path": "/livez", "port": "http"}
     workers, service = one("StatefulSet"), one("Service")

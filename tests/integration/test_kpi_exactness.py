@@ -602,7 +602,7 @@ async def test_every_kpi_of_every_window_is_exact(tmp_path: Path, run: str) -> N
         assert missed == expected.late_by_window
 
         # Redis holds every cell's KPIs per window.
-        client = aioredis.Redis.from_url(settings.redis.url)
+        client = aioredis.Redis.from_url(settings.redis.redis_url)
         try:
             in_redis: dict[Any, tuple[int, int | None]] = {}
             for size, start in {(k[1], k[2]) for k in expected.parts}:

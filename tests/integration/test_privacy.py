@@ -95,7 +95,7 @@ async def test_planted_identifiers_appear_nowhere(tmp_path: Path) -> None:
         haystacks: dict[str, bytes] = {
             f"{r.topic}@{r.partition}:{r.offset}": (r.key or b"") + b"|" + (r.value or b"") for r in outputs
         }
-        client = redis.Redis.from_url(settings.redis.url)
+        client = redis.Redis.from_url(settings.redis.redis_url)
         for key in client.scan_iter(
             match=f"{settings.topics.topic_prefix}:*", count=1000
         ):  # this worker's keys

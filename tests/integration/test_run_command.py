@@ -69,7 +69,7 @@ def test_run_shows_organic_traffic_per_campaign_within_90_seconds(tmp_path: Path
         [
             sys.executable,
             "-m",
-            "agents.cli",
+            "mkpi",
             "run",
             "--ingest-processes",
             "1",
@@ -116,7 +116,7 @@ def test_metrics_and_kpi_topic_agree_while_running(tmp_path: Path) -> None:
     env = {**os.environ, **settings.as_environment()}
     with open(tmp_path / "run.log", "wb") as log:
         worker = subprocess.Popen(
-            [sys.executable, "-m", "agents.cli", "worker"],
+            [sys.executable, "-m", "mkpi", "worker"],
             env=env,
             cwd=REPO,
             stdout=log,
@@ -127,7 +127,7 @@ def test_metrics_and_kpi_topic_agree_while_running(tmp_path: Path) -> None:
                 [
                     sys.executable,
                     "-m",
-                    "agents.cli",
+                    "mkpi",
                     "generate",
                     "--count",
                     "3000",

@@ -100,7 +100,7 @@ def sasl_ssl_settings(local_stack: Settings, **overrides: object) -> Settings:
     broker = KafkaBroker.from_settings(local_stack)
     user, password = broker.scram_credentials()
     values: dict[str, object] = {
-        "kafka_bootstrap": f"127.0.0.1:{local_stack.stack.kafka_sasl_ssl_port}",
+        "kafka_bootstrap": f"127.0.0.1:{KafkaBroker.from_settings(local_stack).sasl_ssl_port}",
         "kafka_security_protocol": "SASL_SSL",
         "kafka_sasl_mechanism": "SCRAM-SHA-512",
         "kafka_sasl_username": user,
@@ -156,7 +156,7 @@ async def test_a_worker_on_sasl_ssl_kafka_and_tls_redis_counts_exactly_and_logs_
     finally:
         assert worker.stop() == 0, worker.log_tail()
     log_text = worker.log_path.read_text(errors="replace")
-    assert settings.kafka.sasl_password not in log_text
+    assert settings.kafka.kafka_sasl_password not in log_text
     assert tls_redis.password not in log_text
     assert settings.ingest.pseudonymization_key not in log_text
 
@@ -166,7 +166,7 @@ async def test_the_ssl_listener_takes_a_client_certificate_and_refuses_a_client_
 ) -> None:
     tls = KafkaBroker.from_settings(local_stack).tls
     with_certificate = isolated_settings(
-        kafka_bootstrap=f"127.0.0.1:{local_stack.stack.kafka_ssl_port}",
+        kafka_bootstrap=f"127.0.0.1:{KafkaBroker.from_settings(local_stack).ssl_port}",
         kafka_security_protocol="SSL",
         kafka_tls_ca_file=str(tls.ca_file),
         kafka_tls_cert_file=str(tls.client_cert_file),

@@ -10,6 +10,7 @@ from agents.settings import Settings
 from devtools.stack.kafka import KafkaBroker
 from devtools.stack.process import StackError, port_is_open
 from devtools.stack.redis import LocalRedis
+from devtools.stack.settings import StackSettings
 
 pytestmark = pytest.mark.kafka
 
@@ -45,16 +46,15 @@ def test_a_second_broker_starts_restarts_after_kill_and_stops(
     """A broker of its own on free ports: started, SIGKILLed, started again, stopped."""
     from devtools.stack.process import free_port
 
-    settings = Settings.from_env(
+    settings = local_stack.replace(kafka_bootstrap=f"127.0.0.1:{free_port()}")
+    stack = StackSettings.from_env(
         {
-            **local_stack.as_environment(),
-            "MKPI_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}",
-            "MKPI_KAFKA_CONTROLLER_PORT": str(free_port()),
-            "MKPI_KAFKA_SASL_SSL_PORT": str(free_port()),
-            "MKPI_KAFKA_SSL_PORT": str(free_port()),
+            "MKPI_STACK_KAFKA_CONTROLLER_PORT": str(free_port()),
+            "MKPI_STACK_KAFKA_SASL_SSL_PORT": str(free_port()),
+            "MKPI_STACK_KAFKA_SSL_PORT": str(free_port()),
         }
     )
-    broker = KafkaBroker.from_settings(settings)
+    broker = KafkaBroker.from_settings(settings, stack)
     try:
         assert broker.start().startswith("started")
         user, password = broker.scram_credentials()
@@ -82,14 +82,8 @@ def test_the_local_redis_keeps_its_data_across_a_restart(local_stack: Settings, 
     from agents.redis.connections import sync_redis_client
     from devtools.stack.process import free_port
 
-    settings = Settings.from_env(
-        {
-            **local_stack.as_environment(),
-            "MKPI_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
-            "MKPI_STACK_DIR": str(tmp_path),
-        }
-    )
-    server = LocalRedis.from_settings(settings)
+    settings = local_stack.replace(redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    server = LocalRedis.from_settings(settings, StackSettings.from_env({"MKPI_STACK_DIR": str(tmp_path)}))
     try:
         assert server.start().startswith("started")
         client = sync_redis_client(settings)

@@ -39,7 +39,7 @@ def program() -> str:
     (``.venv/bin/mkpi`` after bootstrap)."""
     invoked = sys.argv[0]
     if Path(invoked).name != "mkpi":
-        return "mkpi"  # run as ``python -m agents.cli``: the installed name is the one to show
+        return "mkpi"  # run as ``python -m mkpi``: the installed name is the one to show
     on_path = shutil.which("mkpi")
     if on_path and Path(on_path).resolve() == Path(invoked).resolve():
         return "mkpi"
@@ -153,9 +153,11 @@ def cmd_stack(settings: Settings, args: argparse.Namespace) -> int:
 def _stack(settings: Settings, action: str) -> int:
     from devtools.stack.kafka import KafkaBroker
     from devtools.stack.redis import LocalRedis
+    from devtools.stack.settings import StackSettings
 
-    broker = KafkaBroker.from_settings(settings)
-    redis_server = LocalRedis.from_settings(settings)
+    stack = StackSettings.from_env()
+    broker = KafkaBroker.from_settings(settings, stack)
+    redis_server = LocalRedis.from_settings(settings, stack)
     if action == "install":
         broker.install()
         print(f"Apache Kafka {broker.version} jars are in {broker.libs_dir}")
@@ -175,13 +177,14 @@ def _stack(settings: Settings, action: str) -> int:
 
 def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     """Stack up, the workers in child processes, generator in this one; Ctrl-C stops them all."""
+    from devtools.stack.settings import StackSettings
     from devtools.stack.workers import LocalWorkers, default_ingest_processes
 
     settings.validate_for_worker()
     if cmd_stack(settings, argparse.Namespace(action="up")):
         return 1
     ingest_processes = default_ingest_processes() if args.ingest_processes is None else args.ingest_processes
-    workers = LocalWorkers(settings, ingest_processes, Path(settings.stack.stack_dir) / "logs")
+    workers = LocalWorkers(settings, ingest_processes, StackSettings.from_env().home / "logs")
     workers.start()
     try:
         if (unhealthy := workers.unhealthy(timeout=120)) is not None:
@@ -201,7 +204,7 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
             f"  metrics:      {settings.web.url}/metrics   (look for mkpi_kpi_current)\n"
             f"  workers:\n{processes}\n"
             f"  query:        {program()} query --kpi organic_traffic   or   {settings.web.url}/api/kpis\n"
-            f"  KPI topic:    {settings.topics.kpi_updates_topic} on {settings.kafka.bootstrap}\n"
+            f"  KPI topic:    {settings.topics.kpi_updates_topic} on {settings.kafka.kafka_bootstrap}\n"
             f"  raw events:   {settings.topics.raw_topic}   bad rows: {settings.topics.bad_rows_topic}\n"
             "  stop:         Ctrl-C (stops the generator and the workers); "
             f"'{program()} stack down' stops Kafka and Redis\n",
@@ -442,16 +445,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (TopicSetupError, RulesError, AlertRulesError) as exc:
         print(f"mkpi: {exc}", file=sys.stderr)
         return 1
-
     except RedisError as exc:
-        print(
-            f"mkpi: cannot use Redis at {without_password(settings.redis.url)} ({exc}); fix MKPI_REDIS_URL",
-            file=sys.stderr,
-        )
+        redis_url = without_password(settings.redis.redis_url)
+        print(f"mkpi: cannot use Redis at {redis_url} ({exc}); fix MKPI_REDIS_URL", file=sys.stderr)
         return 1
     except KafkaConnectionError as exc:
         print(
-            f"mkpi: cannot reach Kafka at {settings.kafka.bootstrap} ({exc}); start it with "
+            f"mkpi: cannot reach Kafka at {settings.kafka.kafka_bootstrap} ({exc}); start it with "
             f"'{program()} stack up' or fix MKPI_KAFKA_BOOTSTRAP",
             file=sys.stderr,
         )
@@ -463,7 +463,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         # to say it. Point stdout at /dev/null so the interpreter's last flush stays quiet.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141  # 128 + SIGPIPE, as a shell tool killed by it
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from agents import cli
+from mkpi import cli
 from tests.support import REPO
 
 
@@ -20,7 +20,7 @@ def mkpi(
     env = {k: v for k, v in os.environ.items() if not k.startswith("MKPI_")}
     env.update({"MKPI_INSECURE_DEV_MODE": "true", **(extra_env or {})})
     return subprocess.run(  # type: ignore[call-overload, no-any-return]
-        [sys.executable, "-m", "agents.cli", *args],
+        [sys.executable, "-m", "mkpi", *args],
         cwd=REPO,
         env=env,
         text=True,
@@ -33,7 +33,7 @@ def mkpi(
 def test_a_reader_that_goes_away_ends_the_command_quietly() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MKPI_")}
     process = subprocess.Popen(
-        [sys.executable, "-m", "agents.cli", "config"],
+        [sys.executable, "-m", "mkpi", "config"],
         cwd=REPO,
         env={**env, "MKPI_INSECURE_DEV_MODE": "true"},
         stdout=subprocess.PIPE,
@@ -82,5 +82,5 @@ def test_hints_show_how_the_command_was_called(monkeypatch: pytest.MonkeyPatch, 
     assert cli.program() == "/opt/elsewhere/bin/mkpi"
     monkeypatch.setattr(cli.shutil, "which", lambda name: "/opt/elsewhere/bin/mkpi")
     assert cli.program() == "mkpi", "on PATH: its name"
-    monkeypatch.setattr(sys, "argv", [str(REPO / "agents" / "cli.py"), "run"])
-    assert cli.program() == "mkpi", "python -m agents.cli"
+    monkeypatch.setattr(sys, "argv", [str(REPO / "mkpi" / "__main__.py"), "run"])
+    assert cli.program() == "mkpi", "python -m mkpi"
