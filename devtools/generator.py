@@ -92,7 +92,7 @@ class Message:
     expect: str  # VALID, DUPLICATE, or a bad-row reason
     event_type: str | None = None
     channel: str | None = None  # the channel a valid event must be attributed to
-    #: Kafka message key: the event's subject (``subject_key``), so a subject's events and an
+    #: Kafka message key: the event's subject (``producer_key``), so a subject's events and an
     #: event's retries share a raw partition.
     key: bytes | None = None
     #: Seconds the journey was held back (0: on time); see ``Fractions``.
@@ -531,7 +531,7 @@ class Scenario:
                 delay = event.pop(DELAY_LABEL, 0.0)
                 expect = event.pop(BAD_LABEL, VALID)
                 payload = json.dumps(event, separators=(",", ":")).encode()
-                key = subject_key(event)
+                key = producer_key(event)
                 group.append(Message(payload, expect, event["type"], channel, key, delay))
                 if self.random.random() < self.fractions.duplicates:
                     if self.random.random() < 0.5:
@@ -560,7 +560,7 @@ class Scenario:
                 produced += 1
 
 
-def subject_key(event: dict[str, Any]) -> bytes:
+def producer_key(event: dict[str, Any]) -> bytes:
     """The Kafka key a producer should give a raw event: its subject (``streams.core.subjects``),
     so that a subject's events, and so its sessions, stay on one raw partition in the order
     they were sent."""

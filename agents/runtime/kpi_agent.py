@@ -132,17 +132,17 @@ class KpiTableAgent:
         self.view: RedisView | None = None
         self.visitors: VisitorSketches | None = None
 
-    def forget(self, partitions: Iterable[int]) -> None:
+    def revoke(self, partitions: Iterable[int]) -> None:
         """Drop the indexes of revoked partitions; they are rebuilt if they come back."""
-        self.engine.forget(partitions)
+        self.engine.revoke(partitions)
 
-    def assigned(self, partitions: Iterable[int]) -> None:
+    def assign(self, partitions: Iterable[int]) -> None:
         """After a rebalance: the partitions to index, and the gauges to keep. Gauges of series
         on partitions this worker no longer has are dropped: their new owner reports them, and
         a stale copy here would stay on a board next to it. (Faust revokes every partition at
         each rebalance, so gauges of partitions that come back are kept.)"""
         owned, count = set(partitions), self.settings.topics.partitions
-        self.engine.assigned(owned)
+        self.engine.assign(owned)
         for gauges in (self.current, self.last_closed):
             gauges.drop_where(
                 lambda channel, campaign: series_partition(channel, campaign, count) not in owned
@@ -304,15 +304,15 @@ def register_kpi_agent(
 ) -> KpiTableAgent:
     body = KpiTableAgent(table, metrics, settings, alert_rules)
 
-    async def forget_revoked(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+    async def revoke(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         revoked: set[Any] = args[0]
-        body.forget(tp.partition for tp in revoked if tp.topic == settings.topics.deltas_topic)
+        body.revoke(tp.partition for tp in revoked if tp.topic == settings.topics.deltas_topic)
 
-    async def take_assigned(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+    async def assign(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         assigned: set[Any] = args[0]
-        body.assigned(tp.partition for tp in assigned if tp.topic == settings.topics.deltas_topic)
+        body.assign(tp.partition for tp in assigned if tp.topic == settings.topics.deltas_topic)
 
-    app.on_partitions_revoked.connect(forget_revoked)
-    app.on_partitions_assigned.connect(take_assigned)
+    app.on_partitions_revoked.connect(revoke)
+    app.on_partitions_assigned.connect(assign)
     app.agent(deltas, name="apply_kpi_deltas")(body.process)
     return body

@@ -132,13 +132,13 @@ class KpiEngine:
         self._unindexed: dict[int, list[tuple[TableKey, bytes]]] | None = None
         self._expected: set[int] = set()
 
-    def assigned(self, partitions: Iterable[int]) -> None:
+    def assign(self, partitions: Iterable[int]) -> None:
         """The delta partitions this worker now owns; each is indexed from the table, all of
         them from one scan, when its first record comes (Faust has recovered the table then)."""
         self._expected = set(partitions)
         self._unindexed = None
 
-    def forget(self, partitions: Iterable[int]) -> None:
+    def revoke(self, partitions: Iterable[int]) -> None:
         """Drop the indexes of revoked partitions; they are rebuilt if they come back."""
         for partition in partitions:
             self.partitions.pop(partition, None)

@@ -9,7 +9,6 @@ flush).
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections import Counter, defaultdict
@@ -18,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import NamedTuple, Protocol
 
+from streams.contracts.checkpoints import CommitPoint
 from streams.contracts.deltas import CellKey, Delta, WatermarkMark
 from streams.contracts.events import TYPE_NAMES, PageView, RawEvent
 from streams.contracts.journal import JournalRecord
@@ -77,44 +77,6 @@ class IngestPolicy:
     session_timeout_seconds: int = 1800
     #: How long a subject's sessions are remembered after its last event was placed.
     session_ttl_seconds: int = 30 * 86400
-
-
-@dataclass(frozen=True, slots=True)
-class CommitPoint:
-    """Where a raw partition resumes, the watermark its next owner starts from, and the span
-    of the state journal its state is restored from: the newest snapshot (None: the journal's
-    start) up to the end of the last committed flush's records (None: none written yet)."""
-
-    next_offset: int
-    watermark: float | None
-    state_from: int | None = None
-    state_to: int | None = None
-
-    def as_commit(self) -> tuple[int, str]:
-        fields = {"watermark": self.watermark, "state_from": self.state_from, "state_to": self.state_to}
-        return self.next_offset, json.dumps(fields)
-
-    @classmethod
-    def from_commit(cls, offset: int, metadata: str) -> CommitPoint:
-        """The point as committed; metadata that is missing or unreadable names neither a
-        watermark nor a snapshot."""
-        try:
-            fields = json.loads(metadata) if metadata else {}
-        except ValueError:
-            fields = {}
-        if not isinstance(fields, dict):
-            fields = {}
-        watermark = fields.get("watermark")
-        return cls(
-            offset,
-            float(watermark) if isinstance(watermark, int | float) else None,
-            _offset(fields.get("state_from")),
-            _offset(fields.get("state_to")),
-        )
-
-
-def _offset(value: object) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
 @dataclass
@@ -216,7 +178,7 @@ class BatchIngestor:
     def assign(self, tp: RawPartition, start: int, watermark: float | None, state: PartitionState) -> None:
         """Take over a raw partition from an offset (its committed one, or the start of its
         log), its committed watermark, and its subjects' state as of that offset."""
-        self.watermarks.restore(tp.partition, watermark)
+        self.watermarks.assign(tp.partition, watermark)
         self._sent_marks.pop(tp.partition, None)
         self._positions[tp] = start
         state.next_offset = start
@@ -245,7 +207,7 @@ class BatchIngestor:
     def revoke(self, tp: RawPartition) -> PartitionState | None:
         """Forget a partition (after the flush that precedes its revocation); its state, which
         stands at ``next_offset``, goes to the caller."""
-        self.watermarks.forget(tp.partition)
+        self.watermarks.revoke(tp.partition)
         self._sent_marks.pop(tp.partition, None)
         self._positions.pop(tp, None)
         return self._states.pop(tp.partition, None)

@@ -40,11 +40,11 @@ class PartitionWatermarks:
         self.now = now
         self._clocks: dict[int, _PartitionClock] = {}
 
-    def restore(self, partition: int, committed: float | None) -> None:
-        """Take over a partition, starting from the watermark committed by its last owner."""
+    def assign(self, partition: int, committed: float | None) -> None:
+        """A partition assigned here, starting from the watermark committed by its last owner."""
         self._clocks[partition] = _PartitionClock(committed, committed, self.now())
 
-    def forget(self, partition: int) -> None:
+    def revoke(self, partition: int) -> None:
         self._clocks.pop(partition, None)
 
     @property

@@ -70,7 +70,7 @@ class Worker:
     def __init__(self, store: DictStore, rules: tuple[AlertRule, ...] = ()) -> None:
         self.store = store
         self.engine = KpiEngine(POLICY, rules, clock=lambda: datetime(2026, 12, 2, tzinfo=UTC))
-        self.engine.assigned([PARTITION])
+        self.engine.assign([PARTITION])
 
     def apply(self, offset: int, value: bytes, publish: bool = True) -> Outputs:
         outputs = self.engine.apply(PARTITION, offset, value, self.store)

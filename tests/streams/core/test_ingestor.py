@@ -12,7 +12,7 @@ from aiokafka import ConsumerRecord, TopicPartition
 from agents.settings import Settings
 from streams.contracts.deltas import ALL, CellKey
 from streams.core.attribution import ChannelRules
-from streams.core.ingestor import BatchIngestor, CommitPoint, DuplicateShare, RawPartition, Screened
+from streams.core.ingestor import BatchIngestor, DuplicateShare, RawPartition, Screened
 from streams.core.privacy import Pseudonymizer
 from streams.core.subject_state import PartitionState
 
@@ -309,14 +309,6 @@ def test_most_messages_being_duplicates_is_said_once_a_period() -> None:
     assert share.observe(Counter(valid=60, duplicate=40)) is None, "a minority of duplicates is traffic"
     now[0] = 183
     assert share.observe(Counter(duplicate=99)) is None, "too few to say"
-
-
-def test_a_commit_point_round_trips_through_the_offset_metadata() -> None:
-    point = CommitPoint(120, 1_700_000_000.5, state_from=40, state_to=77)
-    assert CommitPoint.from_commit(*point.as_commit()) == point
-    assert CommitPoint.from_commit(*CommitPoint(3, None).as_commit()) == CommitPoint(3, None)
-    for metadata in ("", "not json", "[1]", '{"watermark": "x", "state_from": -1, "state_to": true}'):
-        assert CommitPoint.from_commit(9, metadata) == CommitPoint(9, None), metadata
 
 
 def test_visitors_of_a_flush_are_rolled_up_into_every_published_cell_they_count_in() -> None:

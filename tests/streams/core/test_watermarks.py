@@ -52,11 +52,11 @@ def test_an_idle_partition_advances_with_the_wall_clock_after_the_timeout() -> N
 def test_a_restored_partition_starts_from_the_committed_watermark_and_is_not_idle() -> None:
     clock = FakeClock()
     marks = PartitionWatermarks(idle_timeout_seconds=30, now=clock)
-    marks.restore(4, 777.0)
+    marks.assign(4, 777.0)
     assert (marks.current(4), marks.idle(4), marks.partitions) == (777.0, False, [4])
     marks.observed(4, 700.0)
     assert marks.current(4) == 777.0
-    marks.forget(4)
+    marks.revoke(4)
     assert marks.partitions == []
 
 
