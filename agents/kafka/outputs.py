@@ -1,5 +1,5 @@
-"""The KPI agent's Kafka outputs: the KPI table's changelog writes, KPI updates, window results
-and alerts, one batch per topic.
+"""The KPI agent's Kafka sink (``streams.core.emission``): the KPI table's changelog writes, KPI
+updates, window results and alerts, one batch per topic.
 
 Every output of a delta message goes to the output partition of the message's delta
 partition: all series of a (channel, campaign) live on one delta partition, so each KPI key
@@ -8,8 +8,8 @@ outputs of a whole delta message make one produce request per topic. The table's
 as many partitions as the delta topic, so a delta partition's table writes land where Faust
 recovers that partition's table from.
 
-The agent's own aiokafka producer builds those batches; Faust's producer sends one message at a
-time. ``publish`` returns once the broker has acknowledged every batch, so a delta message only
+The sink's own aiokafka producer builds those batches; Faust's producer sends one message at a
+time. ``emit`` returns once the broker has acknowledged every batch, so a delta message only
 counts as processed (and its offset as committable) after its outputs are durable.
 """
 
@@ -22,6 +22,7 @@ from aiokafka import AIOKafkaProducer
 
 from agents.kafka.connections import kafka_options
 from agents.settings import Settings
+from streams.core.emission import Emission
 
 #: Produce batches up to this size; a delta message's outputs are a few hundred kilobytes.
 MAX_BATCH_BYTES = 1024 * 1024
@@ -30,9 +31,10 @@ MAX_BATCH_BYTES = 1024 * 1024
 OutputMessage = tuple[str, bytes, bytes | None]
 
 
-class OutputPublisher:
-    def __init__(self, settings: Settings) -> None:
+class KafkaOutputs:
+    def __init__(self, settings: Settings, changelog_topic: str) -> None:
         self.settings = settings
+        self.changelog_topic = changelog_topic
         self._producer: AIOKafkaProducer | None = None
         self._partitions: dict[str, int] = {}
 
@@ -53,10 +55,23 @@ class OutputPublisher:
             await self._producer.stop()
             self._producer = None
 
+    async def emit(self, emission: Emission) -> None:
+        topics = self.settings.topics
+        messages: list[OutputMessage] = [
+            (self.changelog_topic, key, value) for key, value in emission.table_changes.items()
+        ]
+        for encoded in emission.updates:
+            raw_key = encoded.key.encode()
+            messages.append((topics.kpi_updates_topic, raw_key, encoded.body))
+            if encoded.update.final:
+                messages.append((topics.window_results_topic, raw_key, encoded.body))
+        messages += [(topics.alerts_topic, key, body) for key, body in emission.alerts]
+        await self.publish(emission.delta_partition, messages)
+
     async def publish(self, delta_partition: int, messages: list[OutputMessage]) -> None:
         """Send ``messages`` (topic, key, value), in order per topic, and wait for the acks."""
         producer = self._producer
-        assert producer is not None, "start() the publisher first"
+        assert producer is not None, "start() the Kafka outputs first"
         by_topic: defaultdict[str, list[tuple[bytes, bytes | None]]] = defaultdict(list)
         for topic, key, value in messages:
             by_topic[topic].append((key, value))

@@ -1,5 +1,6 @@
-"""The KPI agent's Prometheus series: gauges on the newest window of each series, and the
-campaign label policy (top N campaigns by volume get their own series)."""
+"""The KPI agent's Prometheus series: gauges on the newest window of each series (the agent's
+Prometheus sink, ``streams.core.emission``), and the campaign label policy (top N campaigns by
+volume get their own series)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ from collections.abc import Callable
 from typing import Any
 
 from agents.metrics.registry import Metrics
-from streams.contracts.deltas import ALL, CellKey
+from streams.contracts.deltas import ALL, CellKey, is_drill_down
 from streams.contracts.outputs import KpiKey
 from streams.core.catalog import KPI_UNITS, SUM_MEASURES, Unit
 from streams.core.cells import window_label
+from streams.core.emission import Emission
 from streams.core.labels import CampaignLabels
 
 Series = tuple[str, int, str, str]
@@ -82,3 +84,21 @@ class CampaignSeries:
 
     def has_gauges(self, campaign: str) -> bool:
         return self.labels.has_own_series(campaign)
+
+
+class GaugeSink:
+    """The newest value of every series of a campaign with series of its own, on the gauges of
+    the current window and of the last closed one."""
+
+    def __init__(self, campaigns: CampaignSeries, current: WindowGauges, last_closed: WindowGauges) -> None:
+        self.campaigns = campaigns
+        self.current = current
+        self.last_closed = last_closed
+
+    async def emit(self, emission: Emission) -> None:
+        for encoded in emission.updates:
+            key, update = encoded.key, encoded.update
+            if self.campaigns.has_gauges(key.campaign) and not is_drill_down(key.channel, key.campaign):
+                self.current.observe(key, update.value)
+                if update.final:
+                    self.last_closed.observe(key, update.value)

@@ -18,9 +18,12 @@ from dataclasses import dataclass
 
 import msgspec
 import redis.asyncio as aioredis
+from prometheus_client import Counter, Gauge
 
+from agents.redis.waiting import until_redis_answers
 from streams.contracts.deltas import ALL_TIME
 from streams.contracts.outputs import AlertEvent, KpiKey, KpiUpdate
+from streams.core.emission import Emission
 
 #: A week and a day: the board compares a window with the same one a week before.
 HISTORY_SECONDS = 8 * 86400
@@ -140,6 +143,24 @@ class RedisView:
             bodies = list((await self.client.hgetall(key)).values())
         updates = [_update_decoder.decode(body) for body in bodies]
         return sorted((u for u in updates if query.matches(u)), key=lambda u: (u.kpi, u.channel, u.campaign))
+
+
+class RedisViewSink:
+    """The view as the KPI agent's sink (``streams.core.emission``): waits out a Redis outage."""
+
+    def __init__(self, view: RedisView, redis_up: Gauge, failures: Counter) -> None:
+        self.view = view
+        self.redis_up = redis_up
+        self.failures = failures
+
+    async def emit(self, emission: Emission) -> None:
+        updates = [(encoded.key, encoded.body) for encoded in emission.updates]
+        alerts = [body for _, body in emission.alerts]
+        if not updates and not alerts:
+            return
+        await until_redis_answers(
+            lambda: self.view.write(updates, alerts), "the Redis view", self.redis_up, self.failures
+        )
 
 
 def render_table(updates: list[KpiUpdate]) -> str:

@@ -2,9 +2,10 @@
 
 The rules (merging, closing, expiry, replays, judging) are ``streams.core.engine.KpiEngine``'s;
 this agent reads the delta topic (and, where Faust passed records by, Kafka itself), calls the
-engine with the Faust table as its store, and publishes each message's outputs at once: one
-Redis round trip for the view, one for unique visitors, and one produce batch per output topic.
-Only then does it tell the engine the record's outputs are out.
+engine with the Faust table as its store, and hands each message's changes to its sinks at once
+(``streams.core.emission``): the Prometheus gauges, the Redis view (one round trip) and the
+Kafka topics (one produce batch per topic, the table's changelog writes among them). Only then
+does it tell the engine the record's outputs are out.
 """
 
 from __future__ import annotations
@@ -20,11 +21,11 @@ import msgspec
 from faust.types import TP, TableT
 
 from agents.kafka.gap_reader import DeltaGapReader
-from agents.kafka.outputs import OutputMessage, OutputPublisher
+from agents.kafka.outputs import KafkaOutputs
 from agents.metrics.registry import Metrics
-from agents.metrics.series import CampaignSeries, WindowGauges
+from agents.metrics.series import CampaignSeries, GaugeSink, WindowGauges
 from agents.redis.connections import redis_client
-from agents.redis.view import RedisView
+from agents.redis.view import RedisView, RedisViewSink
 from agents.redis.visitors import VisitorSketches
 from agents.redis.waiting import until_redis_answers
 from agents.settings import Settings
@@ -32,6 +33,7 @@ from streams.contracts.deltas import CellKey, is_drill_down, series_partition
 from streams.contracts.outputs import KpiKey, KpiUpdate
 from streams.core.alerts import AlertRule, Cause
 from streams.core.cells import CellState, kpi_updates, unique_visitors_update
+from streams.core.emission import Emission, EncodedUpdate, KpiSink
 from streams.core.engine import KpiEngine, Outputs
 from streams.core.labels import CampaignLabels
 
@@ -99,9 +101,8 @@ class KpiTableAgent:
         self.store = BatchedTableStore(table)
         #: For the published record's offset, written after the outputs are acknowledged.
         self.direct_store = TableStore(table)
-        self.changelog_topic = table.changelog_topic.get_topic_name()
         self.engine = KpiEngine(settings.windows.policy, alert_rules)
-        self.publisher = OutputPublisher(settings)
+        self.kafka_outputs = KafkaOutputs(settings, table.changelog_topic.get_topic_name())
         for rule in alert_rules:  # every series from the start, so increase() sees the first one
             for status in ("firing", "resolved"):
                 for cause in Cause:
@@ -129,8 +130,9 @@ class KpiTableAgent:
         )
         self.campaigns = CampaignSeries(metrics, labels, [self.current, self.last_closed])
         self.gap_reader = DeltaGapReader(settings)
-        self.view: RedisView | None = None
         self.visitors: VisitorSketches | None = None
+        #: In the order they are served: gauges and the view before the topics.
+        self.sinks: list[KpiSink] = []
 
     def revoke(self, partitions: Iterable[int]) -> None:
         """Drop the indexes of revoked partitions; they are rebuilt if they come back."""
@@ -161,9 +163,14 @@ class KpiTableAgent:
     async def process(self, stream: faust.StreamT[bytes]) -> None:
         # Made here, inside the worker's event loop, which the Redis client binds to.
         client = redis_client(self.settings, socket_timeout=5)
-        self.view = RedisView(client, self.settings.topics.topic_prefix)
+        view = RedisView(client, self.settings.topics.topic_prefix)
         self.visitors = VisitorSketches(client, self.settings.topics.app_id)
-        await self.publisher.start()
+        self.sinks = [
+            GaugeSink(self.campaigns, self.current, self.last_closed),
+            RedisViewSink(view, self.metrics.redis_up, self.metrics.view_errors),
+            self.kafka_outputs,
+        ]
+        await self.kafka_outputs.start()
         try:
             async for event in stream.events():
                 partition, offset = event.message.partition, event.message.offset
@@ -172,7 +179,7 @@ class KpiTableAgent:
                 await self._on_record(partition, offset, event.value)
         finally:
             await self.gap_reader.stop()
-            await self.publisher.stop()
+            await self.kafka_outputs.stop()
 
     async def _read_gap(self, partition: int, gap: range) -> None:
         """Apply (or publish again) what Kafka holds at ``gap``, before the record after it."""
@@ -193,17 +200,17 @@ class KpiTableAgent:
 
     async def _on_record(self, partition: int, offset: int, value: bytes | None) -> None:
         """Fold one delta message into the table (synchronously: every table write of the
-        message happens before any output is awaited), publish what it changed, then record
-        in the table that its outputs are out."""
+        message happens before any output is awaited), hand what it changed to the sinks, then
+        record in the table that its outputs are out."""
         outputs = self.engine.apply(partition, offset, value, self.store)
         self._count(outputs)
-        changelog: list[OutputMessage] = [
-            (self.changelog_topic, key, changed) for key, changed in self.store.take_changes().items()
-        ]
+        changes = self.store.take_changes()
         if outputs.counts["deltas_invalid"]:
-            await self.publisher.publish(partition, changelog)
+            emission = Emission(partition, table_changes=changes)
         else:
-            await self._publish(partition, outputs, changelog)
+            emission = Emission(partition, await self._updates(outputs), list(outputs.alerts), changes)
+        for sink in self.sinks:
+            await sink.emit(emission)
         self.engine.published(partition, offset, self.direct_store)
 
     def _count(self, outputs: Outputs) -> None:
@@ -220,10 +227,9 @@ class KpiTableAgent:
         for event in outputs.fired:
             self.metrics.alerts.labels(event.rule, event.kpi, event.status, event.cause).inc()
 
-    async def _publish(self, partition: int, outputs: Outputs, changelog: list[OutputMessage]) -> None:
-        """Gauges and the Redis view first, so whoever sees a value on a topic finds them
-        already there; then one batch per topic: the table's changelog writes, the latest
-        values, the results of closed windows, and the alert events."""
+    async def _updates(self, outputs: Outputs) -> list[EncodedUpdate]:
+        """The KPI updates of every changed cell (unique visitors read from Redis where page
+        views came), each encoded once."""
         now = datetime.now(UTC)
         updates: list[tuple[KpiKey, KpiUpdate]] = []
         counted: list[tuple[CellKey, CellState, int | None]] = []
@@ -234,26 +240,7 @@ class KpiTableAgent:
                 counted.append((key, state, window_end))
         if counted:
             updates += await self._unique_visitors(counted, now)
-        for kpi_key, update in updates:
-            if self.campaigns.has_gauges(kpi_key.campaign) and not is_drill_down(
-                kpi_key.channel, kpi_key.campaign
-            ):
-                self.current.observe(kpi_key, update.value)
-                if update.final:
-                    self.last_closed.observe(kpi_key, update.value)
-        encoded = [(kpi_key, _encoder.encode(update), update.final) for kpi_key, update in updates]
-        await self._write_view(
-            [(kpi_key, body) for kpi_key, body, _ in encoded], [body for _, body in outputs.alerts]
-        )
-        settings = self.settings
-        messages = changelog
-        for kpi_key, body, final in encoded:
-            raw_key = kpi_key.encode()
-            messages.append((settings.topics.kpi_updates_topic, raw_key, body))
-            if final:
-                messages.append((settings.topics.window_results_topic, raw_key, body))
-        messages += [(settings.topics.alerts_topic, key, body) for key, body in outputs.alerts]
-        await self.publisher.publish(partition, messages)
+        return [EncodedUpdate(key, update, _encoder.encode(update)) for key, update in updates]
 
     async def _unique_visitors(
         self, cells: list[tuple[CellKey, CellState, int | None]], now: datetime
@@ -272,16 +259,6 @@ class KpiTableAgent:
             unique_visitors_update(key, state, count, window_end, now)
             for (key, state, window_end), count in zip(cells, counts, strict=True)
         ]
-
-    async def _write_view(self, updates: list[tuple[KpiKey, bytes]], alerts: list[bytes]) -> None:
-        view = self.view
-        assert view is not None
-        await until_redis_answers(
-            lambda: view.write(updates, alerts),
-            "the Redis view",
-            self.metrics.redis_up,
-            self.metrics.view_errors,
-        )
 
 
 def _highwater(consumer: Any, tp: TP) -> int | None:
