@@ -150,7 +150,7 @@ class TopicSettings:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class RedisSettings:
-    """The Redis server of the view, the board's history and the duplicate check."""
+    """The Redis server of the view, the board's history and the unique visitor sketches."""
 
     #: redis://[user:password@]host:port/db, rediss://... for TLS, or unix:///path.
     redis_url: str = "redis://127.0.0.1:6379/0"

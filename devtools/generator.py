@@ -24,7 +24,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, TextIO
 
 import msgspec
@@ -38,7 +38,7 @@ VALID = "valid"
 DUPLICATE = "duplicate"
 
 # The channel each source must be attributed to is written here by hand from GA4's published
-# channel definitions, independently of streams/channel_rules.toml, so tests can compare.
+# channel definitions, independently of streams/core/channel_rules.toml, so tests can compare.
 #: (utm source, utm medium, referrer, expected channel, weight) of website visits.
 VISIT_SOURCES: tuple[tuple[str | None, str | None, str | None, str, int], ...] = (
     ("google", "organic", "https://www.google.com/", "organic_search", 22),
@@ -595,10 +595,6 @@ def _first_copy_counts(batch: list[Message]) -> list[Message]:
     return relabelled
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
 class ProgressBar:
     def __init__(self, total: int | None, out: TextIO = sys.stderr) -> None:
         self.total = total
@@ -627,7 +623,7 @@ class ProgressBar:
 
 @dataclass(frozen=True, slots=True)
 class ExpectedAlert:
-    """An alert a story must produce under the shipped rules (streams/alert_rules.yml): its
+    """An alert a story must produce under the shipped rules (streams/core/alert_rules.yml): its
     window start lies between ``earliest`` and ``latest``."""
 
     rule: str

@@ -1,8 +1,8 @@
 """Waiting out a Redis outage: the caller pauses (logged, ``mkpi_redis_up`` 0), then goes on.
 
-Ingest cannot decide duplicates without Redis and the agent would leave the view and unique
-visitors behind, so neither guesses: both hold what they are doing and retry, with a growing
-delay, until Redis answers.
+Ingest cannot add page views' visitors to their sketches without Redis, and the agent would
+leave the view and unique visitor counts behind, so neither guesses: both hold what they are
+doing and retry, with a growing delay, until Redis answers.
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ import yaml
 from streams.contracts.deltas import ALL
 from streams.contracts.outputs import AlertEvent
 from streams.contracts.versions import ALERT_VERSION
-from streams.core.catalog import CATALOG, MEASURE_SOURCES, Kpi, evaluate
+from streams.core.catalog import CATALOG, Kpi, evaluate
 from streams.core.windows import Windowing, WindowPolicy
 
 #: The file the worker loads unless ``MKPI_ALERT_RULES_FILE`` names another one.
@@ -100,15 +100,6 @@ class AlertRule:
     #: the baseline expects (its numerator, scaled to the window's volume for a ratio): a 50%
     #: drop of a rate behind 15 leads a day happens by chance every few weeks per channel.
     noise_sigmas: float
-    #: Event types whose bad rows point at broken tracking for this KPI.
-    source_types: frozenset[str]
-
-    def watches(self, kpi: str, window_seconds: int, channel: str, campaign: str) -> bool:
-        return (
-            kpi == self.kpi.name
-            and window_seconds == self.window_seconds
-            and self.scope.covers(channel, campaign)
-        )
 
     @property
     def history_seconds(self) -> int:
@@ -177,7 +168,6 @@ def _rule(raw: Any, where: str, window_sizes: tuple[int, ...]) -> AlertRule:
     severity = str(raw.get("severity", "warning"))
     if severity not in SEVERITIES:
         raise AlertRulesError(f"{where}: severity must be one of {list(SEVERITIES)}")
-    inputs = kpi.inputs
     return AlertRule(
         name=name,
         kpi=kpi,
@@ -191,7 +181,6 @@ def _rule(raw: Any, where: str, window_sizes: tuple[int, ...]) -> AlertRule:
         severity=severity,
         tracking_floor=_number(raw, "tracking_floor", where, 0, 1, 0.1),
         noise_sigmas=_number(raw, "noise_sigmas", where, 0, 10, DEFAULT_NOISE_SIGMAS),
-        source_types=frozenset(MEASURE_SOURCES[m] for m in inputs),
     )
 
 
@@ -224,12 +213,12 @@ def rules_from_mapping(data: Any, origin: str, window_sizes: tuple[int, ...]) ->
 
 
 class Observation(msgspec.Struct, frozen=True, array_like=True):
-    """One closed window of a series: the KPI's numerator and denominator (None for counts),
-    and the bad rows of the KPI's source types in that window and scope (not counted by the
-    engine yet: always 0 there; kept in the stored layout)."""
+    """One closed window of a series: the KPI's numerator and denominator (None for counts)."""
 
     numerator: int
     denominator: int | None
+    #: Always 0: nothing counts bad rows per window. Kept because stored series states (the
+    #: KPI table and its changelog) hold observations as arrays of three.
     rejected: int = 0
 
 
@@ -295,12 +284,6 @@ def judge(rule: AlertRule, current: Observation, baseline: list[Observation]) ->
         detail = (
             f"{'+'.join(kpi.plus)} fell to {current.numerator} where ~{expected_numerator:.4g} were "
             "expected: a source stopped sending"
-        )
-    if current.rejected:
-        cause = Cause.TRACKING_BROKE
-        detail = (
-            f"{current.rejected} {'/'.join(sorted(rule.source_types))} events were rejected as bad "
-            f"rows in this window; {detail}"
         )
     return msgspec.structs.replace(judgement, cause=cause, detail=detail)
 

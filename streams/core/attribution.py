@@ -1,6 +1,6 @@
 """Channel and campaign attribution from a versioned rules file (GA4-style channel grouping).
 
-Rules are data (streams/channel_rules.toml, or MKPI_CHANNEL_RULES_FILE). They are read once
+Rules are data (streams/core/channel_rules.toml, or MKPI_CHANNEL_RULES_FILE). They are read once
 and compiled into plain predicates, so attributing an event is a few set lookups.
 """
 

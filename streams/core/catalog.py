@@ -4,7 +4,7 @@ Every KPI is computed from measures that add up across partitions, channels, cam
 windows (counts and sums). A ratio is published with its numerator and denominator so that
 consumers can aggregate it correctly. Distinct counts that must be exact (unique opens and
 clicks) are measures too: an email event adds 1 only on the first sighting of its
-(pseudonymized) key, which ingest checks in the partition's state with the duplicate check. Sessions
+(pseudonymized) key, which ingest looks up in the partition's state. Sessions
 are counted once each, by the event that starts them (``streams.core.sessions``).
 """
 
@@ -64,35 +64,6 @@ MEASURES: tuple[str, ...] = (
     "leads",
     "lead_value_cents",
 )
-#: Which event type feeds each measure: its bad rows mean the measure is undercounted.
-MEASURE_SOURCES: dict[str, str] = {
-    "page_views": "page_view",
-    "organic_page_views": "page_view",
-    "blog_page_views": "page_view",
-    "sessions": "page_view",
-    "organic_sessions": "page_view",
-    "engagements": "page_engagement",
-    "engaged_ms": "page_engagement",
-    "emails_sent": "email_sent",
-    "emails_delivered": "email_delivered",
-    "email_opens": "email_open",
-    "email_unique_opens": "email_open",
-    "email_machine_opens": "email_open",
-    "email_clicks": "click",
-    "email_unique_clicks": "click",
-    "ad_impressions": "ad_impression",
-    "ad_clicks": "click",
-    "post_impressions": "post_impression",
-    "social_clicks": "click",
-    "other_clicks": "click",
-    "shares": "share",
-    "follows": "follow",
-    "unfollows": "unfollow",
-    "subscribes": "subscribe",
-    "unsubscribes": "unsubscribe",
-    "leads": "lead",
-    "lead_value_cents": "lead",
-}
 #: Measures also kept as a running total since counting began (window size 0).
 RUNNING_TOTAL_MEASURES = frozenset({"subscribes", "unsubscribes"})
 #: Measures that sum a quantity rather than count events.

@@ -1,4 +1,4 @@
-"""Drop alerts on the real broker, with the shipped rules (streams/alert_rules.yml) and the
+"""Drop alerts on the real broker, with the shipped rules (streams/core/alert_rules.yml) and the
 generator's stories: hours of event time in the past, read as fast as the worker can.
 
 - "drop": the first campaign's email opens fall 60% for two hours, then recover. Exactly one

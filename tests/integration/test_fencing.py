@@ -1,4 +1,4 @@
-"""Transactional offset commits fenced by group membership (streams/fencing.py), on the real
+"""Transactional offset commits fenced by group membership (agents/kafka/fencing.py), on the real
 broker: a commit in the name of a generation the group has left is refused and its whole
 transaction aborted, while aiokafka's own commit, which names only the group, is not."""
 

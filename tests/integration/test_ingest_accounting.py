@@ -1,6 +1,6 @@
 """Nothing lost: every raw message is counted once as valid, a bad row, or a duplicate.
 
-The expected accounting comes from the generator's labels (tests/unit/test_generator.py
+The expected accounting comes from the generator's labels (tests/devtools/test_generator.py
 checks those labels against the decoder); the actual one is read back from the real broker:
 the ingest accounting topic, the bad-row topic and /metrics.
 """

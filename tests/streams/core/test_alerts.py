@@ -46,8 +46,8 @@ def rule(**overrides: Any) -> AlertRule:
     return rules_from_mapping({"rules": [raw]}, "test", SIZES)[0]
 
 
-def opens(unique_opens: int, delivered: int = 200, rejected: int = 0) -> Observation:
-    return Observation(unique_opens, delivered, rejected)
+def opens(unique_opens: int, delivered: int = 200) -> Observation:
+    return Observation(unique_opens, delivered)
 
 
 SERIES = ("email_open_rate", HOUR, "*", "black_friday")
@@ -107,17 +107,6 @@ def test_rule_names_are_unique(tmp_path: Path) -> None:
         load_rules(path, SIZES)
 
 
-def test_a_rule_watches_only_its_kpi_window_and_scope() -> None:
-    alert = rule()
-    assert alert.watches("email_open_rate", HOUR, "*", "black_friday")
-    assert not alert.watches("email_open_rate", HOUR, "*", "*"), "overall is not a campaign"
-    assert not alert.watches("email_open_rate", HOUR, "email", "*"), "a channel is not a campaign"
-    assert not alert.watches("email_open_rate", 60, "*", "black_friday")
-    assert not alert.watches("email_click_rate", HOUR, "*", "black_friday")
-    assert rule(scope="channel").watches("email_open_rate", HOUR, "email", "*")
-    assert rule(scope="overall").watches("email_open_rate", HOUR, "*", "*")
-
-
 def breached(alert: AlertRule, current: Observation, baseline: list[Observation]) -> bool:
     judgement = judge(alert, current, baseline)
     assert judgement is not None
@@ -147,9 +136,6 @@ def test_a_real_fall_and_broken_tracking_are_told_apart() -> None:
     silent_delivery = judge(rule(), opens(0, delivered=0), baseline)
     assert silent_delivery is not None and silent_delivery.breached and silent_delivery.value is None
     assert silent_delivery.cause is Cause.TRACKING_BROKE and "emails_delivered fell" in silent_delivery.detail
-    rejected = judge(rule(), opens(20, rejected=45), baseline)
-    assert rejected is not None and rejected.cause is Cause.TRACKING_BROKE
-    assert rejected.detail.startswith("45 email_delivered/email_open events were rejected")
 
 
 def test_a_drop_within_poisson_noise_of_a_small_count_is_not_a_breach() -> None:
