@@ -10,7 +10,7 @@ the generator's ground truth. It reports memory after the warm-up (lowest, highe
 trend as a least-squares slope in MB per 10 minutes), the largest lag and backlog, and whether
 the totals are exact, and how many delta messages the KPI agent's committed offsets trail by
 at the end; ``--record`` appends the report to docs/soak/README.md. The rate should be half of
-C's on the machine (README, "Benchmark").
+C's on the machine (docs/benchmarks/README.md, "How to run").
 """
 
 from __future__ import annotations

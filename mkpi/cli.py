@@ -327,7 +327,7 @@ def build_parser(stories: dict[str, str] | None = None) -> argparse.ArgumentPars
     parser = argparse.ArgumentParser(
         prog="mkpi",
         description="Live marketing KPIs from Kafka event streams. Settings come from MKPI_* "
-        "environment variables (see README).",
+        "environment variables (see docs/configuration.md).",
     )
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("worker", help="run a stream worker (ingest, KPI tables, /metrics)")

@@ -165,7 +165,7 @@ async def produce(
     settings: Settings, topic: str, payloads: list[bytes | None], keys: list[bytes | None] | None = None
 ) -> None:
     """Send ``payloads`` in order, keyed by ``keys`` (Kafka's default partitioner), by default
-    each by its subject as README asks producers to. Idempotent, so a batch retried (a new
+    each by its subject as docs/contracts.md asks producers to. Idempotent, so a batch retried (a new
     topic's leader is not elected yet) cannot land after the batch behind it: expectations
     follow each partition's order."""
     producer = AIOKafkaProducer(
@@ -238,7 +238,7 @@ async def read_everything(
     settings: Settings, topics: list[str], isolation: str = "read_committed"
 ) -> list[ConsumerRecord[bytes, bytes]]:
     """Every record currently in ``topics``, up to their end offsets. Read committed by default,
-    as README tells consumers to: ingest's topics are transactional, and a killed worker's aborted
+    as docs/contracts.md tells consumers to: ingest's topics are transactional, and a killed worker's aborted
     batch stays in the log."""
     consumer = AIOKafkaConsumer(
         **kafka_options(settings),

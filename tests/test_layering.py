@@ -43,8 +43,8 @@ def modules() -> dict[str, Path]:
     found = {}
     for package in FIRST_PARTY:
         for path in (REPO / package).rglob("*.py"):
-            if path.name == "__init__.py" and not path.read_text(encoding="utf-8").strip():
-                continue  # an empty package marker imports nothing
+            if path.name == "__init__.py" and not imported(path):
+                continue  # a package marker (a docstring at most) imports nothing
             name = ".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
             found[name] = path
     return found

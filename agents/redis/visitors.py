@@ -5,7 +5,7 @@ the HyperLogLog of each published cell, before the flush that carries its deltas
 agent reads the count when it publishes the cell. Adding is idempotent, so replays and client
 retries change nothing, and HyperLogLogs merge: ``PFCOUNT`` over several keys counts the
 union (several campaigns, or the hours of a day). Redis's HyperLogLog has a standard error of
-0.81%; README states the worst case measured (5 visitors or 3%, whichever is larger).
+0.81%; docs/kpis.md states the worst case measured (5 visitors or 3%, whichever is larger).
 """
 
 from __future__ import annotations

@@ -40,7 +40,7 @@ class KpiUpdate(msgspec.Struct, frozen=True, kw_only=True):
     """The latest value of one KPI in one window."""
 
     schema_version: Annotated[str, msgspec.Meta(pattern="^1-[0-9]+-[0-9]+$")]
-    kpi: Annotated[str, msgspec.Meta(description="A KPI of the catalog (README).")]
+    kpi: Annotated[str, msgspec.Meta(description="A KPI of the catalog (docs/kpis.md).")]
     window_seconds: Annotated[
         int, msgspec.Meta(ge=0, description="0: the running total since counting began (net_subscribers).")
     ]

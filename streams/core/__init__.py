@@ -1,0 +1,1 @@
+"""Core: the pure logic of ingest and the KPI engine; I/O stays in ``agents``."""

@@ -109,8 +109,8 @@ def test_structure_ids_datasource_and_variables(path: Path) -> None:
 
 
 def catalog_kpis() -> set[str]:
-    """The KPI names of README's KPI table (its first column)."""
-    table = (ROOT / "README.md").read_text().split("| kpi | value | from |")[1].split("\n\n")[0]
+    """The KPI names of the KPI table in docs/kpis.md (its first column)."""
+    table = (ROOT / "docs" / "kpis.md").read_text().split("| kpi | value | from |")[1].split("\n\n")[0]
     return {name for row in table.splitlines()[2:] for name in re.findall(r"`([a-z_]+)`", row.split("|")[1])}
 
 

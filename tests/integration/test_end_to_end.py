@@ -1,7 +1,7 @@
 """Page views with known answers through a real broker and a real worker process.
 
 The expected KPIs are computed here from the test's own labels (each event is built
-with the channel it must be attributed to) and the definitions in README, not by the
+with the channel it must be attributed to) and the definitions in docs/kpis.md, not by the
 code under test.
 """
 

@@ -3,7 +3,7 @@
 tests/data/holdout/events.jsonl is a morning of a fictional coffee roaster's marketing
 (organic search, a newsletter, a paid search campaign, a social post, follows and video
 subscriptions, one retry and one broken line); expected.json holds the KPIs a person
-computed from it with README's definitions.
+computed from it with the definitions of docs/kpis.md.
 """
 
 from __future__ import annotations

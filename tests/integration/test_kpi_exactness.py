@@ -6,7 +6,7 @@ worker; in the sigkill runs through a worker killed with SIGKILL and restarted t
 in the three-worker run through three workers on six partitions; in the chaos runs through
 three workers while one is killed with SIGKILL, the broker restarts and Redis is stopped for
 30 seconds (the chaos script: ``CHAOS_TESTS=1`` adds the long modes). The expected numerators and denominators are computed here from the messages as
-produced, the generator's hand-written channel labels and the rules README states (KPI
+produced, the generator's hand-written channel labels and the rules docs/kpis.md states (KPI
 definitions, lateness against the raw partition's watermark); the code under test is not
 used to compute them. Compared: the accounting topic, the latest-value topic, the window
 results (final, then revisions), the late topic, Redis and /metrics.
@@ -57,7 +57,7 @@ pytestmark = pytest.mark.kafka
 
 SIZES = (60, 3600, 86400)
 Cell = tuple[int, int, str, str]
-# kpi -> (measures added, measures subtracted, denominator or None), as README defines them
+# kpi -> (measures added, measures subtracted, denominator or None), as docs/kpis.md defines them
 DEFINITIONS: dict[str, tuple[tuple[str, ...], tuple[str, ...], str | None]] = {
     "page_views": (("page_views",), (), None),
     "sessions": (("sessions",), (), None),
@@ -115,7 +115,7 @@ def raw_partition(key: bytes | None, partitions: int) -> int:
 
 
 def by_subject_partition(message: Message, partitions: int, pseudonymization_key: str) -> int:
-    """Where the repartition puts a raw event (README, "Subject affinity"): by the HMAC-SHA256
+    """Where the repartition puts a raw event (docs/contracts.md, "Message key"): by the HMAC-SHA256
     pseudonym of its subject, an email event's recipient, else the user, else the anonymous
     id, else its own id."""
     event = json.loads(message.payload)
@@ -146,7 +146,7 @@ class Expected:
 def expected_results(
     messages: list[Message], partition_of: Callable[[Message], int], zone: ZoneInfo
 ) -> Expected:
-    """The README's rules applied by hand: an event counts in every window size except those
+    """The rules of docs/kpis.md applied by hand: an event counts in every window size except those
     whose end + grace + retention is at or below the highest event time read before it on its
     raw partition (valid events and retries alike); a site event counts in its session's
     channel and campaign, those of the session's first event as read (the generator keys
@@ -310,7 +310,7 @@ def assert_channels_add_up(published: dict[Any, tuple[int, int | None]]) -> None
 
 
 def assert_visitors_within_error(expected: dict[Any, int], published: dict[Any, Any]) -> None:
-    """Within the bound README states for Redis's HyperLogLog: 5 or 3% of the true count,
+    """Within the bound docs/kpis.md states for Redis's HyperLogLog: 5 or 3% of the true count,
     whichever is larger (thousands of cells are compared, so the worst case matters)."""
     assert set(published) == set(expected)
     off = {

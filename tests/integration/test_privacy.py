@@ -66,7 +66,7 @@ async def test_planted_identifiers_appear_nowhere(tmp_path: Path) -> None:
     broken = [
         json.dumps({**valid[1], "type": "purchase"}).encode(),  # unknown type, ids inside
         json.dumps(valid[2]).encode()[:-40],  # truncated JSON, ids inside
-        # Not JSON at all: addresses are found anywhere, other ids only as JSON fields (README says so).
+        # Not JSON at all: addresses are found anywhere, other ids only as JSON fields (docs/contracts.md says so).
         f'contact {reader} or {buyer}, "user_id": "{user}"'.encode(),
         json.dumps(
             {**valid[0], "page": {"path": "/", "title": "x" * 70_000}, "note": reader}

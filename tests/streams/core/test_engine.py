@@ -1,6 +1,6 @@
 """The KPI engine without a broker: applying, replaying, closing, revising, expiring, judging
 and recovering, against a dict as its table. Expected values are worked out by hand from the
-window rules (README, "Windows"), not read from the engine."""
+window rules (docs/kpis.md, "Event time, closing and late events"), not read from the engine."""
 
 from __future__ import annotations
 
