@@ -40,7 +40,7 @@ class OutputRefused(KafkaError):  # type: ignore[misc]
     """A topic refused a message of a checkpoint; the transaction is aborted and its input read
     again."""
 
-    def __init__(self, topic: str, error: Exception) -> None:
+    def __init__(self, topic: str, writer: str, error: Exception) -> None:
         hint = (
             " It is larger than the topic takes: raise the topic's max.message.bytes (or the "
             "broker's message.max.bytes)."
@@ -48,19 +48,20 @@ class OutputRefused(KafkaError):  # type: ignore[misc]
             else ""
         )
         super().__init__(
-            f"{topic} refused a message ({error!r}).{hint} Nothing of this batch is committed; "
-            f"it is retried every {REFUSED_RETRY_SECONDS:.0f} s."
+            f"{topic} refused a message from {writer} ({error!r}).{hint} Nothing of this batch is "
+            f"committed; it is retried every {REFUSED_RETRY_SECONDS:.0f} s."
         )
         self.topic = topic
 
 
 class Checkpoint:
     """The writes of one open transaction: ``produce`` the outputs, then ``commit`` the input
-    offsets they were made from."""
+    offsets they were made from. ``writer`` names the stage in errors."""
 
     def __init__(
-        self, producer: FencedTransactionalProducer, consumer: AIOKafkaConsumer, group_id: str
+        self, producer: FencedTransactionalProducer, consumer: AIOKafkaConsumer, group_id: str, writer: str
     ) -> None:
+        self.writer = writer
         self.producer = producer
         self.consumer = consumer
         self.group_id = group_id
@@ -75,7 +76,7 @@ class Checkpoint:
                 topic, value=value, key=key, partition=partition
             )
         except KafkaError as exc:  # refused before sending (larger than max_request_size)
-            raise OutputRefused(topic, exc) from exc
+            raise OutputRefused(topic, self.writer, exc) from exc
         self._deliveries.append((topic, delivery))
         return delivery
 
@@ -86,7 +87,7 @@ class Checkpoint:
         )
         for (topic, _), outcome in zip(self._deliveries, outcomes, strict=True):
             if isinstance(outcome, KafkaError):
-                raise OutputRefused(topic, outcome) from outcome
+                raise OutputRefused(topic, self.writer, outcome) from outcome
             if isinstance(outcome, BaseException):
                 raise outcome
 

@@ -156,7 +156,7 @@ class TransactionalStage(Service):
         consumer stands at the committed offsets again. Call under ``lock``."""
         try:
             async with self.producer.transaction():
-                return await write(Checkpoint(self.producer, self.consumer, self.group_id))
+                return await write(Checkpoint(self.producer, self.consumer, self.group_id, self.role))
         except ProducerFenced:
             log.critical(
                 "another worker uses the transactional id %s; give each worker its own MKPI_WORKER_NAME. "
@@ -166,7 +166,7 @@ class TransactionalStage(Service):
             )
             raise
         except OutputRefused as exc:
-            log.error("%s: %s", self.role, exc)
+            log.error("%s", exc)
             self.aborted(exc)
             self._retry_after = time.monotonic() + REFUSED_RETRY_SECONDS
             await self._renew_producer()
