@@ -565,7 +565,9 @@ def producer_key(event: dict[str, Any]) -> bytes:
     so that a subject's events, and so its sessions, stay on one raw partition in the order
     they were sent."""
     recipient = (event.get("email") or {}).get("recipient")
-    subject = subject_of(event["event_id"], event.get("user_id"), event.get("anonymous_id"), recipient)
+    subject = subject_of(
+        event["event_id"], event.get("user_id"), event.get("anonymous_id"), recipient, event.get("session_id")
+    )
     return str(subject).encode()
 
 

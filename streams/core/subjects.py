@@ -21,6 +21,7 @@ class _Subject(msgspec.Struct):
     event_id: str | None = None
     user_id: str | None = None
     anonymous_id: str | None = None
+    session_id: str | None = None
     email: _EmailRecipient | None = None
 
 
@@ -28,11 +29,16 @@ _decoder = msgspec.json.Decoder(_Subject)
 
 
 def subject_of(
-    event_id: str | None, user_id: str | None, anonymous_id: str | None, recipient: str | None
+    event_id: str | None,
+    user_id: str | None,
+    anonymous_id: str | None,
+    recipient: str | None,
+    session_id: str | None = None,
 ) -> str | None:
     """An email event's recipient (its opens and clicks count once per recipient), else the
-    user, else the anonymous id; for an event of nobody its own id (its retries stay together)."""
-    return recipient or user_id or anonymous_id or event_id or None
+    user, else the anonymous id; for an event of nobody its session (a session's events stay
+    together, so it counts once), else its own id (its retries stay together)."""
+    return recipient or user_id or anonymous_id or session_id or event_id or None
 
 
 def subject_key(payload: bytes) -> bytes | None:
@@ -43,5 +49,5 @@ def subject_key(payload: bytes) -> bytes | None:
     except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
         return None
     recipient = fields.email.recipient if fields.email is not None else None
-    subject = subject_of(fields.event_id, fields.user_id, fields.anonymous_id, recipient)
+    subject = subject_of(fields.event_id, fields.user_id, fields.anonymous_id, recipient, fields.session_id)
     return None if subject is None else subject.encode()

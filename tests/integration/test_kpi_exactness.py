@@ -117,12 +117,13 @@ def raw_partition(key: bytes | None, partitions: int) -> int:
 def by_subject_partition(message: Message, partitions: int, pseudonymization_key: str) -> int:
     """Where the repartition puts a raw event (docs/contracts.md, "Message key"): by the HMAC-SHA256
     pseudonym of its subject, an email event's recipient, else the user, else the anonymous
-    id, else its own id."""
+    id, else the session, else its own id."""
     event = json.loads(message.payload)
     subject = (
         (event.get("email") or {}).get("recipient")
         or event.get("user_id")
         or event.get("anonymous_id")
+        or event.get("session_id")
         or event["event_id"]
     )
     digest = hmac.new(pseudonymization_key.encode(), subject.encode(), hashlib.sha256).hexdigest()

@@ -14,6 +14,8 @@ from streams.core.subjects import subject_key
         (b'{"event_id":"e","user_id":"u","anonymous_id":"a"}', b"u"),
         (b'{"event_id":"e","anonymous_id":"a","email":{"message_id":"m"}}', b"a"),
         (b'{"event_id":"e","type":"post_impression"}', b"e"),
+        (b'{"event_id":"e","session_id":"s","type":"page_view"}', b"s"),
+        (b'{"event_id":"e","anonymous_id":"a","session_id":"s"}', b"a"),
         (b'{"event_id":"e","user_id":"","anonymous_id":"a"}', b"a"),
         (b'{"type":"page_view"}', None),
         (b"[1, 2]", None),
@@ -22,7 +24,7 @@ from streams.core.subjects import subject_key
         (b'{"extra":' + b"[" * 100_000 + b"]" * 100_000 + b"}", None),
     ],
 )
-def test_an_email_events_recipient_else_the_user_else_the_device_else_the_event(
+def test_an_email_events_recipient_else_the_user_else_the_device_else_the_session_else_the_event(
     payload: bytes, key: bytes | None
 ) -> None:
     assert subject_key(payload) == key
