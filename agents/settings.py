@@ -335,6 +335,7 @@ class Settings:
             own_sites=ingest.site_domain_list,
             session_timeout_seconds=ingest.session_timeout_seconds,
             session_ttl_seconds=ingest.unique_horizon_seconds,
+            repartitioned=not self.topics.raw_keyed_by_subject,
         )
 
     def value(self, name: str) -> Any:

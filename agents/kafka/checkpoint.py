@@ -68,12 +68,18 @@ class Checkpoint:
         self._deliveries: list[tuple[str, asyncio.Future[Any]]] = []
 
     async def produce(
-        self, topic: str, value: bytes, *, key: bytes | None = None, partition: int | None = None
+        self,
+        topic: str,
+        value: bytes,
+        *,
+        key: bytes | None = None,
+        partition: int | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
     ) -> asyncio.Future[Any]:
         """Send one output; its delivery is awaited by ``commit``."""
         try:
             delivery: asyncio.Future[Any] = await self.producer.send(
-                topic, value=value, key=key, partition=partition
+                topic, value=value, key=key, partition=partition, headers=headers
             )
         except KafkaError as exc:  # refused before sending (larger than max_request_size)
             raise OutputRefused(topic, self.writer, exc) from exc

@@ -129,7 +129,7 @@ class IngestService(TransactionalStage):
         self.ingestor.assign(raw_tp, start, None if point is None else point.watermark, state)
 
     async def assigned(self, assigned: list[TopicPartition]) -> None:
-        self.ingestor.raw_partitions = len(self.consumer.partitions_for_topic(self.topic) or ())
+        self.ingestor.counted_partitions = len(self.consumer.partitions_for_topic(self.topic) or ())
         self.owned_partitions = len(assigned)
         self.metrics.ingest_partitions.set(len(assigned))
 

@@ -75,7 +75,12 @@ class DeltaBatch(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class WatermarkMark(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind", tag="watermark"):
-    """Event-time progress of one raw partition, sent by ingest to every delta partition."""
+    """Event-time progress of one raw partition, sent by ingest to every delta partition.
+
+    When the raw topic is repartitioned by subject, every partition of the repartitioned
+    topic carries events of every raw partition: its ingest then sends one mark per raw
+    partition, as far as it has read that raw partition's events (``counted_partition`` set),
+    and windows close once every such pair has passed them."""
 
     schema_version: Annotated[str, msgspec.Meta(pattern="^1-[0-9]+-[0-9]+$")]
     raw_partition: Annotated[int, msgspec.Meta(ge=0)]
@@ -85,3 +90,23 @@ class WatermarkMark(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind",
         msgspec.Meta(description="Unix seconds; null while the partition has never had an event."),
     ]
     idle: Annotated[bool, msgspec.Meta(description="No message for the idle timeout.")]
+    counted_partition: (
+        Annotated[
+            int,
+            msgspec.Meta(
+                ge=0,
+                description="The partition of the repartitioned topic whose ingest sent the mark; "
+                "absent when ingest counts the raw topic itself.",
+            ),
+        ]
+        | None
+    ) = None
+    counted_partitions: (
+        Annotated[int, msgspec.Meta(gt=0, description="Partitions of the repartitioned topic.")] | None
+    ) = None
+
+    @property
+    def source(self) -> tuple[int, int]:
+        """(counted partition, raw partition): what this mark reports the progress of."""
+        counted = self.raw_partition if self.counted_partition is None else self.counted_partition
+        return counted, self.raw_partition

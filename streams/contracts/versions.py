@@ -14,6 +14,7 @@ from streams.contracts.deltas import DeltaBatch
 from streams.contracts.events import RawEvent
 from streams.contracts.journal import JournalRecord
 from streams.contracts.outputs import AlertEvent, BadRow, IngestReport, KpiUpdate, LateEvent
+from streams.contracts.repartition import ForwardedMarks
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,13 +77,23 @@ CONTRACTS: tuple[Contract, ...] = (
     ),
     Contract(
         "kpi_delta",
-        "2-0-0",
+        "2-1-0",
         "internal",
         DeltaBatch,
         "Internal, on <prefix>.kpi-deltas, no key: a batch of one ingest flush for one partition. "
         "deltas: increments of cells whose channel and campaign hash to this partition (at most "
         "500 per message); marks: the event-time watermarks of the raw partitions the flush read, "
         "in the flush's last message to every partition, applied after its deltas.",
+    ),
+    Contract(
+        "forwarded_marks",
+        "1-0-0",
+        "internal",
+        ForwardedMarks,
+        "Internal, on <prefix>.raw-by-subject between the copied raw messages, with the header "
+        "mkpi-marks: how far each raw partition has come as the repartition stage copied it, sent "
+        "to every partition after each batch. Not an event: ingest reads it for event-time "
+        "progress and counts it nowhere.",
     ),
     Contract(
         "state_journal",
@@ -115,5 +126,6 @@ BAD_ROW_VERSION = _VERSIONS["bad_row"]
 INGEST_REPORT_VERSION = _VERSIONS["ingest_report"]
 ALERT_VERSION = _VERSIONS["alert"]
 STATE_JOURNAL_VERSION = _VERSIONS["state_journal"]
+FORWARDED_MARKS_VERSION = _VERSIONS["forwarded_marks"]
 #: Marks travel inside kpi_delta messages; their version is their own.
-WATERMARK_MARK_VERSION = "1-0-0"
+WATERMARK_MARK_VERSION = "1-1-0"

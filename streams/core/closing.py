@@ -23,7 +23,7 @@ import msgspec
 
 from streams.contracts.deltas import ALL_TIME, CellKey, WatermarkMark
 from streams.core.cells import CellState
-from streams.core.watermarks import low_watermark
+from streams.core.watermarks import Source, expected_sources, low_watermark
 from streams.core.windows import WindowPolicy
 
 Window = tuple[int, int]
@@ -59,8 +59,14 @@ class PartitionWindows:
 
     def __init__(self, policy: WindowPolicy) -> None:
         self.policy = policy
-        self.marks: dict[int, WatermarkMark] = {}
+        #: The newest mark of each (counted partition, raw partition); the counted partition is
+        #: None for marks of ingest counting the raw topic itself.
+        self.marks: dict[tuple[int | None, int], WatermarkMark] = {}
         self.raw_partitions = 0
+        #: Partitions of the repartitioned topic ingest counts; None: it counts the raw topic.
+        self.counted_partitions: int | None = None
+        self._low: float | None = None
+        self._low_is_current = True
         self._cells: defaultdict[Window, set[CellKey]] = defaultdict(set)
         self._open: defaultdict[Window, set[CellKey]] = defaultdict(set)
         self._closed_by: defaultdict[int, set[CellKey]] = defaultdict(set)
@@ -79,12 +85,27 @@ class PartitionWindows:
                 self._closed_by[state.closed_by].add(key)
 
     def record_mark(self, mark: WatermarkMark) -> None:
-        self.marks[mark.raw_partition] = mark
+        """The newest mark of its source. The kind of the newest mark decides which sources
+        windows wait for: a deployment that changes how the raw topic is keyed changes them."""
+        self.marks[(mark.counted_partition, mark.raw_partition)] = mark
         self.raw_partitions = max(self.raw_partitions, mark.raw_partitions)
+        if mark.counted_partitions is None:
+            self.counted_partitions = None
+        else:
+            self.counted_partitions = max(self.counted_partitions or 0, mark.counted_partitions)
+        self._low_is_current = False
 
     @property
     def low_watermark(self) -> float | None:
-        return low_watermark(self.marks, self.raw_partitions)
+        """The minimum over every expected source's newest mark (computed once per change)."""
+        if not self._low_is_current:
+            forwarded = self.counted_partitions is not None
+            marks: dict[Source, WatermarkMark] = {
+                m.source: m for (counted, _), m in self.marks.items() if (counted is not None) == forwarded
+            }
+            self._low = low_watermark(marks, expected_sources(self.raw_partitions, self.counted_partitions))
+            self._low_is_current = True
+        return self._low
 
     def _closed(self, window: Window, low: float | None) -> bool:
         """Whether ``low`` has passed the window's close; running totals never close."""

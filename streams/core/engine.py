@@ -279,7 +279,7 @@ class KpiEngine:
         partition, offset = record.partition, record.offset
         replayed = False
         for mark in marks:
-            stored_key = table_keys.mark_key(partition, mark.raw_partition)
+            stored_key = table_keys.mark_key(partition, mark.raw_partition, mark.counted_partition)
             stored = None if (raw := store.get(stored_key)) is None else _mark_state_decoder.decode(raw)
             merged = merge_mark(stored, mark, offset)
             if merged is None:

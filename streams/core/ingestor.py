@@ -12,16 +12,24 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import NamedTuple, Protocol
+
+import msgspec
 
 from streams.contracts.checkpoints import CommitPoint
 from streams.contracts.deltas import CellKey, Delta, WatermarkMark
 from streams.contracts.events import TYPE_NAMES, PageView, RawEvent
 from streams.contracts.journal import JournalRecord
 from streams.contracts.outputs import BadReason, BadRow, LateEvent
+from streams.contracts.repartition import (
+    MARKS_HEADER,
+    RAW_PARTITION_HEADER,
+    RAW_WATERMARK_HEADER,
+    ForwardedMarks,
+)
 from streams.contracts.versions import LATE_EVENT_VERSION, WATERMARK_MARK_VERSION
 from streams.core.aggregation import DeltaAggregator, published_cells
 from streams.core.attribution import Attribution, ChannelRules
@@ -29,8 +37,8 @@ from streams.core.catalog import Unique, measures_of, session_scoped, uniques_of
 from streams.core.privacy import Pseudonymizer
 from streams.core.sessions import Placement, SessionEvent, place
 from streams.core.subject_state import PartitionState
-from streams.core.validation import Rejection, check_time_range, decode_event, event_time, make_bad_row
-from streams.core.watermarks import Lateness, PartitionWatermarks
+from streams.core.validation import Rejection, decode_in_time, make_bad_row
+from streams.core.watermarks import ForwardedWatermarks, Lateness, PartitionWatermarks
 from streams.core.windows import WindowPolicy
 
 log = logging.getLogger(__name__)
@@ -51,6 +59,8 @@ class RawRecord(Protocol):
     def offset(self) -> int: ...
     @property
     def value(self) -> bytes | None: ...
+    @property
+    def headers(self) -> Sequence[tuple[str, bytes]]: ...
 
 
 class RawPartition(NamedTuple):
@@ -77,6 +87,10 @@ class IngestPolicy:
     session_timeout_seconds: int = 1800
     #: How long a subject's sessions are remembered after its last event was placed.
     session_ttl_seconds: int = 30 * 86400
+    #: Whether ingest counts the raw topic repartitioned by subject: events are then judged
+    #: by the stamps of the repartition stage, and marks go per raw partition as read on each
+    #: counted partition (``streams.contracts.repartition``).
+    repartitioned: bool = False
 
 
 @dataclass
@@ -115,7 +129,7 @@ class Candidate:
     uniques: tuple[Unique, ...]
     #: Window sizes it is too late for (past retention by its partition's watermark).
     missed_sizes: tuple[int, ...]
-    #: The partition's watermark it was judged against.
+    #: The watermark it was judged against: its raw partition's, just before it.
     watermark: float | None
     #: Its visitor (pseudonymized) when it is a page view, for the unique-visitor sketches.
     visitor: str | None
@@ -124,6 +138,8 @@ class Candidate:
     distinct_cells: tuple[NamedCell, ...]
     #: Its session, for a site event with a session id or a subject.
     session: SessionEvent | None
+    #: Its raw partition, when read from the repartitioned topic with the stage's stamp.
+    raw_partition: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +149,8 @@ class Screened:
     candidates: list[Candidate]
     rejected: list[tuple[RawRecord, Rejection]]
     next_offsets: dict[RawPartition, int]
+    #: The repartition stage's marks read between the events, with the partition they came on.
+    forwarded: list[tuple[int, ForwardedMarks]] = field(default_factory=list)
 
 
 class BatchIngestor:
@@ -158,7 +176,11 @@ class BatchIngestor:
         self.windowing = policy.windows.windowing
         self.lateness = Lateness(policy.windows)
         self.watermarks = PartitionWatermarks(policy.idle_timeout_seconds, monotonic)
-        #: Partitions of the raw topic (all of them, not only this worker's).
+        #: Raw partitions as read on each repartitioned partition (``policy.repartitioned``).
+        self.forwarded = ForwardedWatermarks()
+        #: Partitions of the counted topic (all of them, not only this worker's).
+        self.counted_partitions = 0
+        #: Partitions of the raw topic, as the repartition stage's marks say.
         self.raw_partitions = 0
         self.aggregator = DeltaAggregator(self.windowing)
         self.bad_rows: list[BadRow] = []
@@ -170,7 +192,8 @@ class BatchIngestor:
         self.late_windows: Counter[str] = Counter()
         self._positions: dict[RawPartition, int] = {}
         self._states: dict[int, PartitionState] = {}
-        self._sent_marks: dict[int, tuple[float | None, bool]] = {}
+        #: (counted partition, raw partition) -> (watermark, idle) as last sent.
+        self._sent_marks: dict[tuple[int, int], tuple[float | None, bool]] = {}
         #: Window size -> window start -> (channel, campaign) -> its published cells, named.
         self._named: defaultdict[int, dict[int, dict[tuple[str, str], list[NamedCell]]]] = defaultdict(dict)
         self._newest_named: dict[int, int] = {}
@@ -179,7 +202,8 @@ class BatchIngestor:
         """Take over a raw partition from an offset (its committed one, or the start of its
         log), its committed watermark, and its subjects' state as of that offset."""
         self.watermarks.assign(tp.partition, watermark)
-        self._sent_marks.pop(tp.partition, None)
+        self.forwarded.assign(tp.partition)
+        self._forget_sent_marks(tp.partition)
         self._positions[tp] = start
         state.next_offset = start
         self._states[tp.partition] = state
@@ -208,18 +232,35 @@ class BatchIngestor:
         """Forget a partition (after the flush that precedes its revocation); its state, which
         stands at ``next_offset``, goes to the caller."""
         self.watermarks.revoke(tp.partition)
-        self._sent_marks.pop(tp.partition, None)
+        self.forwarded.revoke(tp.partition)
+        self._forget_sent_marks(tp.partition)
         self._positions.pop(tp, None)
         return self._states.pop(tp.partition, None)
 
-    def _mark(self, partition: int) -> tuple[float | None, bool]:
-        return self.watermarks.current(partition), self.watermarks.idle(partition)
+    def _forget_sent_marks(self, counted_partition: int) -> None:
+        for source in [s for s in self._sent_marks if s[0] == counted_partition]:
+            del self._sent_marks[source]
+
+    def _current_marks(
+        self, publish: bool = False
+    ) -> Iterable[tuple[tuple[int, int], tuple[float | None, bool]]]:
+        """(counted partition, raw partition) -> (watermark, idle) of every source to mark:
+        each owned partition itself, or, counting the repartitioned topic, each raw partition
+        as read on each owned partition. ``publish``: the watermarks are being sent, and so
+        become the floor of later judgements."""
+        for partition in self.watermarks.partitions:
+            watermark = self.watermarks.publish(partition) if publish else self.watermarks.current(partition)
+            if self.policy.repartitioned:
+                for raw_partition, view in self.forwarded.views(partition).items():
+                    yield (partition, raw_partition), view
+            else:
+                yield (partition, partition), (watermark, self.watermarks.idle(partition))
 
     @property
     def has_pending(self) -> bool:
         """Messages to flush, or a watermark that moved (or went idle) since the last flush."""
         return self._unflushed_records or any(
-            self._sent_marks.get(p) != self._mark(p) for p in self.watermarks.partitions
+            self._sent_marks.get(source) != mark for source, mark in self._current_marks()
         )
 
     def screen(self, records: Sequence[RawRecord]) -> Screened:
@@ -232,12 +273,20 @@ class BatchIngestor:
         rejected: list[tuple[RawRecord, Rejection]] = []
         next_offsets: dict[RawPartition, int] = {}
         watermarks: dict[int, float | None] = {}
+        forwarded: list[tuple[int, ForwardedMarks]] = []
         for record in records:
             next_offsets[RawPartition(record.topic, record.partition)] = record.offset + 1
+            stamp = _stamp(record) if self.policy.repartitioned else None
+            if stamp is not None and stamp.marks is not None:
+                forwarded.append((record.partition, stamp.marks))
+                continue
             if record.partition not in watermarks:
                 watermarks[record.partition] = self.watermarks.current(record.partition)
             try:
-                outcome = self._screen_one(record, now, watermarks[record.partition])
+                if stamp is None:
+                    outcome = self._screen_one(record, now, watermarks[record.partition])
+                else:
+                    outcome = self._screen_one(record, now, stamp.watermark, stamp.raw_partition)
             except Exception as exc:  # a bug must cost one bad row, never the worker
                 log.exception("screening failed at %s/%s", record.partition, record.offset)
                 outcome = Rejection(BadReason.PROCESSING_ERROR, f"{type(exc).__name__}: {exc}")
@@ -247,18 +296,22 @@ class BatchIngestor:
                 candidates.append(outcome)
                 at, previous = outcome.at.timestamp(), watermarks[record.partition]
                 watermarks[record.partition] = at if previous is None else max(previous, at)
-        return Screened(candidates, rejected, next_offsets)
+        return Screened(candidates, rejected, next_offsets, forwarded)
 
-    def _screen_one(self, record: RawRecord, now: datetime, watermark: float | None) -> Candidate | Rejection:
-        decoded = decode_event(record.value or b"", self.policy.max_event_bytes)
-        if isinstance(decoded, Rejection):
-            return decoded
-        at = event_time(decoded)
-        out_of_range = check_time_range(
-            at, now, self.policy.max_event_age_seconds, self.policy.max_event_future_seconds
+    def _screen_one(
+        self, record: RawRecord, now: datetime, watermark: float | None, raw_partition: int | None = None
+    ) -> Candidate | Rejection:
+        policy = self.policy
+        in_time = decode_in_time(
+            record.value or b"",
+            policy.max_event_bytes,
+            now,
+            policy.max_event_age_seconds,
+            policy.max_event_future_seconds,
         )
-        if out_of_range is not None:
-            return out_of_range
+        if isinstance(in_time, Rejection):
+            return in_time
+        decoded, at = in_time
         attribution = self.rules.attribute(decoded, self.policy.own_sites)
         email = getattr(decoded, "email", None)
         uniques = uniques_of(decoded, None if email is None else self.pseudonymize(email.recipient))
@@ -268,7 +321,17 @@ class BatchIngestor:
         cells = self._distinct_cells(at, attribution, missed) if uniques else ()
         session = self._session_of(decoded, at, attribution)
         return Candidate(
-            record, decoded, at, attribution, uniques, missed, watermark, pseudonymous_visitor, cells, session
+            record,
+            decoded,
+            at,
+            attribution,
+            uniques,
+            missed,
+            watermark,
+            pseudonymous_visitor,
+            cells,
+            session,
+            raw_partition,
         )
 
     def _session_of(self, event: RawEvent, at: datetime, attribution: Attribution) -> SessionEvent | None:
@@ -326,6 +389,11 @@ class BatchIngestor:
     def apply(self, screened: Screened) -> None:
         """Fold a screened batch in: each valid event is a duplicate when its partition's state
         has seen its id within the dedup horizon, and counted otherwise."""
+        for partition, forwarded in screened.forwarded:
+            self.watermarks.arrived(partition)
+            self.raw_partitions = max(self.raw_partitions, forwarded.raw_partitions)
+            for mark in forwarded.marks:
+                self.forwarded.forwarded(partition, mark.raw_partition, mark.watermark, mark.idle)
         for record, rejection in screened.rejected:
             self.watermarks.arrived(record.partition)
             self._reject(rejection, record)
@@ -335,6 +403,10 @@ class BatchIngestor:
             state = self._states[partition]
             self.watermarks.arrived(partition)
             self.watermarks.observed(partition, candidate.at.timestamp())
+            if candidate.raw_partition is not None:
+                self.forwarded.observed(
+                    partition, candidate.raw_partition, candidate.watermark, candidate.at.timestamp()
+                )
             if not state.first_sighting(
                 "e:" + self.pseudonymize.digest(candidate.event.event_id), dedup_horizon
             ):
@@ -430,19 +502,29 @@ class BatchIngestor:
         each (a partition never read and never committed has nothing to commit)."""
         marks = []
         commits = {}
-        for partition in self.watermarks.partitions:
-            watermark = self.watermarks.publish(partition)
-            idle = self.watermarks.idle(partition)
-            self._sent_marks[partition] = (watermark, idle)
-            marks.append(
-                WatermarkMark(
+        published = dict(self._current_marks(publish=True))
+        for (counted, raw), (watermark, idle) in published.items():
+            self._sent_marks[(counted, raw)] = (watermark, idle)
+            mark: WatermarkMark
+            if self.policy.repartitioned:
+                mark = WatermarkMark(
                     schema_version=WATERMARK_MARK_VERSION,
-                    raw_partition=partition,
-                    raw_partitions=max(self.raw_partitions, partition + 1),
+                    raw_partition=raw,
+                    raw_partitions=max(self.raw_partitions, raw + 1),
+                    counted_partition=counted,
+                    counted_partitions=max(self.counted_partitions, counted + 1),
                     watermark=watermark,
                     idle=idle,
                 )
-            )
+            else:
+                mark = WatermarkMark(
+                    schema_version=WATERMARK_MARK_VERSION,
+                    raw_partition=raw,
+                    raw_partitions=max(self.counted_partitions, raw + 1),
+                    watermark=watermark,
+                    idle=idle,
+                )
+            marks.append(mark)
         journal = {}
         for tp, position in self._positions.items():
             state = self._states[tp.partition]
@@ -468,6 +550,43 @@ class BatchIngestor:
         self.outcomes, self.reasons, self.event_types = Counter(), Counter(), Counter()
         self.late_windows = Counter()
         return taken
+
+
+@dataclass(frozen=True, slots=True)
+class _Stamp:
+    raw_partition: int | None = None
+    watermark: float | None = None
+    marks: ForwardedMarks | None = None
+
+
+_marks_decoder = msgspec.json.Decoder(ForwardedMarks)
+_NO_MARKS = ForwardedMarks(schema_version="1-0-0", raw_partitions=1, marks=[])
+
+
+def _stamp(record: RawRecord) -> _Stamp | None:
+    """What the repartition stage added to a record: its raw partition and that partition's
+    watermark before it, or (a message that is no event) its marks, none when they cannot be
+    read (logged); None for a record without a stamp (copied before stamps were added)."""
+    headers = dict(record.headers)
+    if MARKS_HEADER in headers:
+        try:
+            return _Stamp(marks=_marks_decoder.decode(record.value or b""))
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            log.error(
+                "unreadable repartition marks at %s/%s (%s): passed over",
+                record.partition,
+                record.offset,
+                exc,
+            )
+            return _Stamp(marks=_NO_MARKS)
+    raw_partition, watermark = headers.get(RAW_PARTITION_HEADER), headers.get(RAW_WATERMARK_HEADER)
+    if raw_partition is None or not raw_partition.isdigit():
+        return None
+    try:
+        stamped = float(watermark) if watermark else None
+    except ValueError:
+        stamped = None
+    return _Stamp(raw_partition=int(raw_partition), watermark=stamped)
 
 
 def visitor_of(event: RawEvent) -> str | None:

@@ -6,7 +6,9 @@ decoding a value, and no kind can be mistaken for another whatever a campaign na
 
 - ``["cell", partition, window_seconds, window_start, channel, campaign]``: a cell's measures
   (``CellState``);
-- ``["mark", partition, raw_partition]``: a raw partition's newest watermark mark (``MarkState``);
+- ``["mark", partition, raw_partition]``: a raw partition's newest watermark mark (``MarkState``),
+  and ``["mark", partition, raw_partition, counted_partition]`` as read on a partition of the
+  repartitioned topic;
 - ``["published_offset", partition]``: the last delta offset whose outputs the broker
   acknowledged;
 - ``["alert", partition, rule, channel, campaign]``: a watched series' state (``SeriesState``).
@@ -52,8 +54,12 @@ def cell_key(partition: int, key: CellKey) -> bytes:
     return msgspec.json.encode((Kind.CELL, partition, *key))
 
 
-def mark_key(partition: int, raw_partition: int) -> bytes:
-    return msgspec.json.encode((Kind.MARK, partition, raw_partition))
+def mark_key(partition: int, raw_partition: int, counted_partition: int | None = None) -> bytes:
+    """A raw partition's mark; with ``counted_partition``, as read on that partition of the
+    repartitioned topic."""
+    if counted_partition is None:
+        return msgspec.json.encode((Kind.MARK, partition, raw_partition))
+    return msgspec.json.encode((Kind.MARK, partition, raw_partition, counted_partition))
 
 
 def published_key(partition: int) -> bytes:

@@ -87,6 +87,19 @@ def check_time_range(
     return None
 
 
+def decode_in_time(
+    payload: bytes, max_bytes: int, now: datetime, max_age_seconds: int, max_future_seconds: int
+) -> tuple[RawEvent, datetime] | Rejection:
+    """The event and its (corrected) event time, or why it is a bad row: what decides whether
+    a message moves its partition's watermark."""
+    decoded = decode_event(payload, max_bytes)
+    if isinstance(decoded, Rejection):
+        return decoded
+    at = event_time(decoded)
+    out_of_range = check_time_range(at, now, max_age_seconds, max_future_seconds)
+    return (decoded, at) if out_of_range is None else out_of_range
+
+
 def _classify_validation_error(payload: bytes, detail: str) -> Rejection:
     match = _PATH_IN_MESSAGE.search(detail)
     path = match.group(1) if match else "$"

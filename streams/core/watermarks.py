@@ -10,9 +10,17 @@ owner after a rebalance or a crash starts from it.
 Every flush sends the watermarks of the flushed raw partitions to every delta partition, after
 that flush's deltas. The agent keeps the newest mark of each raw partition and closes a window
 once the low watermark (the minimum over all raw partitions) passes the window's end plus the
-grace period. Lateness is decided at ingest against the event's own partition watermark: an
-event whose window's end + grace + retention is at or below it is past retention for that
+grace period. Lateness is decided at ingest against the event's own raw partition's watermark:
+an event whose window's end + grace + retention is at or below it is past retention for that
 window size and is not counted in it.
+
+When the raw topic is repartitioned by subject, each partition of the repartitioned topic
+holds events of every raw partition. The repartition stage keeps each raw partition's
+watermark (``PartitionWatermarks``), stamps every copied event with it, and sends it to every
+repartitioned partition after each batch; ingest judges an event by its stamp, keeps what each
+raw partition has reached as read on its partition (``ForwardedWatermarks``), and marks every
+(repartitioned partition, raw partition) pair, so a lagging raw partition holds windows open
+on both paths alike.
 """
 
 from __future__ import annotations
@@ -94,6 +102,60 @@ class PartitionWatermarks:
         return clock
 
 
+@dataclass(slots=True)
+class _Forwarded:
+    watermark: float | None
+    idle: bool
+
+
+class ForwardedWatermarks:
+    """How far each raw partition has come, as read on the repartitioned partitions this
+    ingest owns: the repartition stage's marks, and the stamps and times of the events read.
+
+    Each value can only be at or below the stamp of any later event of that raw partition on
+    that repartitioned partition (stamps and marks are the raw partition's own watermark as it
+    grew), so a mark published from it never passes an event still to be counted."""
+
+    def __init__(self) -> None:
+        self._views: dict[int, dict[int, _Forwarded]] = {}
+
+    def assign(self, counted_partition: int) -> None:
+        self._views[counted_partition] = {}
+
+    def revoke(self, counted_partition: int) -> None:
+        self._views.pop(counted_partition, None)
+
+    def forwarded(
+        self, counted_partition: int, raw_partition: int, watermark: float | None, idle: bool
+    ) -> None:
+        """A mark of the repartition stage: the raw partition's watermark after a batch."""
+        view = self._view(counted_partition, raw_partition)
+        if watermark is not None and (view.watermark is None or watermark > view.watermark):
+            view.watermark = watermark
+        view.idle = idle
+
+    def observed(
+        self, counted_partition: int, raw_partition: int, stamp: float | None, event_time: float
+    ) -> None:
+        """A valid event of the raw partition, stamped with its watermark before the event."""
+        view = self._view(counted_partition, raw_partition)
+        reached = event_time if stamp is None else max(stamp, event_time)
+        if view.watermark is None or reached > view.watermark:
+            view.watermark = reached
+        view.idle = False
+
+    def views(self, counted_partition: int) -> dict[int, tuple[float | None, bool]]:
+        """Raw partition -> (watermark, idle), as read on ``counted_partition``."""
+        return {p: (v.watermark, v.idle) for p, v in sorted(self._views.get(counted_partition, {}).items())}
+
+    def _view(self, counted_partition: int, raw_partition: int) -> _Forwarded:
+        views = self._views.setdefault(counted_partition, {})
+        view = views.get(raw_partition)
+        if view is None:
+            view = views[raw_partition] = _Forwarded(None, False)
+        return view
+
+
 @dataclass(frozen=True, slots=True)
 class Lateness:
     """Which window sizes an event is too late for, against its partition's watermark."""
@@ -111,17 +173,29 @@ class Lateness:
         )
 
 
-def low_watermark(marks: Mapping[int, WatermarkMark], raw_partitions: int) -> float | None:
-    """The event time every raw partition has passed; None until all of them have reported.
+Source = tuple[int, int]
 
-    Idle partitions without any event are left out; when no partition has a watermark, there
-    is nothing to close on.
+
+def expected_sources(raw_partitions: int, counted_partitions: int | None) -> list[Source]:
+    """The (counted partition, raw partition) pairs windows wait for: each raw partition
+    itself when ingest counts the raw topic, else every raw partition as read on every
+    partition of the repartitioned topic."""
+    if counted_partitions is None:
+        return [(p, p) for p in range(raw_partitions)]
+    return [(q, p) for q in range(counted_partitions) for p in range(raw_partitions)]
+
+
+def low_watermark(marks: Mapping[Source, WatermarkMark], sources: Iterable[Source]) -> float | None:
+    """The event time every source has passed; None until all of them have reported.
+
+    Idle sources without any event are left out; when no source has a watermark, there is
+    nothing to close on.
     """
-    if raw_partitions <= 0 or any(p not in marks for p in range(raw_partitions)):
+    expected = list(sources)
+    if not expected or any(source not in marks for source in expected):
         return None
-    known: Iterable[WatermarkMark] = (marks[p] for p in range(raw_partitions))
     values = []
-    for mark in known:
+    for mark in (marks[source] for source in expected):
         if mark.watermark is None:
             if not mark.idle:
                 return None

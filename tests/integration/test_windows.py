@@ -35,12 +35,12 @@ def page_view(event_id: str, at: float) -> bytes:
     return json.dumps(event).encode()
 
 
-async def send_to_partition_0(settings: Settings, payloads: list[bytes]) -> None:
+async def send_to_partition(settings: Settings, payloads: list[bytes], partition: int = 0) -> None:
     producer = AIOKafkaProducer(**kafka_options(settings), acks="all")
     await producer.start()
     try:
         for payload in payloads:
-            await producer.send_and_wait(settings.topics.raw_topic, payload, partition=0)
+            await producer.send_and_wait(settings.topics.raw_topic, payload, partition=partition)
     finally:
         await producer.stop()
 
@@ -76,7 +76,7 @@ async def test_windows_close_on_event_time_revise_and_report_late_events(tmp_pat
     first = (int(time.time()) // 60 - 10) * 60  # ten minutes ago: window A
     await ensure_topics(settings)
     # Only raw partition 0 has data; 1 and 2 never do, and count as idle after 3 s.
-    await send_to_partition_0(
+    await send_to_partition(
         settings,
         [page_view("a1", first + 10), page_view("a2", first + 20), page_view("b1", first + 70)],
     )
@@ -92,7 +92,7 @@ async def test_windows_close_on_event_time_revise_and_report_late_events(tmp_pat
         assert await results(settings, "page_views", first + 60) == []
 
         # A late event within retention revises A; one past retention is reported late.
-        await send_to_partition_0(settings, [page_view("a3", first + 30), page_view("old", first - 300)])
+        await send_to_partition(settings, [page_view("a3", first + 30), page_view("old", first - 300)])
         totals = await wait_for_accounting(settings, 5, timeout=60)
         assert totals["outcomes"] == {"valid": 4, "late": 1}
         revised = await wait_for_results(settings, first, 2, timeout=30)
@@ -105,5 +105,59 @@ async def test_windows_close_on_event_time_revise_and_report_late_events(tmp_pat
             [60],
             [],
         )
+    finally:
+        worker.stop()
+
+
+async def latest_numerator(settings: Settings, key: list[Any], expected: int, timeout: float) -> int | None:
+    """The newest numerator of a KPI key on the update topic, once it is ``expected`` (or time
+    runs out)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = [
+            json.loads(record.value)["numerator"]
+            for record in await read_everything(settings, [settings.topics.kpi_updates_topic])
+            if json.loads(record.key) == key
+        ]
+        newest = found[-1] if found else None
+        if newest == expected or time.monotonic() > deadline:
+            return newest
+        await asyncio.sleep(0.5)
+
+
+@pytest.mark.parametrize("keyed_by_subject", [True, False], ids=["keyed", "repartitioned"])
+async def test_a_raw_partition_an_hour_behind_holds_its_windows_on_both_paths(
+    tmp_path: Path, keyed_by_subject: bool
+) -> None:
+    """Raw partition 1 lags an hour behind raw partition 0. Its events count in their windows
+    whether producers key by subject or ingest repartitions by subject first: through the
+    repartition they used to share partitions with partition 0's events, whose event time
+    made them late."""
+    settings = isolated_settings(
+        window_sizes="60",
+        grace_seconds=5,
+        window_retention_seconds=120,
+        idle_timeout_seconds=120,
+        partitions=2,
+        raw_keyed_by_subject=keyed_by_subject,
+        alert_rules_file="none",
+    )
+    behind = (int(time.time()) // 60 - 120) * 60  # two hours ago
+    ahead = behind + 3600
+    await ensure_topics(settings)
+    await send_to_partition(settings, [page_view("lag-0", behind + 1)], partition=1)
+    await send_to_partition(settings, [page_view(f"now-{i}", ahead + 5 * i) for i in range(10)], partition=0)
+    worker = WorkerProcess(settings, tmp_path)
+    worker.start()
+    try:
+        await wait_for_accounting(settings, 11, timeout=60)
+        await send_to_partition(
+            settings, [page_view(f"lag-{i}", behind + 1 + 5 * i) for i in range(1, 10)], partition=1
+        )
+        totals = await wait_for_accounting(settings, 20, timeout=60)
+        assert totals["outcomes"] == {"valid": 20}, worker.log_tail()
+        assert await read_everything(settings, [settings.topics.late_events_topic]) == []
+        for start in (behind, ahead):
+            assert await latest_numerator(settings, ["page_views", 60, start, "*", "*"], 10, timeout=30) == 10
     finally:
         worker.stop()

@@ -49,7 +49,7 @@ def test_every_event_type_has_an_example_that_schema_and_model_accept(name: str)
     [
         ("outputs/kpi_update-1-1-0.json", "kpi_update"),
         ("outputs/bad_row-1-0-0.json", "bad_row"),
-        ("internal/kpi_delta-2-0-0.json", "kpi_delta"),
+        ("internal/kpi_delta-2-1-0.json", "kpi_delta"),
         ("outputs/late_event-1-0-0.json", "late_event"),
         ("outputs/alert-1-0-0.json", "alert"),
     ],
@@ -159,7 +159,7 @@ def test_outputs_written_by_the_code_match_their_schemas() -> None:
     )
     aggregator = DeltaAggregator(Windowing((60, 86400), ZoneInfo("Asia/Tehran")))
     aggregator.add(1_795_761_930.0, Attribution("organic_search", "spring_sale", "r"), [("page_views", 1)])
-    delta_check = validator("internal/kpi_delta-2-0-0.json")
+    delta_check = validator("internal/kpi_delta-2-1-0.json")
     marks = [
         WatermarkMark(schema_version="1-0-0", raw_partition=0, raw_partitions=1, watermark=None, idle=True)
     ]

@@ -105,3 +105,46 @@ def test_running_totals_never_close_or_expire() -> None:
     index.record_mark(mark(1, 1e12))
     assert index.due() == [] and index.expired() == []
     assert not index.is_closed(total) and not index.is_expired(total)
+
+
+def forwarded(counted: int, raw: int, watermark: float | None, idle: bool = False) -> WatermarkMark:
+    return WatermarkMark(
+        schema_version="1-1-0",
+        raw_partition=raw,
+        raw_partitions=2,
+        counted_partition=counted,
+        counted_partitions=2,
+        watermark=watermark,
+        idle=idle,
+    )
+
+
+def test_through_the_repartition_a_window_waits_for_every_raw_partition_on_every_counted_one() -> None:
+    """Raw partition 1 lags an hour: its events, spread over both repartitioned partitions,
+    hold the window open on both, as a lagging partition does when producers key by subject."""
+    index = windows()
+    minute = CellKey(60, 0, ALL, ALL)
+    index.add(minute, state())
+    for counted in (0, 1):
+        index.record_mark(forwarded(counted, 0, 3600.0))
+    index.record_mark(forwarded(0, 1, 70.0))
+    assert index.low_watermark is None, "raw partition 1 not yet reported as read on partition 1"
+    index.record_mark(forwarded(1, 1, 69.0))
+    assert index.low_watermark == 69.0 and index.due() == []
+    index.record_mark(forwarded(1, 1, 70.0))
+    assert index.due() == [minute]
+
+
+def test_marks_of_the_other_kind_are_left_out_once_the_newest_says_how_the_topic_is_keyed() -> None:
+    """Marks kept from before the raw topic was repartitioned (one per raw partition) do not
+    count once marks come per pair, nor the other way round."""
+    index = windows()
+    index.record_mark(mark(0, 10.0))
+    index.record_mark(mark(1, 10.0))
+    assert index.low_watermark == 10.0
+    for counted in (0, 1):
+        for raw in (0, 1):
+            index.record_mark(forwarded(counted, raw, 500.0))
+    assert index.low_watermark == 500.0
+    index.record_mark(mark(0, 20.0))
+    assert index.low_watermark == 10.0, "keyed again: the keyed marks count, the pairs do not"

@@ -7,10 +7,18 @@ from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
 from aiokafka import ConsumerRecord, TopicPartition
 
 from agents.settings import Settings
 from streams.contracts.deltas import ALL, CellKey
+from streams.contracts.repartition import (
+    MARKS_HEADER,
+    RAW_PARTITION_HEADER,
+    RAW_WATERMARK_HEADER,
+    ForwardedMark,
+    ForwardedMarks,
+)
 from streams.core.attribution import ChannelRules
 from streams.core.ingestor import BatchIngestor, DuplicateShare, RawPartition, Screened
 from streams.core.privacy import Pseudonymizer
@@ -19,7 +27,9 @@ from streams.core.subject_state import PartitionState
 NOW = datetime(2026, 11, 27, 10, 0, 40, tzinfo=UTC)
 
 
-def record(partition: int, offset: int, value: bytes | None) -> ConsumerRecord[bytes, bytes]:
+def record(
+    partition: int, offset: int, value: bytes | None, headers: tuple[tuple[str, bytes], ...] = ()
+) -> ConsumerRecord[bytes, bytes]:
     return ConsumerRecord(
         topic="raw",
         partition=partition,
@@ -31,8 +41,28 @@ def record(partition: int, offset: int, value: bytes | None) -> ConsumerRecord[b
         checksum=None,
         serialized_key_size=0,
         serialized_value_size=len(value or b""),
-        headers=(),
+        headers=headers,
     )
+
+
+def copied(
+    partition: int, offset: int, value: bytes, raw_partition: int, stamp: float | None
+) -> ConsumerRecord[bytes, bytes]:
+    """A raw message as the repartition stage copies it, stamped with its raw partition's watermark."""
+    headers = (
+        (RAW_PARTITION_HEADER, str(raw_partition).encode()),
+        (RAW_WATERMARK_HEADER, b"" if stamp is None else repr(stamp).encode()),
+    )
+    return record(partition, offset, value, headers)
+
+
+def stage_marks(partition: int, offset: int, marks: dict[int, float]) -> ConsumerRecord[bytes, bytes]:
+    body = ForwardedMarks(
+        schema_version="1-0-0",
+        raw_partitions=2,
+        marks=[ForwardedMark(raw_partition=p, watermark=w, idle=False) for p, w in marks.items()],
+    )
+    return record(partition, offset, msgspec.json.encode(body), ((MARKS_HEADER, b"1"),))
 
 
 def page_view(event_id: str, medium: str, **extra: Any) -> bytes:
@@ -49,7 +79,10 @@ def page_view(event_id: str, medium: str, **extra: Any) -> bytes:
 
 
 def ingestor(**settings: str) -> BatchIngestor:
-    config = Settings.from_env({"MKPI_PSEUDONYMIZATION_KEY": "k" * 32, **settings})
+    """Counting a raw topic keyed by subject, unless ``settings`` say otherwise."""
+    config = Settings.from_env(
+        {"MKPI_PSEUDONYMIZATION_KEY": "k" * 32, "MKPI_RAW_KEYED_BY_SUBJECT": "true", **settings}
+    )
     return BatchIngestor(
         config.ingest_policy, ChannelRules.load(), Pseudonymizer("k" * 32), clock=lambda: NOW
     )
@@ -239,6 +272,36 @@ def test_a_partition_resumes_from_its_committed_watermark() -> None:
     assert taken.outcomes == {"late": 1}
     assert taken.commits[TopicPartition("raw", 0)].next_offset == 101
     assert [(m.raw_partition, m.watermark) for m in taken.marks] == [(0, committed)]
+
+
+def test_through_the_repartition_an_event_is_judged_by_its_own_raw_partition() -> None:
+    """Raw partition 0 runs three hours ahead of raw partition 1; both reach repartitioned
+    partition 0. An event of partition 1 is judged by partition 1's watermark (the stage's
+    stamp), not by what partition 0 brought before it, and the marks go per raw partition."""
+    ingest = ingestor(MKPI_RAW_KEYED_BY_SUBJECT="false", MKPI_WINDOW_SIZES="60,3600")
+    ahead, behind = NOW.timestamp() + 3 * 3600, NOW.timestamp() - 20
+    screened = ingest.screen(
+        [
+            stage_marks(0, 0, {0: ahead, 1: behind}),
+            copied(0, 1, page_view("from-0", "organic"), raw_partition=0, stamp=ahead),
+            copied(0, 2, page_view("from-1", "organic"), raw_partition=1, stamp=behind),
+        ]
+    )
+    count(ingest, screened)
+    ingest.counted_partitions = 3
+    taken = ingest.take()
+    assert taken.outcomes == {"late": 1, "valid": 1}, "the marks message is no raw message"
+    [late] = taken.late_events
+    assert late.source_offset == 1, "partition 0's own event is late by partition 0's watermark"
+    assert taken.commits[TopicPartition("raw", 0)].next_offset == 3
+    assert [
+        (m.counted_partition, m.raw_partition, m.watermark, m.counted_partitions, m.raw_partitions)
+        for m in taken.marks
+    ] == [
+        (0, 0, ahead, 3, 2),
+        (0, 1, NOW.timestamp() - 10, 3, 2),
+    ], "partition 1 as far as its event read here took it"
+    assert not ingest.has_pending
 
 
 def test_only_records_from_a_taken_over_position_on_are_read() -> None:

@@ -5,7 +5,13 @@ from __future__ import annotations
 from zoneinfo import ZoneInfo
 
 from streams.contracts.deltas import WatermarkMark
-from streams.core.watermarks import Lateness, PartitionWatermarks, low_watermark
+from streams.core.watermarks import (
+    ForwardedWatermarks,
+    Lateness,
+    PartitionWatermarks,
+    expected_sources,
+    low_watermark,
+)
 from streams.core.windows import Windowing, WindowPolicy
 
 
@@ -72,8 +78,44 @@ def test_lateness_is_per_window_size_against_end_plus_grace_plus_retention() -> 
 
 
 def test_low_watermark_needs_every_raw_partition_and_skips_idle_ones_without_events() -> None:
-    assert low_watermark({0: mark(0, 100.0), 1: mark(1, 90.0)}, 3) is None, "partition 2 never reported"
-    assert low_watermark({0: mark(0, 100.0), 1: mark(1, 90.0), 2: mark(2, 95.0)}, 3) == 90.0
-    assert low_watermark({0: mark(0, 100.0), 1: mark(1, 90.0), 2: mark(2, None)}, 3) is None
-    assert low_watermark({0: mark(0, 100.0), 1: mark(1, 90.0), 2: mark(2, None, idle=True)}, 3) == 90.0
-    assert low_watermark({0: mark(0, None, idle=True)}, 1) is None
+    three = expected_sources(3, None)
+    assert low_watermark({(0, 0): mark(0, 100.0), (1, 1): mark(1, 90.0)}, three) is None, (
+        "partition 2 never reported"
+    )
+    assert (
+        low_watermark({(0, 0): mark(0, 100.0), (1, 1): mark(1, 90.0), (2, 2): mark(2, 95.0)}, three) == 90.0
+    )
+    assert (
+        low_watermark({(0, 0): mark(0, 100.0), (1, 1): mark(1, 90.0), (2, 2): mark(2, None)}, three) is None
+    )
+    assert (
+        low_watermark(
+            {(0, 0): mark(0, 100.0), (1, 1): mark(1, 90.0), (2, 2): mark(2, None, idle=True)}, three
+        )
+        == 90.0
+    )
+    assert low_watermark({(0, 0): mark(0, None, idle=True)}, expected_sources(1, None)) is None
+
+
+def test_every_raw_partition_on_every_repartitioned_partition_is_a_source() -> None:
+    assert expected_sources(2, None) == [(0, 0), (1, 1)]
+    assert expected_sources(2, 3) == [(0, 0), (0, 1), (1, 0), (1, 1), (2, 0), (2, 1)]
+
+
+def test_a_forwarded_view_follows_marks_stamps_and_events_and_never_goes_back() -> None:
+    views = ForwardedWatermarks()
+    views.assign(4)
+    assert views.views(4) == {}
+    views.forwarded(4, 1, 100.0, idle=False)
+    views.observed(4, 1, stamp=120.0, event_time=110.0)
+    assert views.views(4) == {1: (120.0, False)}, "the stamp: the raw partition was there already"
+    views.observed(4, 1, stamp=125.0, event_time=130.0)
+    assert views.views(4) == {1: (130.0, False)}
+    views.forwarded(4, 1, 90.0, idle=True)
+    assert views.views(4) == {1: (130.0, True)}, (
+        "an older mark does not move it back; idle is the stage's word"
+    )
+    views.observed(4, 0, stamp=None, event_time=50.0)
+    assert views.views(4) == {0: (50.0, False), 1: (130.0, True)}
+    views.revoke(4)
+    assert views.views(4) == {}
