@@ -15,11 +15,12 @@ and Redis. The local development stack reads its own ``MKPI_STACK_*`` variables
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import ipaddress
 import os
 import re
 import tomllib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import urlparse
@@ -385,7 +386,7 @@ class Settings:
             and name[len(ENV_PREFIX) :].lower() not in _FLAT
         )
         for name in unknown:
-            problems.append(f"{name} is not a known setting (typo?)")
+            problems.append(f"{name} is not a known setting{_did_you_mean(name, ENV_PREFIX)}")
         values: dict[str, Any] = {}
         for name, value in raw.items():
             try:
@@ -658,8 +659,19 @@ def _read_config_file(path: Path, problems: list[str]) -> dict[str, Any]:
         problems.append(f"{CONFIG_FILE_VARIABLE}={str(path)!r}: cannot read it: {exc}")
         return {}
     for key in sorted(set(data) - set(_FLAT)):
-        problems.append(f"{path}: {key!r} is not a known setting")
+        problems.append(f"{path}: {key!r} is not a known setting{_did_you_mean(key, '')}")
     return {k: v for k, v in data.items() if k in _FLAT}
+
+
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """ " (did you mean X?)" for the known name nearest ``name``, or " (typo?)" when none is near."""
+    near = difflib.get_close_matches(name, list(known), n=1, cutoff=0.75)
+    return f" (did you mean {near[0]}?)" if near else " (typo?)"
+
+
+def _did_you_mean(name: str, prefix: str) -> str:
+    """The nearest setting, spelled as ``name`` is (a variable, or a config file key)."""
+    return did_you_mean(name, [prefix + flat.upper() if prefix else flat for flat in _FLAT])
 
 
 def format_problems(problems: list[str]) -> str:

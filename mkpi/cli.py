@@ -361,7 +361,10 @@ def build_parser(stories: dict[str, str] | None = None) -> argparse.ArgumentPars
         "--story",
         choices=sorted(stories or {}),
         help="hours of event time ending an hour ago, shaped to test drop alerts (--count ignored): "
-        + "; ".join(f"{name}: {description}" for name, description in (stories or {}).items()),
+        # argparse formats help with %: a story's "60%" must reach it as "60%%".
+        + "; ".join(
+            f"{name}: {description}".replace("%", "%%") for name, description in (stories or {}).items()
+        ),
     )
     generate.add_argument("--hours", type=int, default=0, help="shorten or lengthen the --story")
     stack = sub.add_parser("stack", help="the local Kafka broker and Redis server")

@@ -18,6 +18,7 @@ from agents.settings import (
     ENV_PREFIX,
     STACK_ENV_PREFIX,
     ConfigError,
+    did_you_mean,
     field_type,
     format_problems,
     parse_value,
@@ -62,7 +63,10 @@ class StackSettings:
                 continue
             name = variable[len(ENV_PREFIX) :].lower()
             if name not in fields:
-                problems.append(f"{variable} is not a setting of the local stack (typo?)")
+                known = [ENV_PREFIX + field.upper() for field in fields]
+                problems.append(
+                    f"{variable} is not a setting of the local stack{did_you_mean(variable, known)}"
+                )
                 continue
             try:
                 values[name] = parse_value(text, field_type(fields[name]))

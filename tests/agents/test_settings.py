@@ -38,7 +38,7 @@ def test_every_problem_is_reported_with_the_variable_to_fix() -> None:
         )
     message = str(caught.value)
     assert "MKPI_PARTITIONS: expected an integer, got 'many'" in message
-    assert "MKPI_PARTITONS is not a known setting" in message
+    assert "MKPI_PARTITONS is not a known setting (did you mean MKPI_PARTITIONS?)" in message
 
 
 def test_value_errors_name_the_variable() -> None:
@@ -68,10 +68,11 @@ def test_file_settings_apply_and_environment_wins(tmp_path: Path) -> None:
 
 def test_file_problems_are_reported(tmp_path: Path) -> None:
     config = tmp_path / "mkpi.toml"
-    config.write_text("partitions = 'x'\nunknown_thing = 1\n")
+    config.write_text("partitions = 'x'\nunknown_thing = 1\ngrace_second = 5\n")
     with pytest.raises(ConfigError) as caught:
         Settings.from_env({"MKPI_CONFIG_FILE": str(config)})
-    assert "'unknown_thing' is not a known setting" in str(caught.value)
+    assert "'unknown_thing' is not a known setting (typo?)" in str(caught.value)
+    assert "'grace_second' is not a known setting (did you mean grace_seconds?)" in str(caught.value)
     assert "MKPI_PARTITIONS" in str(caught.value)
     with pytest.raises(ConfigError, match="no such file"):
         Settings.from_env({"MKPI_CONFIG_FILE": str(tmp_path / "missing.toml")})

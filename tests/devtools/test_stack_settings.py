@@ -19,7 +19,11 @@ def test_defaults_and_variables() -> None:
 @pytest.mark.parametrize(
     ("variable", "value", "message"),
     [
-        ("MKPI_STACK_KAFKA_VERSON", "4.0.0", "MKPI_STACK_KAFKA_VERSON is not a setting of the local stack"),
+        (
+            "MKPI_STACK_KAFKA_VERSON",
+            "4.0.0",
+            "MKPI_STACK_KAFKA_VERSON is not a setting of the local stack \\(did you mean MKPI_STACK_KAFKA_VERSION\\?\\)",
+        ),
         ("MKPI_STACK_KAFKA_VERSION", "4.0", "an Apache Kafka release"),
         ("MKPI_STACK_KAFKA_HEAP", "lots", "a JVM heap size"),
         ("MKPI_STACK_KAFKA_SSL_PORT", "70000", "or 0 for none"),

@@ -84,3 +84,12 @@ def test_hints_show_how_the_command_was_called(monkeypatch: pytest.MonkeyPatch, 
     assert cli.program() == "mkpi", "on PATH: its name"
     monkeypatch.setattr(sys, "argv", [str(REPO / "mkpi" / "__main__.py"), "run"])
     assert cli.program() == "mkpi", "python -m mkpi"
+
+
+@pytest.mark.parametrize("command", [None, *sorted(cli.COMMANDS)])
+def test_every_command_prints_its_help(command: str | None) -> None:
+    """`--help` of the command and of each subcommand exits 0 with a usage line (a help text
+    with a bare % made argparse raise instead)."""
+    result = mkpi(*([] if command is None else [command]), "--help")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: mkpi"), result.stdout
