@@ -400,10 +400,11 @@ class Settings:
         return settings
 
     def redacted(self) -> dict[str, str]:
-        """Every setting as text, secrets masked (and a password in the Redis URL): safe to
-        print or log."""
+        """Every setting as text (booleans as true or false), secrets masked (and a password in
+        the Redis URL): safe to print or log."""
         shown = {
-            name: "***" if name in self.SECRET_FIELDS and value else str(value) for name, value in self.flat()
+            name: "***" if name in self.SECRET_FIELDS and value else _text(value)
+            for name, value in self.flat()
         }
         shown["redis_url"] = without_password(self.redis.redis_url)
         return shown
@@ -571,6 +572,37 @@ class Settings:
 
 KAFKA_SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 KAFKA_SASL_MECHANISMS = ("SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN")
+
+
+#: What an empty value means, where it is not simply "none".
+EMPTY_MEANS: dict[str, str] = {
+    "kafka_tls_ca_file": "the system's CAs",
+    "redis_tls_ca_file": "the system's CAs",
+    "channel_rules_file": "the built-in rules, streams/core/channel_rules.toml",
+    "alert_rules_file": "the shipped rules, streams/core/alert_rules.yml",
+    "worker_name": "this host's name",
+    "pseudonymization_key": "none: a worker refuses to start unless MKPI_INSECURE_DEV_MODE=true",
+    "web_token": "none: the board and the API answer without one (on loopback only)",
+}
+
+
+def setting_origins(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Where each setting's value comes from: ``environment``, the config file, or ``default``."""
+    env = os.environ if environ is None else environ
+    config_file = env.get(CONFIG_FILE_VARIABLE)
+    in_file: set[str] = set()
+    if config_file:
+        in_file = set(_read_config_file(Path(config_file), []))
+    return {
+        name: "environment"
+        if ENV_PREFIX + name.upper() in env
+        else (f"file {config_file}" if name in in_file else "default")
+        for name in _FLAT
+    }
+
+
+def _text(value: Any) -> str:
+    return ("true" if value else "false") if isinstance(value, bool) else str(value)
 
 
 def _check_files(settings: Settings, names: tuple[str, ...], bad: Callable[[str, str], None]) -> None:

@@ -26,7 +26,7 @@ from redis.exceptions import RedisError
 
 from agents.kafka.topics import TopicSetupError, ensure_topics
 from agents.redis.connections import redis_client
-from agents.settings import ConfigError, Settings, without_password
+from agents.settings import EMPTY_MEANS, ConfigError, Settings, setting_origins, without_password
 from streams.contracts.outputs import BadReason
 from streams.core.alerts import AlertRulesError
 from streams.core.attribution import RulesError
@@ -306,8 +306,12 @@ def cmd_replay_bad_rows(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_config(settings: Settings, args: argparse.Namespace) -> int:
+    """Every effective setting, secrets masked, with where it comes from and, when empty,
+    what that means."""
+    origins = setting_origins()
     for name, value in settings.redacted().items():
-        print(f"MKPI_{name.upper()}={value}")
+        meaning = f"; empty: {EMPTY_MEANS[name]}" if not value and name in EMPTY_MEANS else ""
+        print(f"MKPI_{name.upper()}={value}  # {origins[name]}{meaning}")
     return 0
 
 

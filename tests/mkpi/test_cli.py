@@ -93,3 +93,23 @@ def test_every_command_prints_its_help(command: str | None) -> None:
     result = mkpi(*([] if command is None else [command]), "--help")
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("usage: mkpi"), result.stdout
+
+
+def test_config_prints_effective_values_and_where_they_come_from(tmp_path: Path) -> None:
+    config = tmp_path / "mkpi.toml"
+    config.write_text("partitions = 6\n")
+    result = mkpi(
+        "config",
+        extra_env={"MKPI_GRACE_SECONDS": "30", "MKPI_CONFIG_FILE": str(config), "MKPI_WEB_TOKEN": "t" * 32},
+    )
+    assert result.returncode == 0, result.stderr
+    lines = dict(line.split("=", 1) for line in result.stdout.splitlines())
+    assert lines["MKPI_GRACE_SECONDS"] == "30  # environment"
+    assert lines["MKPI_PARTITIONS"] == f"6  # file {config}"
+    assert lines["MKPI_WINDOW_SIZES"] == "60,3600,86400  # default"
+    assert lines["MKPI_INSECURE_DEV_MODE"] == "true  # environment", "booleans as a variable takes them"
+    assert (
+        lines["MKPI_ALERT_RULES_FILE"]
+        == "  # default; empty: the shipped rules, streams/core/alert_rules.yml"
+    )
+    assert lines["MKPI_WEB_TOKEN"] == "***  # environment"
