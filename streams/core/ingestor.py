@@ -503,28 +503,21 @@ class BatchIngestor:
         marks = []
         commits = {}
         published = dict(self._current_marks(publish=True))
+        repartitioned = self.policy.repartitioned
+        raw_partitions = self.raw_partitions if repartitioned else self.counted_partitions
         for (counted, raw), (watermark, idle) in published.items():
             self._sent_marks[(counted, raw)] = (watermark, idle)
-            mark: WatermarkMark
-            if self.policy.repartitioned:
-                mark = WatermarkMark(
+            marks.append(
+                WatermarkMark(
                     schema_version=WATERMARK_MARK_VERSION,
                     raw_partition=raw,
-                    raw_partitions=max(self.raw_partitions, raw + 1),
-                    counted_partition=counted,
-                    counted_partitions=max(self.counted_partitions, counted + 1),
+                    raw_partitions=max(raw_partitions, raw + 1),
+                    counted_partition=counted if repartitioned else None,
+                    counted_partitions=max(self.counted_partitions, counted + 1) if repartitioned else None,
                     watermark=watermark,
                     idle=idle,
                 )
-            else:
-                mark = WatermarkMark(
-                    schema_version=WATERMARK_MARK_VERSION,
-                    raw_partition=raw,
-                    raw_partitions=max(self.counted_partitions, raw + 1),
-                    watermark=watermark,
-                    idle=idle,
-                )
-            marks.append(mark)
+            )
         journal = {}
         for tp, position in self._positions.items():
             state = self._states[tp.partition]
