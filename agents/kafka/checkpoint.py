@@ -87,11 +87,11 @@ class Checkpoint:
         return delivery
 
     async def delivered(self) -> None:
-        """Wait until the broker has every output; OutputRefused for the first it refused."""
-        outcomes = await asyncio.gather(
-            *(delivery for _, delivery in self._deliveries), return_exceptions=True
-        )
-        for (topic, _), outcome in zip(self._deliveries, outcomes, strict=True):
+        """Wait until the broker has every output produced so far (each is awaited once);
+        OutputRefused for the first it refused."""
+        deliveries, self._deliveries = self._deliveries, []
+        outcomes = await asyncio.gather(*(delivery for _, delivery in deliveries), return_exceptions=True)
+        for (topic, _), outcome in zip(deliveries, outcomes, strict=True):
             if isinstance(outcome, KafkaError):
                 raise OutputRefused(topic, self.writer, outcome) from outcome
             if isinstance(outcome, BaseException):

@@ -66,9 +66,9 @@ class KafkaOutputs:
             if encoded.update.final:
                 messages.append((topics.window_results_topic, raw_key, encoded.body))
         messages += [(topics.alerts_topic, key, body) for key, body in emission.alerts]
-        await self.publish(emission.delta_partition, messages)
+        await self._publish(emission.delta_partition, messages)
 
-    async def publish(self, delta_partition: int, messages: list[OutputMessage]) -> None:
+    async def _publish(self, delta_partition: int, messages: list[OutputMessage]) -> None:
         """Send ``messages`` (topic, key, value), in order per topic, and wait for the acks."""
         producer = self._producer
         assert producer is not None, "start() the Kafka outputs first"

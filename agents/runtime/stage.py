@@ -144,12 +144,10 @@ class TransactionalStage(Service):
             if pause > 0:  # after a refused output: one error per retry, not thousands
                 await asyncio.sleep(pause)
             batches = await self.consumer.getmany(
-                timeout_ms=self.read_timeout_ms(), max_records=self.settings.ingest.ingest_max_records
+                timeout_ms=int(self.settings.ingest.flush_interval_seconds * 1000),
+                max_records=self.settings.ingest.ingest_max_records,
             )
             await self.handle(batches)
-
-    def read_timeout_ms(self) -> int:
-        return int(self.settings.ingest.flush_interval_seconds * 1000)
 
     async def in_transaction(self, write: Callable[[Checkpoint], Awaitable[T]]) -> T | None:
         """``write`` a checkpoint in one transaction; None when it aborted, after which the
