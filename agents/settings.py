@@ -19,6 +19,7 @@ import difflib
 import ipaddress
 import os
 import re
+import socket
 import tomllib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
@@ -279,8 +280,19 @@ class WorkerSettings:
     #: What this worker process runs: ``all`` (ingest and the KPI agent), ``ingest`` (batch
     #: ingest only: run one per core beside an ``agent``) or ``agent`` (the KPI agent only).
     worker_role: str = "all"
-    #: The worker's own files (Faust's table store), a folder per topic prefix under it.
+    #: The worker's own files (the state stores on disk): a folder per topic prefix and worker.
     data_dir: str = dataclasses.field(default_factory=_default_data_dir)
+    #: RocksDB's block cache for the ingest state of all the partitions this worker owns.
+    store_block_cache_mb: int = 64
+    #: RocksDB's write buffers (memtables) for that state, all partitions together.
+    store_write_buffer_mb: int = 32
+    #: The KPI table's block cache and write buffer, per delta partition this worker owns.
+    table_block_cache_mb: int = 8
+    table_write_buffer_mb: int = 4
+
+    @property
+    def resolved_worker_name(self) -> str:
+        return self.worker_name or socket.gethostname()
 
     @property
     def runs_ingest(self) -> bool:
@@ -338,6 +350,12 @@ class Settings:
             session_ttl_seconds=ingest.unique_horizon_seconds,
             repartitioned=not self.topics.raw_keyed_by_subject,
         )
+
+    @property
+    def worker_dir(self) -> Path:
+        """This worker's own folder: under the data directory, per topic prefix and worker name
+        (workers sharing a machine and a data directory each keep their own stores)."""
+        return Path(self.worker.data_dir).expanduser() / self.topics.app_id / self.worker.resolved_worker_name
 
     def value(self, name: str) -> Any:
         """A setting by its flat name (``kafka_bootstrap``)."""
@@ -523,6 +541,14 @@ class Settings:
                 "backlog_flush_interval_seconds",
                 "must be between MKPI_FLUSH_INTERVAL_SECONDS and 60 seconds",
             )
+        for name in (
+            "store_block_cache_mb",
+            "store_write_buffer_mb",
+            "table_block_cache_mb",
+            "table_write_buffer_mb",
+        ):
+            if not 1 <= self.value(name) <= 65536:
+                bad(name, "must be between 1 and 65536 (MB)")
         if not 1 <= self.worker.shutdown_timeout_seconds <= 3600:
             bad("shutdown_timeout_seconds", "must be between 1 and 3600 seconds")
         if not 1 <= self.ingest.ingest_max_records <= 1_000_000:

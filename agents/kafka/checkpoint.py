@@ -28,7 +28,6 @@ from streams.contracts.checkpoints import CommitPoint
 from streams.contracts.outputs import IngestReport
 from streams.core.aggregation import delta_batches
 from streams.core.ingestor import Flushable, RawPartition
-from streams.core.subject_state import PartitionState
 
 #: How long a stage waits to read on after a topic refused one of its messages.
 REFUSED_RETRY_SECONDS = 5.0
@@ -120,12 +119,17 @@ async def checkpoint_flush(
     when the commit points are), the deltas and marks in a few messages per delta partition
     (``delta_batches``), bad rows, late events and the report; then the offsets. Returns the
     commit points as committed, with where each partition's journal now stands."""
-    journal: dict[RawPartition, list[asyncio.Future[Any]]] = {}
-    for tp, records in pending.journal.items():
-        journal[tp] = [
-            await checkpoint.produce(topics.state_journal_topic, encode_record(r), partition=tp.partition)
-            for r in records
-        ]
+    journal: dict[RawPartition, tuple[asyncio.Future[Any], asyncio.Future[Any]]] = {}
+    for tp, changes in pending.journal.items():
+        first = last = None
+        for record in changes.records:  # a snapshot is read from the store as it is sent
+            last = await checkpoint.produce(
+                topics.state_journal_topic, encode_record(record), partition=tp.partition
+            )
+            first = first or last
+            changes.sent += 1
+        if first is not None and last is not None:
+            journal[tp] = (first, last)
     encode = _encoder.encode
     for partition, batch in delta_batches(pending.deltas, pending.marks, delta_partitions):
         await checkpoint.produce(topics.deltas_topic, encode(batch), partition=partition)
@@ -137,20 +141,9 @@ async def checkpoint_flush(
         await checkpoint.produce(topics.accounting_topic, encode(report))
     await checkpoint.delivered()  # the journal's offsets are known from here on
     points = dict(pending.commits)
-    for tp, sent in journal.items():
-        if sent:
-            point = points[tp]
-            state_from = sent[0].result().offset if pending.journal[tp][0].snapshot else point.state_from
-            points[tp] = dataclasses.replace(
-                point, state_from=state_from, state_to=sent[-1].result().offset + 1
-            )
+    for tp, (first, last) in journal.items():
+        point = points[tp]
+        state_from = first.result().offset if pending.journal[tp].snapshot else point.state_from
+        points[tp] = dataclasses.replace(point, state_from=state_from, state_to=last.result().offset + 1)
     await checkpoint.commit({TopicPartition(*tp): point for tp, point in points.items()})
     return points
-
-
-def journal_committed(state: PartitionState, point: CommitPoint) -> bool:
-    """After a flush's commit: record in ``state`` where its journal now stands; True when the
-    flush wrote a new snapshot (the records before ``point.state_from`` are then unneeded)."""
-    snapshot_taken = point.state_from is not None and point.state_from != state.snapshot_offset
-    state.snapshot_offset, state.journal_end = point.state_from, point.state_to
-    return snapshot_taken

@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.producer.message_accumulator import BatchBuilder
 
 from agents.kafka.connections import kafka_options
 from agents.settings import Settings
@@ -37,6 +39,8 @@ class KafkaOutputs:
         self.changelog_topic = changelog_topic
         self._producer: AIOKafkaProducer | None = None
         self._partitions: dict[str, int] = {}
+        #: The offset of the last changelog record the last ``emit`` wrote (None: it wrote none).
+        self.changelog_end: int | None = None
 
     async def start(self) -> None:
         """Made inside the worker's event loop, which the client binds to."""
@@ -75,19 +79,32 @@ class KafkaOutputs:
         by_topic: defaultdict[str, list[tuple[bytes, bytes | None]]] = defaultdict(list)
         for topic, key, value in messages:
             by_topic[topic].append((key, value))
-        sent = []
+        sent: list[asyncio.Future[Any]] = []
+        #: (the delivery of a changelog batch, its records)
+        changelog: list[tuple[asyncio.Future[Any], int]] = []
+
+        async def send(batch: BatchBuilder, topic: str, partition: int) -> None:
+            count = batch.record_count()
+            sent.append(await producer.send_batch(batch, topic, partition=partition))
+            if topic == self.changelog_topic:
+                changelog.append((sent[-1], count))
+
         for topic, records in by_topic.items():
             partition = delta_partition % await self._partition_count(topic)
             batch = producer.create_batch()
             for key, value in records:
                 if batch.append(key=key, value=value, timestamp=None) is None:
-                    sent.append(await producer.send_batch(batch, topic, partition=partition))
+                    await send(batch, topic, partition)
                     batch = producer.create_batch()
                     if batch.append(key=key, value=value, timestamp=None) is None:
                         raise ValueError(f"a message for {topic} is larger than {MAX_BATCH_BYTES} bytes")
             if batch.record_count():
-                sent.append(await producer.send_batch(batch, topic, partition=partition))
+                await send(batch, topic, partition)
         await asyncio.gather(*sent)
+        self.changelog_end = None
+        if changelog:
+            delivery, count = changelog[-1]
+            self.changelog_end = delivery.result().offset + count - 1
 
     async def _partition_count(self, topic: str) -> int:
         count = self._partitions.get(topic)

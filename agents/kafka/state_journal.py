@@ -1,14 +1,15 @@
-"""The ingest state journal on Kafka: encoding its records, and restoring a partition's state.
+"""The ingest state journal on Kafka: encoding its records, and reading them back.
 
 Flushes write the records (``streams.core.subject_state``) in their transaction; a worker that
-takes over a partition folds the committed records from the newest snapshot to the end, which
-is the state as of the partition's committed offset.
+takes a partition over reads the committed records its store on disk lacks
+(``agents.runtime.partition_state``).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import AsyncIterator, Callable
 
 import msgspec
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -18,12 +19,11 @@ from aiokafka.errors import KafkaError
 from agents.kafka.connections import kafka_options
 from agents.settings import Settings
 from streams.contracts.journal import JournalRecord
-from streams.core.subject_state import PartitionState
 
 log = logging.getLogger(__name__)
 
-#: How often a restore that cannot reach the end of its partition says so.
-STALL_REPORT_SECONDS = 30.0
+#: How often a restore says how far it got.
+PROGRESS_SECONDS = 5.0
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(JournalRecord)
@@ -38,10 +38,17 @@ class StateJournal:
     ``read_committed`` consumer (records of aborted flushes are never folded), and drops the
     records a newer snapshot has made unnecessary."""
 
-    def __init__(self, settings: Settings, admin: AIOKafkaAdminClient) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        admin: AIOKafkaAdminClient,
+        progress: Callable[[int, int], None] = lambda partition, remaining: None,
+    ) -> None:
         self.settings = settings
         self.topic = settings.topics.state_journal_topic
         self.admin = admin
+        #: Told (partition, records left to read) as a restore goes.
+        self.progress = progress
         self._consumer: AIOKafkaConsumer | None = None
 
     async def start(self) -> None:
@@ -60,22 +67,22 @@ class StateJournal:
             await self._consumer.stop()
             self._consumer = None
 
-    async def restore(self, partition: int, state_from: int | None, state_to: int | None) -> PartitionState:
-        """The state of ``partition`` as the journal has it: its committed records from
-        ``state_from`` (the newest snapshot; None: the start of the log) up to ``state_to``
-        (the end of the last committed flush's records; None: the end of the log), folded.
-        The read waits for ``state_to``: the flush's offsets can be visible before the
-        transaction marker of its journal records is written."""
+    async def read(
+        self, partition: int, read_from: int | None, read_to: int | None
+    ) -> AsyncIterator[list[JournalRecord]]:
+        """The committed records of ``partition`` from ``read_from`` (None: the log's start) up
+        to ``read_to`` (None: the log's end as it is now), in the batches fetched; waits for
+        ``read_to``. Says how many are left (``progress``) as it goes, and logs it every few seconds."""
         consumer = self._consumer
         assert consumer is not None, "StateJournal.start() first"
         tp = TopicPartition(self.topic, partition)
         consumer.assign([tp])
         begin = (await consumer.beginning_offsets([tp]))[tp]
-        stop = (await consumer.end_offsets([tp]))[tp] if state_to is None else state_to
-        start = begin if state_from is None else state_from
+        stop = (await consumer.end_offsets([tp]))[tp] if read_to is None else read_to
+        start = begin if read_from is None else read_from
         if start < begin:
             log.error(
-                "the state journal of partition %d begins at offset %d, after the snapshot at %d "
+                "the state journal of partition %d begins at offset %d, after the record %d "
                 "that restoring needs: something deleted its records (retention.ms of %s must "
                 "stay -1). Dedup, distinct counts and sessions of this partition restart from "
                 "what is left, and may count some events, sessions or opens again.",
@@ -85,11 +92,11 @@ class StateJournal:
                 self.topic,
             )
             start = begin
-        state = PartitionState(snapshot_after_entries=self.settings.ingest.state_snapshot_entries)
-        started, read = time.monotonic(), 0
-        report_at = started + STALL_REPORT_SECONDS
+        report_at = time.monotonic() + PROGRESS_SECONDS
         consumer.seek(tp, start)
-        while start < stop and await consumer.position(tp) < stop:
+        position = start
+        self.progress(partition, max(0, stop - position))
+        while position < stop:
             batch = await consumer.getmany(tp, timeout_ms=1000)
             records = []
             for message in batch.get(tp, ()):
@@ -105,29 +112,18 @@ class StateJournal:
                         message.offset,
                         exc,
                     )
-            read += len(records)
-            state.fold(records)
+            yield records
+            position = await consumer.position(tp)
+            self.progress(partition, max(0, stop - position))
             if time.monotonic() > report_at:
-                report_at = time.monotonic() + STALL_REPORT_SECONDS
-                log.warning(
-                    "still restoring partition %d's state: at offset %d of %d-%d",
+                report_at = time.monotonic() + PROGRESS_SECONDS
+                log.info(
+                    "restoring partition %d's state: %d of %d journal records read",
                     partition,
-                    await consumer.position(tp),
-                    start,
-                    stop,
+                    min(position, stop) - start,
+                    stop - start,
                 )
-        state.snapshot_offset, state.journal_end = state_from, state_to
-        log.info(
-            "restored the state of partition %d from the journal: %d records (offsets %d-%d), "
-            "%d entries, in %.1f s",
-            partition,
-            read,
-            start,
-            stop,
-            len(state),
-            time.monotonic() - started,
-        )
-        return state
+        self.progress(partition, 0)
 
     async def drop_before(self, partition: int, offset: int) -> None:
         """Delete the records before a committed snapshot (none of them is read again); a

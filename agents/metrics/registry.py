@@ -82,8 +82,22 @@ class Metrics:
         )
         self.state_restores = Counter(
             "mkpi_ingest_state_restores_total",
-            "Partitions whose per-subject state ingest restored from the journal (taking a "
-            "partition over, or after an aborted flush).",
+            "Partitions whose per-subject state ingest brought to their committed offset (taking "
+            "a partition over, or after an aborted flush), by how: kept (the store on disk, "
+            "reading the journal after its checkpoint) or rebuilt (from the newest snapshot).",
+            ["how"],
+            registry=self.registry,
+        )
+        self.state_restore_records = Counter(
+            "mkpi_ingest_state_restore_records_total",
+            "State journal records ingest read to bring its partitions' stores to their committed offsets.",
+            registry=self.registry,
+        )
+        self.state_restore_remaining = Gauge(
+            "mkpi_ingest_state_restore_remaining_records",
+            "State journal records left to read before the partition's state is restored (0 "
+            "once it is), by counted partition.",
+            ["partition"],
             registry=self.registry,
         )
         self.ingest_refused = Counter(

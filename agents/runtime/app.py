@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Callable
-from pathlib import Path
 
 import faust
 from mode import Service
@@ -18,6 +16,7 @@ from agents.runtime.kpi_agent import register_kpi_agent
 from agents.runtime.repartition import RepartitionService
 from agents.runtime.web import WebServer
 from agents.settings import Settings
+from agents.state.rocks import table_options
 from streams.core.alerts import configured_rules
 from streams.core.attribution import ChannelRules
 from streams.core.privacy import Pseudonymizer
@@ -28,13 +27,13 @@ KPI_TABLE_NAME = "kpi-values"
 def create_app(settings: Settings, metrics: Metrics | None = None) -> faust.App:
     """The Faust worker of role ``all`` (ingest and the KPI agent) or ``agent``."""
     metrics = metrics or Metrics()
-    datadir = Path(settings.worker.data_dir).expanduser() / settings.topics.app_id
-    datadir.parent.mkdir(parents=True, exist_ok=True)
+    datadir = settings.worker_dir
+    datadir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
         settings.topics.app_id,
         broker=f"{URL_SCHEME}://{settings.kafka.kafka_bootstrap}",
         broker_credentials=faust_credentials(settings),
-        store="memory://",
+        store="rocksdb://",
         datadir=str(datadir),
         topic_partitions=settings.topics.partitions,
         topic_replication_factor=settings.topics.replication_factor,
@@ -51,7 +50,13 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> faust.App:
         settings.topics.deltas_topic, partitions=settings.topics.partitions, key_type=bytes, value_type=bytes
     )
     alert_rules = configured_rules(settings.alerts.alert_rules_file, settings.windows.windowing.sizes)
-    table = app.Table(KPI_TABLE_NAME, partitions=settings.topics.partitions, key_type=bytes, value_type=bytes)
+    table = app.Table(
+        KPI_TABLE_NAME,
+        partitions=settings.topics.partitions,
+        key_type=bytes,
+        value_type=bytes,
+        options=table_options(settings),
+    )
     agent = register_kpi_agent(app, deltas, table, metrics, settings, alert_rules)
     rules = ChannelRules.configured(settings.ingest.channel_rules_file)
     owned: Callable[[], int] | None = None
@@ -75,7 +80,7 @@ def ingest_services(
     agent_is_behind: Callable[[], bool] = lambda: False,
 ) -> tuple[IngestService, list[Service]]:
     """Ingest, and the repartitioning before it when the raw topic is not keyed by subject."""
-    worker_name = settings.worker.worker_name or socket.gethostname()
+    worker_name = settings.worker.resolved_worker_name
     pseudonymizer = Pseudonymizer.from_key(settings.ingest.pseudonymization_key)
     ingest = IngestService(
         settings,

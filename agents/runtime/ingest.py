@@ -23,21 +23,22 @@ import redis.asyncio as aioredis
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 
-from agents.kafka.checkpoint import Checkpoint, OutputRefused, checkpoint_flush, journal_committed
+from agents.kafka.checkpoint import Checkpoint, OutputRefused, checkpoint_flush
 from agents.kafka.state_journal import StateJournal
 from agents.metrics.registry import Metrics
 from agents.redis.connections import redis_client
 from agents.redis.visitors import VisitorSketches
 from agents.redis.waiting import until_redis_answers
+from agents.runtime.partition_state import PartitionStores
 from agents.runtime.stage import Batches, TransactionalStage
 from agents.settings import Settings
+from agents.state.rocks import StoreBudget
 from streams.contracts.checkpoints import CommitPoint
 from streams.contracts.outputs import IngestReport
 from streams.contracts.versions import INGEST_REPORT_VERSION
 from streams.core.attribution import ChannelRules
 from streams.core.ingestor import BatchIngestor, DuplicateShare, Flushable, RawPartition
 from streams.core.privacy import Pseudonymizer
-from streams.core.subject_state import PartitionState
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,7 @@ class IngestService(TransactionalStage):
 
     redis: aioredis.Redis
     journal: StateJournal
+    stores: PartitionStores
     visitor_sketches: VisitorSketches
 
     def __init__(
@@ -75,11 +77,10 @@ class IngestService(TransactionalStage):
         self.duplicate_share = DuplicateShare()
         #: Partitions assigned and resumed (offsets, watermarks and state): what readiness asks.
         self.owned_partitions = 0
+        #: Partitions whose state is being restored, with the journal records left to read.
+        self.restoring: dict[int, int] = {}
         self._last_flush = time.monotonic()
         self._delta_partitions = 0
-        #: States of partitions revoked from this worker, each as of its committed offset:
-        #: assigned back without a restore if the partition comes back unchanged.
-        self._revoked_states: dict[RawPartition, PartitionState] = {}
         for size in settings.windows.windowing.sizes:  # exported at 0 from the start, so rate() works
             metrics.late_events.labels(f"{size}s")
         #: A visitor sketch lives until no event can reach its window, plus a day for readers.
@@ -93,8 +94,14 @@ class IngestService(TransactionalStage):
         settings = self.settings
         self.redis = redis_client(settings, socket_timeout=5, socket_connect_timeout=5)
         self.visitor_sketches = VisitorSketches(self.redis, settings.topics.app_id)
-        self.journal = StateJournal(settings, self.admin)
+        self.journal = StateJournal(settings, self.admin, progress=self._restore_progress)
         await self.journal.start()
+        self.stores = PartitionStores(
+            settings.worker_dir / "ingest",
+            StoreBudget.from_settings(settings),
+            self.journal,
+            settings.ingest.state_snapshot_entries,
+        )
         self._delta_partitions = len(await self.producer.partitions_for(settings.topics.deltas_topic))
 
     async def on_stop(self) -> None:
@@ -103,20 +110,21 @@ class IngestService(TransactionalStage):
         finally:
             await super().on_stop()
             await self.journal.stop()
+            self.stores.close_all()
             await self.redis.aclose()
 
     async def revoke(self, revoked: list[TopicPartition]) -> None:
-        """Flush, then keep each revoked partition's state (as of its committed offset)."""
+        """Flush, then close each revoked partition's store (it stands at the committed offset,
+        and is current again if the partition comes back before another owner counts on)."""
         await self.flush()
         for tp in revoked:
-            raw_tp = RawPartition(tp.topic, tp.partition)
-            state = self.ingestor.revoke(raw_tp)
-            if state is not None:
-                self._revoked_states[raw_tp] = state
+            self.ingestor.revoke(RawPartition(tp.topic, tp.partition))
+            self.stores.close(tp.partition)
             for gauge in (
                 self.metrics.ingest_lag,
                 self.metrics.partition_watermark,
                 self.metrics.state_entries,
+                self.metrics.state_restore_remaining,
             ):
                 with contextlib.suppress(KeyError):  # never set for this partition
                     gauge.remove(str(tp.partition))
@@ -125,24 +133,23 @@ class IngestService(TransactionalStage):
 
     async def assign_partition(self, tp: TopicPartition, start: int, point: CommitPoint | None) -> None:
         raw_tp = RawPartition(tp.topic, tp.partition)
-        state = await self._state_at(raw_tp, point)
+        state = await self.stores.restore(tp.partition, start, point)
+        kept, read = self.stores.restored[tp.partition]
+        self.metrics.state_restores.labels("kept" if kept else "rebuilt").inc()
+        self.metrics.state_restore_records.inc(read)
+        self.metrics.state_entries.labels(str(tp.partition)).set(len(state))
         self.ingestor.assign(raw_tp, start, None if point is None else point.watermark, state)
+
+    def _restore_progress(self, partition: int, remaining: int) -> None:
+        self.metrics.state_restore_remaining.labels(str(partition)).set(remaining)
+        self.restoring[partition] = remaining
+        if not remaining:
+            del self.restoring[partition]
 
     async def assigned(self, assigned: list[TopicPartition]) -> None:
         self.ingestor.counted_partitions = len(self.consumer.partitions_for_topic(self.topic) or ())
         self.owned_partitions = len(assigned)
         self.metrics.ingest_partitions.set(len(assigned))
-
-    async def _state_at(self, tp: RawPartition, point: CommitPoint | None) -> PartitionState:
-        """The partition's state as of its committed offset: the one kept at its revocation
-        when it stands there (nobody counted on since), else restored from the journal."""
-        kept = self._revoked_states.pop(tp, None)
-        if kept is not None and point is not None and kept.next_offset == point.next_offset:
-            return kept
-        self.metrics.state_restores.inc()
-        if point is None:
-            return await self.journal.restore(tp.partition, None, None)
-        return await self.journal.restore(tp.partition, point.state_from, point.state_to)
 
     async def handle(self, batches: Batches) -> None:
         """Screen and count a batch; flush often while caught up (fresh KPIs), seldom while
@@ -200,7 +207,7 @@ class IngestService(TransactionalStage):
             if points is None:
                 return
             for tp, point in points.items():
-                self._journal_committed(tp, point, pending)
+                self._committed(tp, point, pending)
             self._count(pending, time.perf_counter() - started)
 
     def aborted(self, error: KafkaError) -> None:
@@ -208,22 +215,24 @@ class IngestService(TransactionalStage):
             self.metrics.ingest_refused.labels(error.topic).inc()
         self.metrics.ingest_aborts.inc()
 
-    def _journal_committed(self, tp: RawPartition, point: CommitPoint, pending: Flushable) -> None:
-        """Where the partition's state journal now stands; records before a new snapshot are
-        deleted (in the background: nothing waits for it)."""
+    def _committed(self, tp: RawPartition, point: CommitPoint, pending: Flushable) -> None:
+        """The flush committed: its state changes go to the partition's store, and journal
+        records before a new snapshot are deleted (in the background: nothing waits for it)."""
         state = self.ingestor.state(tp.partition)
         if state is None:
             return
-        if journal_committed(state, point) and point.state_from is not None:
+        changes = pending.journal.get(tp)
+        self.stores.committed(state, point, changes)
+        if changes is not None and changes.snapshot and point.state_from is not None:
             log.info(
                 "partition %d's state: a snapshot of %d entries at journal offset %d; deleting the "
                 "records before it",
                 tp.partition,
-                state.last_snapshot_entries,
+                state.checkpoint.snapshot_entries,
                 point.state_from,
             )
             self.add_future(self.journal.drop_before(tp.partition, point.state_from))
-        self.metrics.state_journal_records.inc(len(pending.journal.get(tp, ())))
+        self.metrics.state_journal_records.inc(0 if changes is None else changes.sent)
         self.metrics.state_entries.labels(str(tp.partition)).set(len(state))
 
     def _count(self, pending: Flushable, seconds: float) -> None:

@@ -10,7 +10,6 @@ process per core but one.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -52,7 +51,7 @@ def process_settings(settings: Settings, ingest_processes: int) -> list[Settings
     of its own."""
     if ingest_processes == 0:
         return [settings]
-    name = settings.worker.worker_name or socket.gethostname()
+    name = settings.worker.resolved_worker_name
     agent = settings.replace(worker_role="agent", worker_name=f"{name}-agent")
     ingest = [
         settings.replace(worker_role="ingest", worker_name=f"{name}-ingest{index}", web_port=free_port())

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+import msgspec
+
 
 @dataclass(frozen=True, slots=True)
 class CommitPoint:
@@ -48,3 +50,23 @@ class CommitPoint:
 
 def _offset(value: object) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+class StoreCheckpoint(msgspec.Struct, frozen=True):
+    """Where a partition's state store on disk stands, written in the same batch as the state:
+    the journal it follows and how far (the span a committed ``CommitPoint`` names), the raw
+    offset it reflects, and what decides the next snapshot."""
+
+    journal_topic: str
+    partition: int
+    #: The raw offset the store reflects (None: nothing committed yet).
+    next_offset: int | None = None
+    #: The newest snapshot's first journal record (None: the journal's start).
+    snapshot_offset: int | None = None
+    #: The end of the journal records the store reflects (None: none yet).
+    journal_end: int | None = None
+    #: Entries journaled since the newest snapshot, and how many that snapshot held.
+    journaled_since_snapshot: int = 0
+    snapshot_entries: int = 0
+    #: The layout of the store's keys and values (``STATE_STORE_VERSION``).
+    layout: str = ""

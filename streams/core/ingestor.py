@@ -22,7 +22,6 @@ import msgspec
 from streams.contracts.checkpoints import CommitPoint
 from streams.contracts.deltas import CellKey, Delta, WatermarkMark
 from streams.contracts.events import TYPE_NAMES, PageView, RawEvent
-from streams.contracts.journal import JournalRecord
 from streams.contracts.outputs import BadReason, BadRow, LateEvent
 from streams.contracts.repartition import (
     MARKS_HEADER,
@@ -36,7 +35,7 @@ from streams.core.attribution import Attribution, ChannelRules
 from streams.core.catalog import Unique, measures_of, session_scoped, uniques_of
 from streams.core.privacy import Pseudonymizer
 from streams.core.sessions import Placement, SessionEvent, place
-from streams.core.subject_state import PartitionState
+from streams.core.subject_state import JournalChanges, PartitionState
 from streams.core.validation import Rejection, decode_in_time, make_bad_row
 from streams.core.watermarks import ForwardedWatermarks, Lateness, PartitionWatermarks
 from streams.core.windows import WindowPolicy
@@ -103,7 +102,7 @@ class Flushable:
     marks: list[WatermarkMark]
     commits: dict[RawPartition, CommitPoint]
     #: What each partition's state journals with this flush (changes, or a snapshot).
-    journal: dict[RawPartition, list[JournalRecord]] = field(default_factory=dict)
+    journal: dict[RawPartition, JournalChanges] = field(default_factory=dict)
     #: Pseudonymous visitors of counted page views, per published cell (for HyperLogLogs).
     visitors: dict[CellKey, set[str]] = field(default_factory=dict)
     outcomes: Counter[str] = field(default_factory=Counter)
@@ -521,10 +520,12 @@ class BatchIngestor:
         journal = {}
         for tp, position in self._positions.items():
             state = self._states[tp.partition]
-            state.expire()
-            journal[tp] = state.take_changes()
+            changes = state.take_changes()
+            if changes is not None:
+                journal[tp] = changes
+            stands = state.checkpoint
             commits[tp] = CommitPoint(
-                position, self.watermarks.current(tp.partition), state.snapshot_offset, state.journal_end
+                position, self.watermarks.current(tp.partition), stands.snapshot_offset, stands.journal_end
             )
         taken = Flushable(
             deltas=self.aggregator.drain(),

@@ -1,5 +1,4 @@
-"""Per-subject state of one raw partition, in process: what dedup, distinct counts and sessions
-remember.
+"""Per-subject state of one raw partition: what dedup, distinct counts and sessions remember.
 
 Producers key raw events by subject (or ingest repartitions them so), so one raw partition
 holds all of a subject's events and every retry of an event. The state of those subjects
@@ -9,24 +8,32 @@ lives with the partition, in the worker that owns it:
   cell (``<namespace>:<cell>:<key>``), remembered until their horizon;
 - sessions: each subject's recent sessions (``streams.core.sessions``).
 
-Everything the state learns is also kept as changes, which ``take_changes`` hands to the
-flush: it writes them to the journal in the same Kafka transaction as the deltas and the raw
-offsets, so the journal up to a committed offset is exactly the state at that offset. When the
-journal since the last snapshot has grown as large as that snapshot (and at least
-``snapshot_after_entries``), the flush writes a snapshot instead, and a new owner folds the
-journal from it (``fold``): restoring reads about twice the state at most.
+The state as of the last committed flush lives on disk (an ``EntryStore``, RocksDB in
+``agents.state``); ``PartitionState`` holds only what changed since (bounded by a flush) in
+front of it. ``take_changes`` hands those changes to the flush, which writes them to the journal
+in the same Kafka transaction as the deltas and the raw offsets, so the journal up to a
+committed offset is exactly the state at that offset; once that transaction has committed,
+``committed`` writes them to the store with the checkpoint they reach (one atomic batch). When
+the journal since the last snapshot has grown as large as that snapshot (and at least
+``snapshot_after_entries``), the flush writes a snapshot instead, read from the store as it
+goes: a new owner folds the journal from the newest snapshot, and one restarting on the same
+disk only what was journaled after its store's checkpoint.
 
-Entries expire by wall clock, as they did in Redis: each records when; expired ones are
-forgotten lazily (``expire``, in order of writing per horizon) and never answer.
+Entries expire by wall clock: each records when, an expired one never answers, and the store
+drops them through an index by expiry time, never by scanning the state.
 """
 
 from __future__ import annotations
 
 import time
-from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Protocol
 
-from streams.contracts.journal import JournalRecord
+import msgspec
+
+from streams.contracts.checkpoints import CommitPoint, StoreCheckpoint
+from streams.contracts.journal import JournalRecord, Session
 from streams.contracts.versions import STATE_JOURNAL_VERSION
 from streams.core.sessions import SessionState
 
@@ -34,158 +41,225 @@ from streams.core.sessions import SessionState
 #: well under Kafka's default 1 MB message limit.
 RECORD_BYTES = 512 * 1024
 
+#: Store keys begin with their kind.
+SIGHTING, SESSIONS = b"s", b"u"
+
+_sessions_encoder = msgspec.msgpack.Encoder()
+_sessions_decoder = msgspec.msgpack.Decoder(tuple[Session, ...])
+
+
+class EntryStore(Protocol):
+    """A partition's committed state on disk: key -> (expires at, value)."""
+
+    def get(self, key: bytes) -> tuple[float, bytes] | None: ...
+
+    def entries(self) -> Iterator[tuple[bytes, float, bytes]]:
+        """Every entry, expired or not."""
+        ...
+
+    def estimated_entries(self) -> int: ...
+
+
+@dataclass
+class JournalChanges:
+    """What one flush journals for a partition: its changes, or a snapshot read as it is sent."""
+
+    snapshot: bool
+    records: Iterable[JournalRecord]
+    #: Records sent (set by the flush as it sends them).
+    sent: int = 0
+    #: The changes the store takes once the flush has committed.
+    entries: dict[bytes, tuple[float, bytes]] = field(default_factory=dict)
+
 
 class PartitionState:
-    """The per-subject state of one raw partition, and its changes since the last flush."""
+    """The per-subject state of one raw partition: its store, and the changes since the last
+    committed flush in front of it."""
 
-    def __init__(self, clock: Callable[[], float] = time.time, snapshot_after_entries: int = 50_000) -> None:
+    def __init__(
+        self,
+        store: EntryStore,
+        checkpoint: StoreCheckpoint,
+        clock: Callable[[], float] = time.time,
+        snapshot_after_entries: int = 50_000,
+    ) -> None:
+        self.store = store
+        #: Where the store stands: the journal span it reflects, and the raw offset.
+        self.checkpoint = checkpoint
         self.clock = clock
         #: A snapshot is due once this many entries were journaled since the last one, or as
         #: many as that one held, whichever is more.
         self.snapshot_after_entries = snapshot_after_entries
-        self.last_snapshot_entries = 0
-        self._sightings: dict[str, float] = {}
-        self._sessions: dict[str, tuple[float, SessionState]] = {}
-        #: (expires at, key) in order of writing, one queue per horizon (so each is sorted).
-        self._sighting_queues: dict[float, deque[tuple[float, str]]] = {}
-        self._session_queue: deque[tuple[float, str]] = deque()
-        self._new_sightings: list[tuple[str, float]] = []
-        self._changed_sessions: set[str] = set()
-        #: Entries journaled since the newest snapshot (restoring reads that many, plus it).
-        self.journaled_since_snapshot = 0
-        #: Journal offsets: the newest snapshot's first record (None before the first), and
-        #: the end of the last committed flush's records (None before any).
-        self.snapshot_offset: int | None = None
-        self.journal_end: int | None = None
+        #: Changes since the last ``take_changes``, and those taken but not committed yet.
+        self._changes: dict[bytes, tuple[float, bytes]] = {}
+        self._in_flight: dict[bytes, tuple[float, bytes]] = {}
         #: The raw offset the state stands at: every message before it is in it, none after.
         self.next_offset: int | None = None
 
     def __len__(self) -> int:
-        return len(self._sightings) + len(self._sessions)
+        """About how many entries the state holds (the store's estimate, plus the changes)."""
+        return self.store.estimated_entries() + len(self._changes)
+
+    def _get(self, key: bytes) -> tuple[float, bytes] | None:
+        found = self._changes.get(key) or self._in_flight.get(key)
+        return found if found is not None else self.store.get(key)
 
     def first_sighting(self, key: str, horizon_seconds: float) -> bool:
         """Whether ``key`` is new within its horizon; a new key is remembered from now on."""
         now = self.clock()
-        expires = self._sightings.get(key)
-        if expires is not None and expires > now:
+        stored_key = SIGHTING + key.encode()
+        found = self._get(stored_key)
+        if found is not None and found[0] > now:
             return False
-        expires = now + horizon_seconds
-        self._sightings[key] = expires
-        self._sighting_queues.setdefault(horizon_seconds, deque()).append((expires, key))
-        self._new_sightings.append((key, expires))
+        self._changes[stored_key] = (now + horizon_seconds, b"")
         return True
 
     def sessions(self, key: str) -> SessionState:
         """A subject's sessions; none once they expired."""
-        stored = self._sessions.get(key)
-        if stored is None or stored[0] <= self.clock():
+        found = self._get(SESSIONS + key.encode())
+        if found is None or found[0] <= self.clock():
             return ()
-        return stored[1]
+        return _sessions_decoder.decode(found[1])
 
     def set_sessions(self, key: str, sessions: SessionState, ttl_seconds: float) -> None:
         """Store a subject's sessions, kept ``ttl_seconds`` from now (unless set again)."""
-        expires = self.clock() + ttl_seconds
-        self._sessions[key] = (expires, sessions)
-        self._session_queue.append((expires, key))
-        self._changed_sessions.add(key)
-
-    def expire(self) -> None:
-        """Forget what has expired."""
-        now = self.clock()
-        for queue in self._sighting_queues.values():
-            while queue and queue[0][0] <= now:
-                expires, key = queue.popleft()
-                if self._sightings.get(key) == expires:
-                    del self._sightings[key]
-        queue = self._session_queue
-        while queue and queue[0][0] <= now:
-            expires, key = queue.popleft()
-            stored = self._sessions.get(key)
-            if stored is not None and stored[0] == expires:
-                del self._sessions[key]
+        self._changes[SESSIONS + key.encode()] = (
+            self.clock() + ttl_seconds,
+            _sessions_encoder.encode(sessions),
+        )
 
     @property
     def snapshot_due(self) -> bool:
-        return self.journaled_since_snapshot >= max(self.snapshot_after_entries, self.last_snapshot_entries)
-
-    def take_changes(self) -> list[JournalRecord]:
-        """What to journal for the changes since the last call: one record of them, a
-        snapshot when one is due, or nothing when nothing changed."""
-        if not self._new_sightings and not self._changed_sessions:
-            return []
-        if self.snapshot_due:
-            self._new_sightings, self._changed_sessions = [], set()
-            return self.snapshot()
-        sessions = [(key, *self._sessions[key]) for key in self._changed_sessions]
-        records = _records(False, self._new_sightings, sessions)
-        self.journaled_since_snapshot += len(self._new_sightings) + len(sessions)
-        self._new_sightings, self._changed_sessions = [], set()
-        return records
-
-    def snapshot(self) -> list[JournalRecord]:
-        """The whole live state, in records of at most ``RECORD_BYTES`` (at least one, so an
-        empty state is a snapshot too)."""
-        self.expire()
-        self.journaled_since_snapshot = 0
-        self.last_snapshot_entries = len(self)
-        sessions = [(key, *stored) for key, stored in self._sessions.items()]
-        return _records(True, list(self._sightings.items()), sessions) or [
-            JournalRecord(STATE_JOURNAL_VERSION, True, [], [])
-        ]
-
-    def fold(self, records: Iterator[JournalRecord] | list[JournalRecord]) -> None:
-        """Replay journal records, in order, into this (fresh) state; expired entries are skipped."""
-        now = self.clock()
-        for record in records:
-            for key, expires in record.sightings:
-                if expires > now:
-                    self._sightings[key] = expires
-                    self._sighting_queues.setdefault(0.0, deque()).append((expires, key))
-            for key, expires, sessions in record.sessions:
-                if expires > now:
-                    self._sessions[key] = (expires, sessions)
-                    self._session_queue.append((expires, key))
-            entries = len(record.sightings) + len(record.sessions)
-            if record.snapshot:
-                self.last_snapshot_entries += entries
-            else:
-                self.journaled_since_snapshot += entries
-        for queue in (*self._sighting_queues.values(), self._session_queue):
-            ordered = sorted(queue)
-            queue.clear()
-            queue.extend(ordered)
-
-
-SessionEntry = tuple[str, float, SessionState]
-
-
-def _records(
-    snapshot: bool, sightings: list[tuple[str, float]], sessions: list[SessionEntry]
-) -> list[JournalRecord]:
-    """Entries split into records of at most about ``RECORD_BYTES`` each."""
-    records = []
-    budget = RECORD_BYTES
-    chunk: list[tuple[str, float]] = []
-    used = 0
-    for entry in sightings:
-        size = len(entry[0]) + 12
-        if chunk and used + size > budget:
-            records.append(JournalRecord(STATE_JOURNAL_VERSION, snapshot, chunk, []))
-            chunk, used = [], 0
-        chunk.append(entry)
-        used += size
-    session_chunk: list[SessionEntry] = []
-    for session_entry in sessions:
-        size = (
-            len(session_entry[0])
-            + 12
-            + sum(len(s.channel) + len(s.campaign) + len(s.client) + 30 for s in session_entry[2])
+        checkpoint = self.checkpoint
+        return checkpoint.journaled_since_snapshot >= max(
+            self.snapshot_after_entries, checkpoint.snapshot_entries
         )
-        if (chunk or session_chunk) and used + size > budget:
-            records.append(JournalRecord(STATE_JOURNAL_VERSION, snapshot, chunk, session_chunk))
-            chunk, session_chunk, used = [], [], 0
-        session_chunk.append(session_entry)
+
+    def take_changes(self) -> JournalChanges | None:
+        """What to journal for the changes since the last call: a record of them, or a
+        snapshot when one is due; None when nothing changed."""
+        if not self._changes:
+            return None
+        self._in_flight.update(self._changes)
+        changes, self._changes = self._changes, {}
+        if self.snapshot_due:
+            return JournalChanges(True, self._snapshot(), entries=changes)
+        records = list(_records(False, _live(((k, e, v) for k, (e, v) in changes.items()), self.clock())))
+        return JournalChanges(False, records, entries=changes)
+
+    def _snapshot(self) -> Iterator[JournalRecord]:
+        """The whole live state as of this flush, read from the store as it is sent, in
+        records of at most ``RECORD_BYTES`` (at least one, so an empty state is a snapshot too)."""
+        in_flight = self._in_flight
+        stored = ((k, e, v) for k, e, v in self.store.entries() if k not in in_flight)
+        flight = ((k, e, v) for k, (e, v) in in_flight.items())
+        empty = True
+        for record in _records(True, _live(_chain(stored, flight), self.clock())):
+            empty = False
+            yield record
+        if empty:
+            yield JournalRecord(STATE_JOURNAL_VERSION, True, [], [])
+
+    def committed(
+        self, point: CommitPoint, journal: JournalChanges | None
+    ) -> dict[bytes, tuple[float, bytes]]:
+        """After the flush's transaction committed at ``point``: the changes it journaled, for
+        the store to write with the new ``checkpoint`` in one batch."""
+        checkpoint = self.checkpoint
+        if journal is None:
+            since, entries = checkpoint.journaled_since_snapshot, checkpoint.snapshot_entries
+        elif journal.snapshot:
+            since, entries = 0, len(self)
+        else:
+            since, entries = (
+                checkpoint.journaled_since_snapshot + len(journal.entries),
+                checkpoint.snapshot_entries,
+            )
+        self.checkpoint = msgspec.structs.replace(
+            checkpoint,
+            next_offset=point.next_offset,
+            snapshot_offset=point.state_from,
+            journal_end=point.state_to,
+            journaled_since_snapshot=since,
+            snapshot_entries=entries,
+        )
+        written, self._in_flight = self._in_flight, {}
+        return written
+
+
+def _chain(
+    *parts: Iterable[tuple[bytes, float, bytes]],
+) -> Iterator[tuple[bytes, float, bytes]]:
+    for part in parts:
+        yield from part
+
+
+def _live(entries: Iterable[tuple[bytes, float, bytes]], now: float) -> Iterator[tuple[bytes, float, bytes]]:
+    """Entries (key, expires at, value) not expired at ``now``."""
+    return ((key, expires, value) for key, expires, value in entries if expires > now)
+
+
+def fold_record(record: JournalRecord, now: float) -> Iterator[tuple[bytes, float, bytes]]:
+    """A journal record's entries, as the store keeps them; expired ones are left out."""
+    for key, expires in record.sightings:
+        if expires > now:
+            yield SIGHTING + key.encode(), expires, b""
+    for key, expires, sessions in record.sessions:
+        if expires > now:
+            yield SESSIONS + key.encode(), expires, _sessions_encoder.encode(sessions)
+
+
+def _records(snapshot: bool, entries: Iterable[tuple[bytes, float, bytes]]) -> Iterator[JournalRecord]:
+    """Entries as journal records of at most about ``RECORD_BYTES`` each."""
+    sightings: list[tuple[str, float]] = []
+    sessions: list[tuple[str, float, tuple[Session, ...]]] = []
+    used = 0
+    for key, expires, value in entries:
+        size = len(key) + len(value) + 12
+        if (sightings or sessions) and used + size > RECORD_BYTES:
+            yield JournalRecord(STATE_JOURNAL_VERSION, snapshot, sightings, sessions)
+            sightings, sessions, used = [], [], 0
+        if key.startswith(SIGHTING):
+            sightings.append((key[1:].decode(), expires))
+        else:
+            sessions.append((key[1:].decode(), expires, _sessions_decoder.decode(value)))
         used += size
-    if chunk or session_chunk:
-        records.append(JournalRecord(STATE_JOURNAL_VERSION, snapshot, chunk, session_chunk))
-    return records
+    if sightings or sessions:
+        yield JournalRecord(STATE_JOURNAL_VERSION, snapshot, sightings, sessions)
+
+
+@dataclass(frozen=True, slots=True)
+class Resume:
+    """How a partition's store catches up with its committed point: kept, reading the journal
+    from where it stands; or emptied and rebuilt from the newest snapshot. Either way the read
+    ends at ``read_to`` (None: the end of the journal)."""
+
+    keep: bool
+    read_from: int | None
+    read_to: int | None
+
+
+def resume(local: StoreCheckpoint | None, identity: StoreCheckpoint, point: CommitPoint | None) -> Resume:
+    """Whether the store standing at ``local`` can be trusted for ``point``: it follows the
+    same journal partition in the same layout (``identity``), stands at or before the committed
+    offset, and its journal end lies in the committed span, so that the records after it
+    (appended by this worker before a crash, or by other owners while the partition was away)
+    bring it to the point. Anything else is rebuilt from Kafka."""
+    rebuild = Resume(
+        False, None if point is None else point.state_from, None if point is None else point.state_to
+    )
+    if local is None or point is None:
+        return rebuild
+    if (local.journal_topic, local.partition, local.layout) != (
+        identity.journal_topic,
+        identity.partition,
+        identity.layout,
+    ):
+        return rebuild
+    if local.next_offset is None or local.next_offset > point.next_offset:
+        return rebuild
+    if local.journal_end is None or point.state_to is None:
+        return Resume(True, None, None) if local.journal_end == point.state_to else rebuild
+    if (point.state_from or 0) <= local.journal_end <= point.state_to:
+        return Resume(True, local.journal_end, point.state_to)
+    return rebuild

@@ -196,7 +196,7 @@ def test_redis_tls_files_need_a_rediss_url(tmp_path: Path) -> None:
 def test_each_setting_has_one_section_and_one_variable() -> None:
     settings = Settings()
     names = [name for name, _ in settings.flat()]
-    assert len(names) == len(set(names)) == 49
+    assert len(names) == len(set(names)) == 53
     fields = [
         f.name
         for section in dataclasses.fields(settings)

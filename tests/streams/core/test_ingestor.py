@@ -22,7 +22,7 @@ from streams.contracts.repartition import (
 from streams.core.attribution import ChannelRules
 from streams.core.ingestor import BatchIngestor, DuplicateShare, RawPartition, Screened
 from streams.core.privacy import Pseudonymizer
-from streams.core.subject_state import PartitionState
+from tests.streams.core.entries import new_state
 
 NOW = datetime(2026, 11, 27, 10, 0, 40, tzinfo=UTC)
 
@@ -93,7 +93,7 @@ def count(ingest: BatchIngestor, screened: Screened) -> None:
     taken over from offset 0 with an empty state."""
     for tp in screened.next_offsets:
         if ingest.state(tp.partition) is None:
-            ingest.assign(tp, 0, None, PartitionState())
+            ingest.assign(tp, 0, None, new_state())
     ingest.apply(screened)
 
 
@@ -139,7 +139,7 @@ def test_an_event_id_counts_once_per_partition_state_until_its_horizon() -> None
     another subject's, which a producer keying by subject never sends)."""
     now = [1_000.0]
     ingest = ingestor(MKPI_DEDUP_HORIZON_SECONDS="60")
-    state = PartitionState(clock=lambda: now[0])
+    state = new_state(clock=lambda: now[0])
     ingest.assign(RawPartition("raw", 0), 0, None, state)
     for offset, advance in ((1, 0.0), (2, 59.0), (3, 2.0)):
         now[0] += advance
@@ -214,7 +214,9 @@ def test_sessions_count_once_when_placed_and_unique_opens_on_a_first_sighting() 
     count(ingest, screened)
     state = ingest.state(0)
     assert state is not None
-    [changes] = state.take_changes()
+    taken = state.take_changes()
+    assert taken is not None
+    [changes] = taken.records
     # Unique opens are decided per published cell: 3 window sizes x 4 grains = 12 cells each,
     # remembered once (the second open finds them), next to the 4 event ids.
     keys = [key for key, _ in changes.sightings]
@@ -264,7 +266,7 @@ def test_events_past_retention_are_counted_only_in_windows_still_open_or_reporte
 def test_a_partition_resumes_from_its_committed_watermark() -> None:
     ingest = ingestor(MKPI_WINDOW_SIZES="60", MKPI_GRACE_SECONDS="0", MKPI_WINDOW_RETENTION_SECONDS="60")
     committed = datetime(2026, 11, 27, 10, 5, tzinfo=UTC).timestamp()
-    ingest.assign(RawPartition("raw", 0), 100, committed, PartitionState())
+    ingest.assign(RawPartition("raw", 0), 100, committed, new_state())
     assert ingest.has_pending, "the restored mark is not published yet"
     screened = ingest.screen([record(0, 100, page_view("behind", "organic"))])
     count(ingest, screened)
@@ -311,7 +313,7 @@ def test_only_records_from_a_taken_over_position_on_are_read() -> None:
     tp = TopicPartition("raw", 0)
     batch = [record(0, offset, page_view(f"e{offset}", "organic")) for offset in range(100, 104)]
     assert ingest.unread(tp, batch) == [], "not taken over yet"
-    ingest.assign(tp, 102, None, PartitionState())
+    ingest.assign(tp, 102, None, new_state())
     assert [r.offset for r in ingest.unread(tp, batch)] == [102, 103]
     screened = ingest.screen(ingest.unread(tp, batch))
     count(ingest, screened)
@@ -399,7 +401,9 @@ def test_event_ids_are_remembered_as_keyed_digests() -> None:
     count(ingest, ingest.screen([record(0, 1, page_view("user@example.com", "organic"))]))
     state = ingest.state(0)
     assert state is not None
-    [changes] = state.take_changes()
+    taken = state.take_changes()
+    assert taken is not None
+    [changes] = taken.records
     assert "user@example.com" not in repr(changes)
     assert [key for key, _ in changes.sightings] == [
         "e:" + Pseudonymizer("k" * 32).digest("user@example.com")

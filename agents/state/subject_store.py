@@ -1,0 +1,132 @@
+"""Ingest's per-subject state of one raw partition in RocksDB (``streams.core.subject_state``).
+
+Layout (``STATE_STORE_LAYOUT``): the default column family maps a state key to its expiry
+(8 bytes, a big-endian double of Unix seconds) and its value; the ``expiry`` column family
+indexes every write by (expiry in milliseconds, key), so what has expired is found by reading
+the index up to now, never by scanning the state; one meta key holds the ``StoreCheckpoint``.
+A batch of committed changes, the checkpoint they reach and the expiry of what ran out are one
+atomic write: the store always stands at one committed flush.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import struct
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import msgspec
+import rocksdict
+
+from agents.state.rocks import StoreBudget, open_store, remove_store
+from streams.contracts.checkpoints import StoreCheckpoint
+
+log = logging.getLogger(__name__)
+
+STATE_STORE_LAYOUT = "subject-state-1"
+#: Sorts before every state key (they begin with a letter).
+CHECKPOINT_KEY = b"\x00checkpoint"
+EXPIRY = "expiry"
+#: Expired entries dropped per commit at most, so one commit never stalls on a backlog.
+EXPIRE_PER_COMMIT = 50_000
+
+_expiry = struct.Struct(">d")
+_index = struct.Struct(">Q")
+_checkpoint_decoder = msgspec.msgpack.Decoder(StoreCheckpoint)
+_encoder = msgspec.msgpack.Encoder()
+
+
+def _index_key(expires: float, key: bytes) -> bytes:
+    return _index.pack(max(0, int(expires * 1000))) + key
+
+
+class SubjectStore:
+    """One raw partition's committed state on disk (an ``EntryStore``)."""
+
+    def __init__(self, path: Path, budget: StoreBudget) -> None:
+        self.path = path
+        self.budget = budget
+        self.db = open_store(path, budget, (EXPIRY,))
+        self._index = self.db.get_column_family_handle(EXPIRY)
+
+    def close(self) -> None:
+        """Close the store and let go of its lock (held until every handle on it is collected)."""
+        self.db.close()
+        del self.db, self._index
+        gc.collect()
+
+    def checkpoint(self) -> StoreCheckpoint | None:
+        """Where the store stands; None for a store never committed to (or unreadable)."""
+        raw = self.db.get(CHECKPOINT_KEY)
+        if raw is None:
+            return None
+        try:
+            return _checkpoint_decoder.decode(raw)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            log.error("the checkpoint of %s is unreadable; the store is rebuilt from Kafka", self.path)
+            return None
+
+    def clear(self) -> None:
+        """Empty the store (before a rebuild): removed and made again."""
+        self.close()
+        remove_store(self.path)
+        self.db = open_store(self.path, self.budget, (EXPIRY,))
+        self._index = self.db.get_column_family_handle(EXPIRY)
+
+    def get(self, key: bytes) -> tuple[float, bytes] | None:
+        raw = self.db.get(key)
+        if raw is None:
+            return None
+        return _expiry.unpack_from(raw)[0], raw[8:]
+
+    def entries(self) -> Iterator[tuple[bytes, float, bytes]]:
+        iterator = self.db.iter()
+        iterator.seek(b"\x01")
+        while iterator.valid():
+            raw = iterator.value()
+            yield iterator.key(), _expiry.unpack_from(raw)[0], raw[8:]
+            iterator.next()
+
+    def estimated_entries(self) -> int:
+        return max(0, int(self.db.property_int_value("rocksdb.estimate-num-keys") or 0) - 1)
+
+    def write(
+        self,
+        entries: Iterable[tuple[bytes, float, bytes]],
+        checkpoint: StoreCheckpoint | None,
+        now: float | None = None,
+    ) -> None:
+        """Write ``entries`` in one atomic batch, with ``checkpoint`` (None: the store's is left
+        as it is) and, given ``now``, the removal of entries that expired before it."""
+        batch = rocksdict.WriteBatch(raw_mode=True)
+        if now is not None:
+            self._expire(batch, now)  # first: an entry written again below must stay
+        for key, expires, value in entries:
+            batch.put(key, _expiry.pack(expires) + value)
+            batch.put(_index_key(expires, key), b"", self._index)
+        if checkpoint is not None:
+            batch.put(CHECKPOINT_KEY, _encoder.encode(checkpoint))
+        self.db.write(batch)
+
+    def _expire(self, batch: rocksdict.WriteBatch, now: float) -> None:
+        """Add to ``batch`` the removal of entries whose index entry ran out before ``now``
+        (an entry written again since has a later one, and stays)."""
+        bound = _index.pack(int(now * 1000))
+        iterator = self.db.get_column_family(EXPIRY).iter()
+        iterator.seek_to_first()
+        last = None
+        dropped = 0
+        while iterator.valid() and dropped < EXPIRE_PER_COMMIT:
+            index_key = iterator.key()
+            if index_key >= bound:
+                break
+            key = index_key[8:]
+            raw = self.db.get(key)
+            if raw is not None and _index_key(_expiry.unpack_from(raw)[0], key) == index_key:
+                batch.delete(key)
+            last = index_key
+            dropped += 1
+            iterator.next()
+        if last is not None:
+            batch.delete_range(b"", last + b"\x00", self._index)
