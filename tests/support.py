@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 import uuid
@@ -42,6 +43,8 @@ def base_settings() -> Settings:
 
 #: Topic prefixes handed out by ``isolated_settings`` in this session, cleaned up at its end.
 ISSUED_PREFIXES: list[str] = []
+#: The workers' folders (state stores) of the tests, one per test's prefix.
+TEST_DATA = Path(tempfile.gettempdir()) / "mkpi-test-worker-data"
 
 
 def isolated_settings(**overrides: object) -> Settings:
@@ -54,6 +57,7 @@ def isolated_settings(**overrides: object) -> Settings:
         "raw_topic": f"{tag}.raw",
         "web_port": free_port(),
         "worker_name": f"{tag}-w1",
+        "data_dir": str(TEST_DATA / tag),
         "flush_interval_seconds": 0.2,
         "kafka_session_timeout_seconds": 10,
         # The tests' producers key raw events by subject, as the generator does; the runs of

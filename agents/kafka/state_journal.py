@@ -49,6 +49,8 @@ class StateJournal:
         self.admin = admin
         #: Told (partition, records left to read) as a restore goes.
         self.progress = progress
+        #: The offsets the last ``read`` covered: [start, stop).
+        self.span = (0, 0)
         self._consumer: AIOKafkaConsumer | None = None
 
     async def start(self) -> None:
@@ -92,6 +94,7 @@ class StateJournal:
                 self.topic,
             )
             start = begin
+        self.span = (start, stop)
         report_at = time.monotonic() + PROGRESS_SECONDS
         consumer.seek(tp, start)
         position = start

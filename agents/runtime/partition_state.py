@@ -90,12 +90,14 @@ class PartitionStores:
             base = StoreCheckpoint(self.journal.topic, partition, layout=STATE_STORE_LAYOUT)
         folded = Folded(base.journaled_since_snapshot, base.snapshot_entries)
         started = time.monotonic()
+        span = (base.journal_end or 0, base.journal_end or 0)
         if not (plan.keep and plan.read_from is None):
             async for records in self.journal.read(partition, plan.read_from, plan.read_to):
                 now = time.time()
                 for record in records:
                     folded.count(record)
                 store.write((entry for record in records for entry in fold_record(record, now)), None)
+            span = self.journal.span
         checkpoint = msgspec.structs.replace(
             base,
             next_offset=start,
@@ -107,10 +109,11 @@ class PartitionStores:
         store.write((), checkpoint)
         self.restored[partition] = (plan.keep, folded.records)
         log.info(
-            "partition %d's state: %s; %d journal records read in %.1f s, about %d entries",
+            "partition %d's state: %s, %d journal records read (offsets %d-%d) in %.1f s; about %d entries",
             partition,
-            "the store on disk, current" if plan.keep else "rebuilt from the journal",
+            "kept the store on disk" if plan.keep else "rebuilt from the journal",
             folded.records,
+            *span,
             time.monotonic() - started,
             store.estimated_entries(),
         )

@@ -1,5 +1,6 @@
-"""Ingest's state journal on the real broker: snapshots, the records they replace deleted, and
-a restore from the newest snapshot after kill -9 that still knows every event id."""
+"""Ingest's state on the real broker: snapshots, the records they replace deleted, and after a
+kill -9 a restore that still knows every event id: on the same disk from the store and the
+journal's tail only, on a new disk from the newest snapshot."""
 
 from __future__ import annotations
 
@@ -19,8 +20,20 @@ from tests.support import WorkerProcess, isolated_settings, produce, produce_in_
 pytestmark = pytest.mark.kafka
 
 RESTORED = re.compile(
-    r"restored the state of partition \d+ from the journal: \d+ records \(offsets (\d+)-(\d+)\)"
+    r"partition \d+'s state: (kept the store on disk|rebuilt from the journal), (\d+) journal records "
+    r"read \(offsets (\d+)-(\d+)\)"
 )
+
+
+async def journal_ends(settings: Settings) -> list[int]:
+    consumer = AIOKafkaConsumer(**kafka_options(settings))
+    await consumer.start()
+    try:
+        topic = settings.topics.state_journal_topic
+        partitions = [TopicPartition(topic, p) for p in range(settings.topics.partitions)]
+        return list((await consumer.end_offsets(partitions)).values())
+    finally:
+        await consumer.stop()
 
 
 async def journal_starts(settings: Settings) -> list[int]:
@@ -34,7 +47,8 @@ async def journal_starts(settings: Settings) -> list[int]:
         await consumer.stop()
 
 
-async def test_a_worker_restored_from_snapshots_drops_retries_of_events_seen_before(tmp_path: Path) -> None:
+@pytest.mark.parametrize("disk", ["same", "new"])
+async def test_a_restored_worker_drops_retries_of_events_seen_before(tmp_path: Path, disk: str) -> None:
     settings = isolated_settings(state_snapshot_entries=100)
     await ensure_topics(settings)
     scenario = Scenario(11, fractions=Fractions(duplicates=0.05, malformed=0.01), live=True)
@@ -55,7 +69,9 @@ async def test_a_worker_restored_from_snapshots_drops_retries_of_events_seen_bef
 
     again = second + retries
     await produce(settings, settings.topics.raw_topic, [m.payload for m in again], [m.key for m in again])
-    worker = WorkerProcess(settings, tmp_path, "restored")
+    journaled = sum(await journal_ends(settings)) - sum(await journal_starts(settings))
+    restored = settings if disk == "same" else settings.replace(data_dir=str(tmp_path / "new-disk"))
+    worker = WorkerProcess(restored, tmp_path, "restored")
     worker.start()
     try:
         totals = await wait_for_accounting(settings, len(messages) + len(retries), timeout=90)
@@ -63,7 +79,16 @@ async def test_a_worker_restored_from_snapshots_drops_retries_of_events_seen_bef
             **truth.outcomes,
             "duplicate": truth.outcomes["duplicate"] + len(retries),
         }
-        spans = [(int(a), int(b)) for a, b in RESTORED.findall(worker.log_path.read_text())]
-        assert any(start > 0 for start, _ in spans), spans  # from a snapshot, not the log's start
+        restores = [(how, int(n), int(a)) for how, n, a, _ in RESTORED.findall(worker.log_path.read_text())]
+        assert len(restores) == settings.topics.partitions, restores
+        read = sum(n for _, n, _ in restores)
+        if disk == "same":
+            assert {how for how, _, _ in restores} == {"kept the store on disk"}, restores
+            # The killed worker's stores stand at its last commit, or a flush or so before it.
+            assert read < journaled / 4, (read, journaled)
+        else:
+            assert {how for how, _, _ in restores} == {"rebuilt from the journal"}, restores
+            assert any(start > 0 for _, _, start in restores), restores  # from a snapshot
+            assert read <= journaled, (read, journaled)
     finally:
         worker.stop()

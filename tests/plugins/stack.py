@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from agents.settings import Settings
 from devtools.stack.cleanup import remove_run_data
 from devtools.stack.kafka import KafkaBroker
 from devtools.stack.redis import LocalRedis
-from tests.support import ISSUED_PREFIXES, base_settings
+from tests.support import ISSUED_PREFIXES, TEST_DATA, base_settings
 
 
 @pytest.fixture(scope="session")
@@ -29,6 +30,8 @@ def local_stack() -> Iterator[Settings]:
     LocalRedis.from_settings(settings).start()
     yield settings
     topics, keys = asyncio.run(remove_run_data(settings, ISSUED_PREFIXES))
+    for prefix in ISSUED_PREFIXES:
+        shutil.rmtree(TEST_DATA / prefix, ignore_errors=True)
     logging.getLogger(__name__).info("removed %d test topics and %d Redis keys", topics, keys)
 
 
