@@ -9,8 +9,9 @@ COPY devtools ./devtools
 COPY mkpi ./mkpi
 COPY schemas ./schemas
 RUN pip install --no-cache-dir --no-deps .
-RUN useradd --create-home mkpi
+RUN useradd --create-home mkpi && mkdir -p /var/lib/mkpi && chown mkpi /var/lib/mkpi
 USER mkpi
-ENV MKPI_DATA_DIR=/home/mkpi/.cache/mkpi/worker-data
+# The state stores (mount a volume here: a restart then reads only the changelogs' tails).
+ENV MKPI_DATA_DIR=/var/lib/mkpi
 ENTRYPOINT ["mkpi"]
 CMD ["worker"]

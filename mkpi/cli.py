@@ -193,6 +193,12 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 1
+        if (waiting := workers.wait_ready(timeout=600, say=print)) is not None:
+            print(
+                f"the worker {waiting.label} is still not ready after 10 minutes; going on (see "
+                f"{waiting.log_path})",
+                file=sys.stderr,
+            )
         processes = "\n".join(
             f"                {worker.label} ({worker.settings.worker.worker_role}): "
             f"{worker.settings.web.url}/metrics, log {worker.log_path}"

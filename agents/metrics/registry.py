@@ -100,6 +100,12 @@ class Metrics:
             ["partition"],
             registry=self.registry,
         )
+        self.table_restore_remaining = Gauge(
+            "mkpi_table_restore_remaining_records",
+            "KPI table changelog records the agent still reads before it publishes (0 once its "
+            "table is recovered).",
+            registry=self.registry,
+        )
         self.ingest_refused = Counter(
             "mkpi_ingest_refused_messages_total",
             "Messages a topic refused to take from ingest (too large, not authorized, ...); their "

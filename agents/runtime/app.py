@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any, cast
 
 import faust
 from mode import Service
@@ -60,17 +61,38 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> faust.App:
     agent = register_kpi_agent(app, deltas, table, metrics, settings, alert_rules)
     rules = ChannelRules.configured(settings.ingest.channel_rules_file)
     owned: Callable[[], int] | None = None
+    restoring: Callable[[], Mapping[int, int]] = dict
     if settings.worker.runs_ingest:
         ingest, services = ingest_services(settings, metrics, rules, agent_is_behind=agent.is_behind)
         for service in services:
             app.service(service)  # type: ignore[arg-type]
         owned = lambda: ingest.owned_partitions  # noqa: E731
+        restoring = lambda: ingest.restoring  # noqa: E731
+    metrics.table_restore_remaining.set_function(lambda: table_records_left(app))
     health = Health(
         ingest_partitions=owned,
-        agent_recovering=lambda: bool(app.rebalancing or getattr(app, "in_recovery", False)),
+        agent_recovering=lambda: agent_waits_for(app),
+        ingest_restoring=restoring,
     )
     app.web_server(WebServer(settings, metrics, rules.channels, health))
     return app
+
+
+def table_records_left(app: faust.App) -> int:
+    """Changelog records the KPI agent still reads to recover its table (0 when it is not)."""
+    if not getattr(app, "in_recovery", False):
+        return 0
+    return int(cast(Any, app.tables).recovery.active_remaining_total())
+
+
+def agent_waits_for(app: faust.App) -> str | None:
+    """Why the KPI agent does not publish yet; None when it does."""
+    if app.rebalancing:
+        return "the KPI agent is rebalancing"
+    if getattr(app, "in_recovery", False):
+        left = table_records_left(app)
+        return f"the KPI agent is recovering its table from the changelog ({left} records left)"
+    return None
 
 
 def ingest_services(
@@ -102,5 +124,9 @@ def create_ingest_worker_services(settings: Settings) -> list[Service]:
     metrics = Metrics()
     rules = ChannelRules.configured(settings.ingest.channel_rules_file)
     ingest, services = ingest_services(settings, metrics, rules)
-    health = Health(ingest_partitions=lambda: ingest.owned_partitions, agent_recovering=None)
+    health = Health(
+        ingest_partitions=lambda: ingest.owned_partitions,
+        agent_recovering=None,
+        ingest_restoring=lambda: ingest.restoring,
+    )
     return [*services, WebServer(settings, metrics, rules.channels, health)]

@@ -1,16 +1,17 @@
 """Liveness and readiness of a worker, for orchestrators' probes.
 
 Live: the event loop turns (a heartbeat task ticks every second; a loop blocked for good, or
-the task gone, stops it). Ready: ingest owns raw partitions it has taken over, and the Faust
-side is neither rebalancing nor recovering its table, so the worker counts and publishes (a
-worker of one role is judged on its part only).
+the task gone, stops it). Ready: ingest owns raw partitions it has taken over (their state
+restored), and the Faust side is neither rebalancing nor recovering its table, so the worker
+counts and publishes (a worker of one role is judged on its part only). While not ready, the
+reasons say what it waits for, and how much of a restore is left.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 #: A heartbeat older than this means the loop has stopped turning.
@@ -28,11 +29,15 @@ class Health:
     def __init__(
         self,
         ingest_partitions: Callable[[], int] | None,
-        agent_recovering: Callable[[], bool] | None,
+        agent_recovering: Callable[[], str | None] | None,
+        ingest_restoring: Callable[[], Mapping[int, int]] = dict,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.ingest_partitions = ingest_partitions
+        #: Why the KPI agent does not publish yet (rebalancing, recovering), None when it does.
         self.agent_recovering = agent_recovering
+        #: Raw partitions whose state ingest is restoring, with the journal records left.
+        self.ingest_restoring = ingest_restoring
         self.monotonic = monotonic
         self.last_beat = monotonic()
 
@@ -52,8 +57,12 @@ class Health:
 
     def ready(self) -> Verdict:
         reasons = []
-        if self.ingest_partitions is not None and self.ingest_partitions() == 0:
+        restoring = self.ingest_restoring()
+        if restoring:
+            left = ", ".join(f"partition {p}: {n} records left" for p, n in sorted(restoring.items()))
+            reasons.append(f"ingest is restoring its state from the journal ({left})")
+        elif self.ingest_partitions is not None and self.ingest_partitions() == 0:
             reasons.append("ingest owns no raw partition yet (or more workers than partitions)")
-        if self.agent_recovering is not None and self.agent_recovering():
-            reasons.append("the KPI agent is rebalancing or recovering its table")
+        if self.agent_recovering is not None and (why := self.agent_recovering()) is not None:
+            reasons.append(why)
         return Verdict(not reasons, tuple(reasons))

@@ -9,10 +9,14 @@ process per core but one.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,6 +98,24 @@ class LocalWorkers:
                 return worker
         return None
 
+    def wait_ready(
+        self, timeout: float, say: Callable[[str], None], every: float = 5.0
+    ) -> LocalWorker | None:
+        """Wait until every worker answers /readyz, saying what each still waits for (a
+        restore's records left) when that changes, or every ``every`` seconds; the first worker
+        not ready within ``timeout`` seconds, if any."""
+        deadline = time.monotonic() + timeout
+        for worker in self.workers:
+            said, said_at = "", 0.0
+            while (reasons := not_ready_because(f"{worker.settings.web.url}/readyz")) is not None:
+                if time.monotonic() > deadline or worker.process.poll() is not None:
+                    return worker
+                if reasons != said or time.monotonic() - said_at > every:
+                    say(f"{worker.label} is not ready yet: {reasons}")
+                    said, said_at = reasons, time.monotonic()
+                time.sleep(0.5)
+        return None
+
     def stop(self, grace_seconds: float) -> None:
         """SIGTERM to every worker at once (each flushes and commits), SIGKILL to any still
         running ``grace_seconds`` later."""
@@ -107,3 +129,18 @@ class LocalWorkers:
             except subprocess.TimeoutExpired:
                 worker.process.kill()
                 worker.process.wait()
+
+
+def not_ready_because(url: str) -> str | None:
+    """None when ``url`` (a worker's /readyz) answers ready; else its reasons, as one line."""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return None if response.status == 200 else f"HTTP {response.status}"
+    except urllib.error.HTTPError as error:
+        try:
+            reasons = json.loads(error.read()).get("reasons", [])
+        except ValueError:
+            reasons = []
+        return "; ".join(reasons) or f"HTTP {error.code}"
+    except OSError as error:
+        return f"not answering ({error})"

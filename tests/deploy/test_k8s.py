@@ -96,3 +96,26 @@ def test_the_in_cluster_prometheus_configuration_is_valid_and_finds_the_workers(
         [str(PROMTOOL), "check", "config", str(tmp_path / "prometheus.yml")], capture_output=True, text=True
     )
     assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_the_state_stores_live_on_the_pods_volume_in_a_memory_limit_from_the_budget() -> None:
+    settings = Settings.from_env(
+        dict(documents("configmap.yaml")[0]["data"]) | {"MKPI_INSECURE_DEV_MODE": "true"}
+    )
+    workers = one("StatefulSet")
+    container = worker_container()
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    claims = {c["metadata"]["name"] for c in workers["spec"]["volumeClaimTemplates"]}
+    assert mounts["data"] == settings.worker.data_dir and "data" in claims
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert workers["spec"]["template"]["spec"]["securityContext"]["fsGroup"] == 1000
+    worker = settings.worker
+    # A pod may own every delta partition (the others down): the process, the ingest stores'
+    # shared budget, and each partition's table store.
+    budget_mb = (
+        300
+        + worker.store_block_cache_mb
+        + settings.topics.partitions * (worker.table_block_cache_mb + 2 * worker.table_write_buffer_mb)
+    )
+    limit = container["resources"]["limits"]["memory"]
+    assert limit.endswith("Mi") and int(limit[:-2]) >= budget_mb, (limit, budget_mb)

@@ -18,7 +18,7 @@ from streams.core.attribution import ChannelRules
     [("kpi=organic_trafic", "organic_traffic"), ("channel=organic&kpi=leads", "organic_search")],
 )
 async def test_an_unknown_kpi_or_channel_is_a_bad_request(query: str, named: str) -> None:
-    health = Health(lambda: 1, lambda: False)
+    health = Health(lambda: 1, lambda: None)
     server = WebServer(Settings(), Metrics(), ChannelRules.load().channels, health)
     with pytest.raises(web.HTTPBadRequest) as refused:
         await server._kpis(make_mocked_request("GET", f"/api/kpis?{query}"))
@@ -30,7 +30,7 @@ async def test_with_a_token_the_board_and_api_need_it_and_metrics_and_probes_do_
 
     token = "t" * 32
     settings = Settings().replace(web_token=token)
-    server = WebServer(settings, Metrics(), ChannelRules.load().channels, Health(lambda: 1, lambda: False))
+    server = WebServer(settings, Metrics(), ChannelRules.load().channels, Health(lambda: 1, lambda: None))
 
     async def page(request: web.Request) -> web.Response:
         return web.Response(text="board")
