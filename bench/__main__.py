@@ -14,8 +14,8 @@ JSON to ``--out`` and appends a markdown table with the machine's description to
 B (``bench.naive_faust``) is the naive Faust design: every raw event through a Faust stream, one
 windowed-table update per event and measure. Q (``bench.quix_contender``) is the peer a Python
 user would pick: Quix Streams counting per (type, campaign) in 1-minute tumbling windows. C0 is
-the worker of ``--baseline`` (a commit; by default the last one of the first design, before
-issue 16), from a git worktree, with this checkout's virtualenv.
+the worker of ``--baseline`` (a commit; by default the last one before state on disk, issue 27),
+from a git worktree, with this checkout's virtualenv, and C02 the same as two processes (as C2).
 
 Freshness: on a fresh worker, realistic events at 50% and then 80% of C's measured rate, with a
 probe (a page view of a campaign of its own) every half second; a probe's freshness is the time
@@ -49,7 +49,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from agents.kafka.connections import kafka_options
 from agents.kafka.topics import ensure_topics
 from agents.settings import Settings
-from bench.peers import baseline_tree, quix_python
+from bench.peers import baseline_tree, quix_python, unknown_to
 from bench.workers import REPO, bench_settings, machine, remove_data
 from devtools.generator import Fractions, Scenario, produce_messages
 from devtools.stack.cleanup import remove_run_data
@@ -286,7 +286,7 @@ def run_pipeline(
     message until every event is accounted for and every delta folded into the KPI table. CPU
     and peak memory are the workers' together."""
     workers = []
-    unknown = () if tree == REPO else BASELINE_UNSET
+    unknown = () if tree == REPO else unknown_to(tree, settings)
     for own in process_settings(settings, ingest_processes):
         role = own.worker.worker_role
         path = (
@@ -385,20 +385,13 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join([*lines, "", ""])
 
 
-CONTENDERS = ("a", "a2", "b", "q", "c0", "c", "c2", "cr")
+CONTENDERS = ("a", "a2", "b", "q", "c0", "c02", "c", "c2", "cr")
 #: The contenders that are mkpi workers (each on topics and groups of its own).
-WORKER_CONTENDERS = ("c0", "c", "c2", "cr")
-#: The last commit of the first design (Redis first sightings, every event in nine cells).
-BASELINE_COMMIT = "886e7db"
-#: Settings the baseline runs without: those it does not know (it refuses unknown MKPI_*
-#: variables), and those whose default changed since, so that it runs as it was.
-BASELINE_UNSET = (
-    "MKPI_DATA_DIR",
-    "MKPI_RAW_KEYED_BY_SUBJECT",
-    "MKPI_WORKER_ROLE",
-    "MKPI_STATE_SNAPSHOT_ENTRIES",
-    "MKPI_BACKLOG_FLUSH_INTERVAL_SECONDS",
-)
+WORKER_CONTENDERS = ("c0", "c02", "c", "c2", "cr")
+#: The baseline's workers: C0 as one process, C02 as an agent and an ingest process (as C2).
+BASELINE_CONTENDERS = ("c0", "c02")
+#: The last commit before state on disk (issue 27): every piece of state in Python memory.
+BASELINE_COMMIT = "4f46c06"
 
 
 def campaign_curve(
@@ -429,12 +422,14 @@ def run_all(settings: Settings, events: int, contenders: list[str], baseline: st
                 worker_name=f"{settings.topics.topic_prefix}-{name}",
                 raw_keyed_by_subject=name != "cr",
             )
-            tree = baseline_tree(StackSettings.from_env(), baseline) if name == "c0" else REPO
+            on_baseline = name in BASELINE_CONTENDERS
+            tree = baseline_tree(StackSettings.from_env(), baseline) if on_baseline else REPO
             log_path = Path(tempfile.gettempdir()) / f"{own.topics.topic_prefix}-worker.log"
             print(f"running {name} (workers of {tree}; their logs: {log_path.parent}) ...", flush=True)
-            if name != "c0":
+            if not on_baseline:  # the baseline makes its topics as it did
                 asyncio.run(ensure_topics(own))
-            results[name] = run_pipeline(own, events, log_path, name, tree, 1 if name == "c2" else 0)
+            two_processes = name in ("c2", "c02")
+            results[name] = run_pipeline(own, events, log_path, name, tree, 1 if two_processes else 0)
         else:
             print(f"running {name} ...", flush=True)
             results[name] = run_contender(name, settings, events)
@@ -450,6 +445,8 @@ def summary(settings: Settings, events: int, results: dict[str, Result]) -> dict
             for name in ("a", "a2", "b", "q", "c0", "c2", "cr")
             if name in results
         }
+    if "c2" in results and "c02" in results:
+        ratios["c2_over_c02"] = round(results["c2"].events_per_second / results["c02"].events_per_second, 4)
     git = ["git", "-C", str(REPO)]
     commit = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout
     changed = subprocess.run([*git, "status", "--porcelain"], capture_output=True, text=True).stdout

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from agents.settings import Settings
 from bench.workers import REPO
 from devtools.stack.settings import StackSettings
 
@@ -44,3 +45,15 @@ def baseline_tree(stack: StackSettings, commit: str) -> Path:
             ["git", "-C", str(REPO), "worktree", "add", "--detach", str(tree), resolved], check=True
         )
     return tree
+
+
+def unknown_to(tree: Path, settings: Settings) -> tuple[str, ...]:
+    """The variables of ``settings`` the worker at ``tree`` would refuse as unknown: those whose
+    setting its settings module does not name (a setting is named after its variable, or, in the
+    oldest commits, spelled as it). The rest it gets, so it runs on the same topics and keys."""
+    source = (tree / "agents" / "settings.py").read_text(encoding="utf-8")
+    return tuple(
+        name
+        for name in settings.as_environment()
+        if name not in source and name.removeprefix("MKPI_").lower() not in source
+    )

@@ -36,9 +36,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from agents.kafka.connections import kafka_options
 from agents.kafka.topics import ensure_topics
 from agents.settings import Settings
+from bench.peers import baseline_tree, unknown_to
 from bench.workers import REPO, bench_settings, machine, remove_data
 from devtools.generator import Fractions, GroundTruth, Scenario
 from devtools.stack.process import wait_for_http
+from devtools.stack.settings import StackSettings
 from devtools.stack.workers import start_worker
 
 SAMPLED_METRICS = (
@@ -91,6 +93,8 @@ class SoakReport:
                 "max": round(max(s.rss_mb for s in steady), 1),
                 "slope_mb_per_10_min": round(slope([(s.seconds, s.rss_mb) for s in steady]) * 600, 2),
             },
+            "rss_growth_last_30min_pct": self.growth_pct(1800),
+            "rss_mb_per_million_events": round(slope([(s.ingested, s.rss_mb) for s in steady]) * 1e6, 2),
             "uncommitted_deltas_at_end": self.uncommitted_deltas,
             "max_ingest_lag": max(s.ingest_lag for s in self.samples),
             "max_agent_backlog": max(s.agent_backlog for s in self.samples),
@@ -99,6 +103,19 @@ class SoakReport:
                 "slope_per_10_min": round(slope([(s.seconds, s.ingest_lag) for s in steady]) * 600, 1),
             },
         }
+
+    def growth_pct(self, seconds: float) -> float:
+        """How much RSS grew over the last ``seconds`` of the run (the whole run when shorter),
+        in percent: the fitted line's rise over the span, against its value at the start."""
+        end = self.samples[-1].seconds
+        tail = [(s.seconds, s.rss_mb) for s in self.samples if s.seconds >= end - seconds]
+        if len(tail) < 2:
+            return 0.0
+        rate = slope(tail)
+        start_x = tail[0][0]
+        mean_x = sum(x for x, _ in tail) / len(tail)
+        at_start = sum(y for _, y in tail) / len(tail) - rate * (mean_x - start_x)
+        return round(rate * (end - start_x) / at_start * 100, 2) if at_start else 0.0
 
 
 def slope(points: list[tuple[float, float]]) -> float:
@@ -231,13 +248,16 @@ async def soak(
     return report
 
 
-def run_soak(base: Settings, minutes: float, rate: float, every: float, seed: int) -> SoakReport:
-    """A worker of its own on fresh topics, fed for ``minutes``; its data is removed after."""
+def run_soak(
+    base: Settings, minutes: float, rate: float, every: float, seed: int, tree: Path = REPO
+) -> SoakReport:
+    """A worker of its own (from ``tree``: another commit's checkout) on fresh topics, fed for
+    ``minutes``; its data is removed after."""
     settings = bench_settings(base)
     log_path = Path(tempfile.gettempdir()) / f"{settings.topics.topic_prefix}-soak-worker.log"
     try:
         asyncio.run(ensure_topics(settings))
-        worker = start_worker(settings, log_path)
+        worker = start_worker(settings, log_path, tree, unknown_to(tree, settings))
         try:
             if not wait_for_http(f"{settings.web.url}/healthz", worker, timeout=120):
                 raise SystemExit(f"the worker did not become healthy; see {log_path}")
@@ -255,14 +275,16 @@ def markdown(summary: dict[str, Any], report: SoakReport, warmup_seconds: float)
         f"## {datetime.now(UTC):%Y-%m-%d %H:%M} UTC: {summary['minutes']} minutes at "
         f"{summary['rate']:,} events/s",
         "",
-        f"Machine: {machine()}. Commit {commit()}. Warm-up: the first {warmup_seconds / 60:g} minutes.",
+        f"Machine: {machine()}. Commit {commit()}, worker of {summary['worker']}. Warm-up: the first "
+        f"{warmup_seconds / 60:g} minutes.",
         f"Settings: {summary['windows']} (a cell lives until its window's end + grace + retention,",
         "so memory levels off only once the first windows have expired).",
         "",
         f"- Messages: {summary['produced']:,}; totals exact against the generator's truth: "
         f"**{'yes' if summary['exact'] else 'NO'}**.",
         f"- Memory after warm-up: {memory['min']}-{memory['max']} MB RSS, trend "
-        f"{memory['slope_mb_per_10_min']:+} MB per 10 minutes.",
+        f"{memory['slope_mb_per_10_min']:+} MB per 10 minutes ({summary['rss_mb_per_million_events']:+} MB "
+        f"per million events); growth over the last 30 minutes {summary['rss_growth_last_30min_pct']:+}%.",
         f"- Ingest lag: at most {summary['max_ingest_lag']:,} messages (after warm-up at most "
         f"{lag['max']:,}, trend {lag['slope_per_10_min']:+} per 10 minutes); KPI agent backlog at "
         f"most {summary['max_agent_backlog']:,} cell deltas (produced by ingest, not yet folded in).",
@@ -279,6 +301,28 @@ def markdown(summary: dict[str, Any], report: SoakReport, warmup_seconds: float)
             lines.append(f"| {minute} | {sample.rss_mb} | {sample.ingest_lag:,} | {sample.agent_backlog:,} |")
             last_minute = minute
     return "\n".join([*lines, "", ""])
+
+
+def record_figures(key: str, figures: dict[str, Any], headline: bool) -> None:
+    """Put ``figures`` under ``key`` in docs/benchmarks/latest.json (the benchmark's record);
+    ``headline``: this checkout's, whose headline figures go at its top level too."""
+    target = REPO / "docs" / "benchmarks" / "latest.json"
+    recorded = json.loads(target.read_text(encoding="utf-8")) if target.exists() else {}
+    recorded[key] = figures
+    for name in HEADLINE if headline else ():
+        if name in figures:
+            recorded[name] = figures[name]
+    target.write_text(json.dumps(recorded, indent=2) + "\n", encoding="utf-8")
+
+
+#: The figures issue 27 asked for at the top of docs/benchmarks/latest.json.
+HEADLINE = (
+    "rss_mb_soak_max",
+    "rss_growth_last_30min_pct",
+    "restart_ready_seconds",
+    "restart_after_kill_ready_seconds",
+    "restore_entries_per_second",
+)
 
 
 def commit() -> str:
@@ -304,11 +348,18 @@ def main() -> None:
     parser.add_argument("--sample-seconds", type=float, default=10.0)
     parser.add_argument("--warmup-minutes", type=float, default=5.0)
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--record", action="store_true", help="append the report to docs/soak/README.md")
+    parser.add_argument("--baseline", help="run the worker of this commit instead (its own checkout)")
+    parser.add_argument(
+        "--record",
+        action="store_true",
+        help="append the report to docs/soak/README.md and put its figures in docs/benchmarks/latest.json",
+    )
     args = parser.parse_args()
-    report = run_soak(Settings.from_env(), args.minutes, args.rate, args.sample_seconds, args.seed)
+    tree = REPO if args.baseline is None else baseline_tree(StackSettings.from_env(), args.baseline)
+    report = run_soak(Settings.from_env(), args.minutes, args.rate, args.sample_seconds, args.seed, tree)
     warmup = args.warmup_minutes * 60
     summary = report.summary(warmup)
+    summary["worker"] = "this checkout" if args.baseline is None else f"commit {args.baseline}"
     print(json.dumps({**summary, "samples": [asdict(s) for s in report.samples]}, indent=2))
     if args.record:
         target = REPO / "docs" / "soak" / "README.md"
@@ -320,6 +371,15 @@ def main() -> None:
             )
         with target.open("a", encoding="utf-8") as out:
             out.write(markdown(summary, report, warmup))
+        figures = {
+            **summary,
+            "commit": commit(),
+            "rss_mb_soak_max": summary["rss_mb_after_warmup"]["max"],
+        }
+        if args.baseline is None:
+            record_figures("soak", figures, headline=True)
+        else:
+            record_figures("soak_baseline", figures, headline=False)
     if not report.exact:
         raise SystemExit("the totals are not exact")
 

@@ -7,6 +7,7 @@ import asyncio
 import os
 import platform
 import secrets
+import shutil
 import uuid
 from pathlib import Path
 
@@ -49,6 +50,7 @@ def bench_settings(base: Settings) -> Settings:
 
 
 def remove_data(settings: Settings) -> None:
-    """The run's topics and Redis keys go when it ends (a million events leave ten million
-    duplicate-check keys behind)."""
+    """The run's topics, Redis keys and the workers' stores on disk go when it ends (a million
+    events leave ten million duplicate-check keys behind)."""
     asyncio.run(remove_run_data(settings, [settings.topics.topic_prefix]))
+    shutil.rmtree(settings.worker_dir.parent, ignore_errors=True)

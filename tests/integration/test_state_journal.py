@@ -4,17 +4,24 @@ journal's tail only, on a new disk from the newest snapshot."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 from agents.kafka.connections import kafka_options
+from agents.kafka.state_journal import StateJournal, encode_record
 from agents.kafka.topics import ensure_topics
+from agents.runtime.partition_state import PartitionStores
 from agents.settings import Settings
+from agents.state.rocks import StoreBudget
 from devtools.generator import Fractions, GroundTruth, Scenario
+from streams.contracts.checkpoints import CommitPoint
+from streams.core.subject_state import JournalChanges, PartitionState
 from tests.support import WorkerProcess, isolated_settings, produce, produce_in_parts, wait_for_accounting
 
 pytestmark = pytest.mark.kafka
@@ -92,3 +99,59 @@ async def test_a_restored_worker_drops_retries_of_events_seen_before(tmp_path: P
             assert read <= journaled, (read, journaled)
     finally:
         worker.stop()
+
+
+async def journal_flush(
+    settings: Settings, state: PartitionState, point: CommitPoint
+) -> tuple[CommitPoint, JournalChanges]:
+    """What a flush does up to its commit: the state's changes to the journal (partition 0),
+    and the commit point that names their span."""
+    changes = state.take_changes()
+    assert changes is not None
+    producer = AIOKafkaProducer(**kafka_options(settings), acks="all")
+    await producer.start()
+    try:
+        sent = [
+            await producer.send_and_wait(settings.topics.state_journal_topic, encode_record(r), partition=0)
+            for r in changes.records
+        ]
+    finally:
+        await producer.stop()
+    return dataclasses.replace(point, state_to=sent[-1].offset + 1), changes
+
+
+async def test_a_store_a_flush_behind_its_commit_reads_that_flush_from_the_journal(tmp_path: Path) -> None:
+    """The worker died between a flush's Kafka commit and the store write: the store stands at
+    the flush before, and the restore reads exactly the records of the flush it missed."""
+    settings = isolated_settings()
+    await ensure_topics(settings)
+    admin = AIOKafkaAdminClient(**kafka_options(settings))
+    await admin.start()
+    journal = StateJournal(settings, admin)
+    await journal.start()
+    budget = StoreBudget(8, 8)
+    try:
+        stores = PartitionStores(tmp_path / "disk", budget, journal, snapshot_after=1000)
+        state = await stores.restore(0, 0, None)
+        assert state.first_sighting("e:first", 600)
+        first, changes = await journal_flush(settings, state, CommitPoint(10, None))
+        stores.committed(state, first, changes)
+        assert state.first_sighting("e:second", 600)
+        second, _ = await journal_flush(settings, state, dataclasses.replace(first, next_offset=20))
+        stores.close_all()  # killed: the second flush committed, its store write never happened
+
+        again = PartitionStores(tmp_path / "disk", budget, journal, snapshot_after=1000)
+        restored = await again.restore(0, 20, second)
+        assert again.restored[0] == (True, second.state_to - first.state_to)  # kept; the missed flush
+        assert not restored.first_sighting("e:first", 600) and not restored.first_sighting("e:second", 600)
+        assert restored.first_sighting("e:third", 600)
+        again.close_all()
+
+        elsewhere = PartitionStores(tmp_path / "new-disk", budget, journal, snapshot_after=1000)
+        rebuilt = await elsewhere.restore(0, 20, second)
+        assert elsewhere.restored[0] == (False, 2)  # every record of the journal
+        assert not rebuilt.first_sighting("e:first", 600) and not rebuilt.first_sighting("e:second", 600)
+        elsewhere.close_all()
+    finally:
+        await journal.stop()
+        await admin.close()
