@@ -209,8 +209,8 @@ class IngestSettings:
     dedup_horizon_seconds: int = 86400
     #: How long sessions, unique opens and unique clicks are remembered to count them once.
     unique_horizon_seconds: int = 30 * 86400
-    #: Entries journaled after which a flush writes a snapshot of a partition's per-subject
-    #: state instead of its changes (at least as many as the last snapshot held): restoring a
+    #: Entries journaled after which the next flushes copy a partition's per-subject state to
+    #: the journal, a slice each (at least as many as the last snapshot held): rebuilding a
     #: partition reads about twice the larger of this and its state at most.
     state_snapshot_entries: int = 50_000
     #: Inactivity (by event time) after which a subject's next event without a session_id

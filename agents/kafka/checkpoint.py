@@ -122,7 +122,7 @@ async def checkpoint_flush(
     journal: dict[RawPartition, tuple[asyncio.Future[Any], asyncio.Future[Any]]] = {}
     for tp, changes in pending.journal.items():
         first = last = None
-        for record in changes.records:  # a snapshot is read from the store as it is sent
+        for record in changes.records:
             last = await checkpoint.produce(
                 topics.state_journal_topic, encode_record(record), partition=tp.partition
             )
@@ -142,8 +142,14 @@ async def checkpoint_flush(
     await checkpoint.delivered()  # the journal's offsets are known from here on
     points = dict(pending.commits)
     for tp, (first, last) in journal.items():
+        changes = pending.journal[tp]
+        changes.first_offset = first.result().offset
         point = points[tp]
-        state_from = first.result().offset if pending.journal[tp].snapshot else point.state_from
-        points[tp] = dataclasses.replace(point, state_from=state_from, state_to=last.result().offset + 1)
+        snapshot = changes.snapshot_from
+        points[tp] = dataclasses.replace(
+            point,
+            state_from=point.state_from if snapshot is None else snapshot,
+            state_to=last.result().offset + 1,
+        )
     await checkpoint.commit({TopicPartition(*tp): point for tp, point in points.items()})
     return points

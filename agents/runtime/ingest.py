@@ -223,9 +223,9 @@ class IngestService(TransactionalStage):
             return
         changes = pending.journal.get(tp)
         self.stores.committed(state, point, changes)
-        if changes is not None and changes.snapshot and point.state_from is not None:
+        if changes is not None and changes.snapshot_ends and point.state_from is not None:
             log.info(
-                "partition %d's state: a snapshot of %d entries at journal offset %d; deleting the "
+                "partition %d's state: a snapshot of %d entries from journal offset %d; deleting the "
                 "records before it",
                 tp.partition,
                 state.checkpoint.snapshot_entries,

@@ -31,24 +31,20 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Folded:
-    """What a restore read: journal records, and the entries journaled since the newest
-    snapshot and held by it (what decides when the next snapshot is due)."""
+    """What a restore read: journal records, and the entries of snapshot slices and of changes
+    among them (what decides when the next snapshot is due)."""
 
     journaled_since_snapshot: int
     snapshot_entries: int
     records: int = 0
-    _in_snapshot: bool = False
 
     def count(self, record: JournalRecord) -> None:
         entries = len(record.sightings) + len(record.sessions)
         self.records += 1
         if record.snapshot:
-            if not self._in_snapshot:  # a newer snapshot begins: counting starts over
-                self.snapshot_entries, self.journaled_since_snapshot = 0, 0
             self.snapshot_entries += entries
         else:
             self.journaled_since_snapshot += entries
-        self._in_snapshot = record.snapshot
 
 
 class PartitionStores:
@@ -88,7 +84,15 @@ class PartitionStores:
         if base is None:
             store.clear()
             base = StoreCheckpoint(self.journal.topic, partition, layout=STATE_STORE_LAYOUT)
-        folded = Folded(base.journaled_since_snapshot, base.snapshot_entries)
+            folded = Folded(0, 0)
+        else:
+            folded = Folded(base.journaled_since_snapshot, base.snapshot_entries)
+            if point is None or point.state_from != base.snapshot_offset:
+                # A snapshot completed after this store's checkpoint: the one it was rolling
+                # is no longer the newest, and starts again when due.
+                base = msgspec.structs.replace(
+                    base, rolling_from=None, rolling_cursor=None, rolling_entries=0, rolling_changes=0
+                )
         started = time.monotonic()
         span = (base.journal_end or 0, base.journal_end or 0)
         if not (plan.keep and plan.read_from is None):

@@ -80,9 +80,9 @@ class SubjectStore:
             return None
         return _expiry.unpack_from(raw)[0], raw[8:]
 
-    def entries(self) -> Iterator[tuple[bytes, float, bytes]]:
+    def entries(self, after: bytes = b"") -> Iterator[tuple[bytes, float, bytes]]:
         iterator = self.db.iter()
-        iterator.seek(b"\x01")
+        iterator.seek(after + b"\x00" if after else b"\x01")  # the checkpoint's key sorts first
         while iterator.valid():
             raw = iterator.value()
             yield iterator.key(), _expiry.unpack_from(raw)[0], raw[8:]

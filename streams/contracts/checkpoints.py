@@ -55,7 +55,7 @@ def _offset(value: object) -> int | None:
 class StoreCheckpoint(msgspec.Struct, frozen=True):
     """Where a partition's state store on disk stands, written in the same batch as the state:
     the journal it follows and how far (the span a committed ``CommitPoint`` names), the raw
-    offset it reflects, and what decides the next snapshot."""
+    offset it reflects, what decides the next snapshot, and how far a rolling one got."""
 
     journal_topic: str
     partition: int
@@ -68,5 +68,11 @@ class StoreCheckpoint(msgspec.Struct, frozen=True):
     #: Entries journaled since the newest snapshot, and how many that snapshot held.
     journaled_since_snapshot: int = 0
     snapshot_entries: int = 0
-    #: The layout of the store's keys and values (``STATE_STORE_VERSION``).
+    #: The layout of the store's keys and values (``STATE_STORE_LAYOUT``).
     layout: str = ""
+    #: A rolling snapshot under way: the journal offset of its first record, the last store
+    #: key copied, the entries copied and the changes journaled since it began.
+    rolling_from: int | None = None
+    rolling_cursor: bytes | None = None
+    rolling_entries: int = 0
+    rolling_changes: int = 0

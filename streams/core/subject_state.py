@@ -13,11 +13,16 @@ The state as of the last committed flush lives on disk (an ``EntryStore``, Rocks
 front of it. ``take_changes`` hands those changes to the flush, which writes them to the journal
 in the same Kafka transaction as the deltas and the raw offsets, so the journal up to a
 committed offset is exactly the state at that offset; once that transaction has committed,
-``committed`` writes them to the store with the checkpoint they reach (one atomic batch). When
-the journal since the last snapshot has grown as large as that snapshot (and at least
-``snapshot_after_entries``), the flush writes a snapshot instead, read from the store as it
-goes: a new owner folds the journal from the newest snapshot, and one restarting on the same
-disk only what was journaled after its store's checkpoint.
+``committed`` writes them to the store with the checkpoint they reach (one atomic batch).
+
+Snapshots roll: once the journal since the last snapshot has grown as large as that snapshot
+(and at least ``snapshot_after_entries``), each flush also copies the next slice of the store
+(``SNAPSHOT_SLICE_ENTRIES`` entries at most, in key order) to the journal, before its changes,
+until the whole store is copied. The journal from the first slice on then holds every key, as
+of its slice or changed after it, so folding it from there gives the state: that offset becomes
+the newest snapshot's, and the records before it can go. No flush carries more than a slice,
+however large the state. A new owner folds the journal from the newest snapshot; one restarting
+on the same disk only what was journaled after its store's checkpoint.
 
 Entries expire by wall clock: each records when, an expired one never answers, and the store
 drops them through an index by expiry time, never by scanning the state.
@@ -27,7 +32,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from itertools import islice
 from typing import Protocol
 
 import msgspec
@@ -41,6 +47,9 @@ from streams.core.sessions import SessionState
 #: well under Kafka's default 1 MB message limit.
 RECORD_BYTES = 512 * 1024
 
+#: Entries one flush copies into a rolling snapshot at most (a few records of the journal).
+SNAPSHOT_SLICE_ENTRIES = 20_000
+
 #: Store keys begin with their kind.
 SIGHTING, SESSIONS = b"s", b"u"
 
@@ -53,8 +62,9 @@ class EntryStore(Protocol):
 
     def get(self, key: bytes) -> tuple[float, bytes] | None: ...
 
-    def entries(self) -> Iterator[tuple[bytes, float, bytes]]:
-        """Every entry, expired or not."""
+    def entries(self, after: bytes = b"") -> Iterator[tuple[bytes, float, bytes]]:
+        """The entries with keys after ``after`` (all of them by default), in key order, expired
+        or not."""
         ...
 
     def estimated_entries(self) -> int: ...
@@ -62,14 +72,32 @@ class EntryStore(Protocol):
 
 @dataclass
 class JournalChanges:
-    """What one flush journals for a partition: its changes, or a snapshot read as it is sent."""
+    """What one flush journals for a partition: a slice of a rolling snapshot (if one is under
+    way), then its changes."""
 
-    snapshot: bool
-    records: Iterable[JournalRecord]
-    #: Records sent (set by the flush as it sends them).
-    sent: int = 0
+    records: list[JournalRecord]
     #: The changes the store takes once the flush has committed.
-    entries: dict[bytes, tuple[float, bytes]] = field(default_factory=dict)
+    entries: dict[bytes, tuple[float, bytes]]
+    #: Whether this flush begins a rolling snapshot (its first record is the snapshot's), and
+    #: whether it completes one.
+    snapshot_begins: bool = False
+    snapshot_ends: bool = False
+    #: Where the snapshot under way began (before this flush), the last store key copied so
+    #: far (this flush's slice included), and the entries this flush copied.
+    rolling_from: int | None = None
+    cursor: bytes | None = None
+    sliced: int = 0
+    #: Records sent and the first one's offset (set by the flush as it sends them).
+    sent: int = 0
+    first_offset: int | None = None
+
+    @property
+    def snapshot_from(self) -> int | None:
+        """Where the snapshot this flush completes begins (None: it completes none); known once
+        the flush's records are sent."""
+        if not self.snapshot_ends:
+            return None
+        return self.first_offset if self.snapshot_begins else self.rolling_from
 
 
 class PartitionState:
@@ -130,35 +158,38 @@ class PartitionState:
 
     @property
     def snapshot_due(self) -> bool:
+        """A rolling snapshot is under way, or due: as many entries were journaled since the last
+        one as it held (and at least ``snapshot_after_entries``)."""
         checkpoint = self.checkpoint
-        return checkpoint.journaled_since_snapshot >= max(
+        return checkpoint.rolling_from is not None or checkpoint.journaled_since_snapshot >= max(
             self.snapshot_after_entries, checkpoint.snapshot_entries
         )
 
     def take_changes(self) -> JournalChanges | None:
-        """What to journal for the changes since the last call: a record of them, or a
-        snapshot when one is due; None when nothing changed."""
+        """What to journal for the changes since the last call, after the next slice of the
+        store when a snapshot is due; None when nothing changed."""
         if not self._changes:
             return None
         self._in_flight.update(self._changes)
         changes, self._changes = self._changes, {}
-        if self.snapshot_due:
-            return JournalChanges(True, self._snapshot(), entries=changes)
-        records = list(_records(False, _live(((k, e, v) for k, (e, v) in changes.items()), self.clock())))
-        return JournalChanges(False, records, entries=changes)
-
-    def _snapshot(self) -> Iterator[JournalRecord]:
-        """The whole live state as of this flush, read from the store as it is sent, in
-        records of at most ``RECORD_BYTES`` (at least one, so an empty state is a snapshot too)."""
-        in_flight = self._in_flight
-        stored = ((k, e, v) for k, e, v in self.store.entries() if k not in in_flight)
-        flight = ((k, e, v) for k, (e, v) in in_flight.items())
-        empty = True
-        for record in _records(True, _live(_chain(stored, flight), self.clock())):
-            empty = False
-            yield record
-        if empty:
-            yield JournalRecord(STATE_JOURNAL_VERSION, True, [], [])
+        now = self.clock()
+        records = list(_records(False, _live(((k, e, v) for k, (e, v) in changes.items()), now)))
+        if not self.snapshot_due:
+            return JournalChanges(records, changes)
+        checkpoint = self.checkpoint
+        after = checkpoint.rolling_cursor or b""
+        sliced = list(islice(self.store.entries(after), SNAPSHOT_SLICE_ENTRIES))
+        done = len(sliced) < SNAPSHOT_SLICE_ENTRIES
+        slice_records = list(_records(True, _live(sliced, now)))
+        return JournalChanges(
+            [*slice_records, *records],  # the slice first: a change of this flush comes after it
+            changes,
+            snapshot_begins=checkpoint.rolling_from is None,
+            snapshot_ends=done,
+            rolling_from=checkpoint.rolling_from,
+            cursor=sliced[-1][0] if sliced else after,
+            sliced=len(sliced),
+        )
 
     def committed(
         self, point: CommitPoint, journal: JournalChanges | None
@@ -166,32 +197,35 @@ class PartitionState:
         """After the flush's transaction committed at ``point``: the changes it journaled, for
         the store to write with the new ``checkpoint`` in one batch."""
         checkpoint = self.checkpoint
-        if journal is None:
-            since, entries = checkpoint.journaled_since_snapshot, checkpoint.snapshot_entries
-        elif journal.snapshot:
-            since, entries = 0, len(self)
-        else:
-            since, entries = (
-                checkpoint.journaled_since_snapshot + len(journal.entries),
-                checkpoint.snapshot_entries,
-            )
-        self.checkpoint = msgspec.structs.replace(
+        changed = 0 if journal is None else len(journal.entries)
+        stands = msgspec.structs.replace(
             checkpoint,
             next_offset=point.next_offset,
             snapshot_offset=point.state_from,
             journal_end=point.state_to,
-            journaled_since_snapshot=since,
-            snapshot_entries=entries,
+            journaled_since_snapshot=checkpoint.journaled_since_snapshot + changed,
         )
+        if journal is not None and journal.snapshot_ends:
+            stands = msgspec.structs.replace(
+                stands,
+                snapshot_entries=checkpoint.rolling_entries + journal.sliced,
+                journaled_since_snapshot=checkpoint.rolling_changes + changed,
+                rolling_from=None,
+                rolling_cursor=None,
+                rolling_entries=0,
+                rolling_changes=0,
+            )
+        elif journal is not None and (journal.snapshot_begins or checkpoint.rolling_from is not None):
+            stands = msgspec.structs.replace(
+                stands,
+                rolling_from=journal.first_offset if journal.snapshot_begins else checkpoint.rolling_from,
+                rolling_cursor=journal.cursor,
+                rolling_entries=checkpoint.rolling_entries + journal.sliced,
+                rolling_changes=checkpoint.rolling_changes + changed,
+            )
+        self.checkpoint = stands
         written, self._in_flight = self._in_flight, {}
         return written
-
-
-def _chain(
-    *parts: Iterable[tuple[bytes, float, bytes]],
-) -> Iterator[tuple[bytes, float, bytes]]:
-    for part in parts:
-        yield from part
 
 
 def _live(entries: Iterable[tuple[bytes, float, bytes]], now: float) -> Iterator[tuple[bytes, float, bytes]]:

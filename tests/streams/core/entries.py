@@ -18,8 +18,8 @@ class DictStore:
     def get(self, key: bytes) -> tuple[float, bytes] | None:
         return self.data.get(key)
 
-    def entries(self) -> Iterator[tuple[bytes, float, bytes]]:
-        return ((key, expires, value) for key, (expires, value) in sorted(self.data.items()))
+    def entries(self, after: bytes = b"") -> Iterator[tuple[bytes, float, bytes]]:
+        return ((key, expires, value) for key, (expires, value) in sorted(self.data.items()) if key > after)
 
     def estimated_entries(self) -> int:
         return len(self.data)

@@ -16,7 +16,7 @@ from streams.contracts.checkpoints import CommitPoint, StoreCheckpoint
 from streams.contracts.journal import JournalRecord, Session
 from streams.core import subject_state
 from streams.core.ingestor import BatchIngestor, RawPartition
-from streams.core.subject_state import PartitionState, Resume, fold_record, resume
+from streams.core.subject_state import JournalChanges, PartitionState, Resume, fold_record, resume
 from tests.streams.core.entries import DictStore, commit, new_state
 from tests.streams.core.test_ingestor import count, ingestor, record
 from tests.streams.core.test_sessions import site_event
@@ -77,7 +77,7 @@ def test_the_store_takes_only_what_a_committed_flush_journaled() -> None:
     state = new_state(clock)
     state.first_sighting("e:a", 60)
     changes = state.take_changes()
-    assert changes is not None and not changes.snapshot
+    assert changes is not None and not changes.snapshot_begins
     state.first_sighting("e:b", 60)  # counted after the flush was taken: not in its commit
     store = state.store
     assert isinstance(store, DictStore)
@@ -109,33 +109,72 @@ def test_changes_folded_into_a_new_state_answer_as_the_old_one() -> None:
     assert len(later) == 1, "expired entries are not restored"
 
 
-def test_a_snapshot_replaces_the_changes_once_they_outgrow_the_state(monkeypatch: pytest.MonkeyPatch) -> None:
+class Journal:
+    """The journal topic of one partition as flushes write it, and their commits."""
+
+    def __init__(self) -> None:
+        self.records: list[JournalRecord] = []
+        self.state_from: int | None = None
+
+    def flush(self, state: PartitionState, next_offset: int) -> JournalChanges | None:
+        changes = state.take_changes()
+        if changes is not None:
+            changes.first_offset = len(self.records)
+            self.records += changes.records
+            if changes.snapshot_from is not None:
+                self.state_from = changes.snapshot_from
+        commit(state, CommitPoint(next_offset, None, self.state_from, len(self.records) or None), changes)
+        return changes
+
+
+def test_a_snapshot_rolls_through_the_store_a_slice_per_flush(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(subject_state, "RECORD_BYTES", 60)  # about 4 of these keys per record
+    monkeypatch.setattr(subject_state, "SNAPSHOT_SLICE_ENTRIES", 7)
     clock = Clock()
     state = new_state(clock, snapshot_after_entries=10)
-    journal: list[JournalRecord] = []
+    journal = Journal()
     snapshots = []
     for flush in range(40):
         for i in range(3):
             state.first_sighting(f"e:{flush}-{i}", 30 + flush)  # older ones expire first
         clock.now += 3
-        changes = state.take_changes()
+        changes = journal.flush(state, flush + 1)
         assert changes is not None
-        records = list(changes.records)
-        if changes.snapshot:
-            snapshots.append(len(journal))
-            assert all(r.snapshot for r in records) and all(len(r.sightings) <= 4 for r in records)
-            assert len(records) > 1, "in parts"
-        journal += records
-        commit(
-            state, CommitPoint(flush + 1, None, snapshots[-1] if snapshots else None, len(journal)), changes
-        )
-    assert len(snapshots) >= 2, "snapshots recur as the journal grows"
-    restored = folded(through_kafka(journal[snapshots[-1] :]), clock)
-    assert len(restored) == len(state)
+        sliced = [r for r in changes.records if r.snapshot]
+        assert sum(len(r.sightings) for r in sliced) <= 7, "a slice per flush at most"
+        assert all(len(r.sightings) <= 4 for r in changes.records), "in records under RECORD_BYTES"
+        assert not any(r.snapshot for r in changes.records[len(sliced) :]), "the slice before the changes"
+        if changes.snapshot_ends:
+            snapshots.append(journal.state_from)
+    assert len(snapshots) >= 3 and snapshots == sorted(snapshots), "snapshots recur, each later"
+    assert state.checkpoint.snapshot_offset == journal.state_from
+    assert journal.state_from is not None
+    restored = folded(through_kafka(journal.records[journal.state_from :]), clock)
     for flush in range(40):
         for i in range(3):
-            assert restored.first_sighting(f"e:{flush}-{i}", 1) == state.first_sighting(f"e:{flush}-{i}", 1)
+            key = f"e:{flush}-{i}"
+            assert restored.first_sighting(key, 1) == state.first_sighting(key, 1), key
+
+
+def test_a_change_to_a_key_already_sliced_is_folded_after_its_slice(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(subject_state, "SNAPSHOT_SLICE_ENTRIES", 2)
+    clock = Clock()
+    state = new_state(clock, snapshot_after_entries=1)
+    journal = Journal()
+    sessions = {n: (Session(float(n), float(n), "email", f"c{n}"),) for n in range(4)}
+    for n in range(3):
+        state.set_sessions(f"s:{n}", sessions[n], 600)
+    journal.flush(state, 1)
+    while True:  # roll, changing a subject the slices already copied at every flush
+        state.set_sessions("s:0", sessions[3], 600)
+        changes = journal.flush(state, 2)
+        assert changes is not None
+        if changes.snapshot_ends:
+            break
+    assert journal.state_from is not None
+    restored = folded(through_kafka(journal.records[journal.state_from :]), clock)
+    assert restored.sessions("s:0") == sessions[3]
+    assert [restored.sessions(f"s:{n}") for n in (1, 2)] == [sessions[1], sessions[2]]
 
 
 IDENTITY = StoreCheckpoint("journal", 3, layout="L")
