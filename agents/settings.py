@@ -78,6 +78,10 @@ class KafkaSettings:
         return _split_host_port(self.kafka_bootstrap.split(",")[0])[1]
 
 
+#: The Faust table of KPI cells: its changelog topic and its stores on disk are named after it.
+KPI_TABLE_NAME = "kpi-values"
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class TopicSettings:
     """The raw topic, and the prefix every topic, group and Redis key of mkpi's own carries."""
@@ -97,6 +101,11 @@ class TopicSettings:
     def app_id(self) -> str:
         """Faust application id: names the consumer group and changelog topics."""
         return self.topic_prefix
+
+    @property
+    def kpi_table_changelog_topic(self) -> str:
+        """The KPI table's changelog (Faust names it after the app and the table)."""
+        return f"{self.app_id}-{KPI_TABLE_NAME}-changelog"
 
     @property
     def deltas_topic(self) -> str:

@@ -178,7 +178,7 @@ def _process_cpu_and_peak(pid: int) -> tuple[float, float]:
 
 
 async def changelog_messages(settings: Settings) -> int:
-    topic = f"{settings.topics.app_id}-kpi-values-changelog"
+    topic = settings.topics.kpi_table_changelog_topic
     consumer = AIOKafkaConsumer(**kafka_options(settings))
     await consumer.start()
     try:

@@ -59,12 +59,15 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     import uvloop
 
     from agents.runtime.app import create_app, create_ingest_worker_services
+    from agents.runtime.table_stores import check_table_stores
     from agents.runtime.worker import BoundedShutdown, BoundedShutdownServices, BoundedShutdownWorker
 
     # libuv's event loop: Kafka's and Redis's sockets, timers and callbacks cost less per
     # message than on asyncio's own loop.
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     asyncio.run(ensure_topics(settings))
+    if settings.worker.runs_agent:
+        asyncio.run(check_table_stores(settings))
     bound, level = settings.worker.shutdown_timeout_seconds, settings.worker.log_level
     worker: BoundedShutdown
     if settings.worker.runs_agent:

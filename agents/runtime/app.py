@@ -16,13 +16,11 @@ from agents.runtime.ingest import IngestService
 from agents.runtime.kpi_agent import register_kpi_agent
 from agents.runtime.repartition import RepartitionService
 from agents.runtime.web import WebServer
-from agents.settings import Settings
+from agents.settings import KPI_TABLE_NAME, Settings
 from agents.state.rocks import table_options
 from streams.core.alerts import configured_rules
 from streams.core.attribution import ChannelRules
 from streams.core.privacy import Pseudonymizer
-
-KPI_TABLE_NAME = "kpi-values"
 
 
 def create_app(settings: Settings, metrics: Metrics | None = None) -> faust.App:

@@ -23,7 +23,6 @@ from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 from agents.kafka.connections import kafka_options
 from agents.kafka.gap_reader import DeltaGapReader
 from agents.kafka.topics import ensure_topics
-from agents.runtime.app import KPI_TABLE_NAME
 from agents.settings import Settings
 from streams.core.table_keys import published_key
 from tests.support import WorkerProcess, isolated_settings, leads_delta, read_topic_until
@@ -212,7 +211,7 @@ async def test_outputs_lost_with_a_worker_are_published_again_though_faust_resum
     producer = AIOKafkaProducer(**kafka_options(settings))
     await producer.start()
     try:
-        changelog = f"{settings.topics.app_id}-{KPI_TABLE_NAME}-changelog"
+        changelog = settings.topics.kpi_table_changelog_topic
         await producer.send_and_wait(changelog, str(second - 1).encode(), key=published_key(0), partition=0)
     finally:
         await producer.stop()
