@@ -4,15 +4,25 @@ one that cannot be opened is removed, for Faust to rebuild from the changelog.""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from pathlib import Path
+
 import pytest
 import rocksdict
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from agents.kafka.connections import kafka_options
-from agents.runtime.table_stores import FAUST_OFFSET_KEY, check_table_stores, table_store_paths
+from agents.kafka.topics import ensure_topics
+from agents.runtime.table_stores import (
+    FAUST_OFFSET_KEY,
+    check_table_stores,
+    persisted_offset,
+    table_store_paths,
+)
 from agents.settings import KPI_TABLE_NAME, Settings
-from tests.support import isolated_settings
+from devtools.generator import Fractions, Scenario
+from tests.support import WorkerProcess, isolated_settings, produce, wait_for_accounting
 
 pytestmark = pytest.mark.kafka
 
@@ -55,3 +65,32 @@ async def test_stores_that_do_not_match_their_changelog_are_removed_before_the_w
 
     assert await check_table_stores(settings) == [1, 2]
     assert sorted(table_store_paths(settings)) == [0]
+
+
+async def test_after_a_clean_stop_the_table_stores_reflect_their_whole_changelog(tmp_path: Path) -> None:
+    """A restart on the same disk then reads nothing of the changelog back; the counts stay."""
+    settings = isolated_settings()
+    await ensure_topics(settings)
+    scenario = Scenario(5, fractions=Fractions(duplicates=0.02), live=True)
+    messages = list(scenario.messages(1500, lambda: datetime.now(UTC)))
+    worker = WorkerProcess(settings, tmp_path, "first")
+    worker.start()
+    try:
+        await produce(
+            settings, settings.topics.raw_topic, [m.payload for m in messages], [m.key for m in messages]
+        )
+        await wait_for_accounting(settings, len(messages), timeout=90)
+    finally:
+        assert worker.stop() == 0
+    topic = settings.topics.kpi_table_changelog_topic
+    consumer = AIOKafkaConsumer(**kafka_options(settings))
+    await consumer.start()
+    try:
+        paths = table_store_paths(settings)
+        ends = await consumer.end_offsets([TopicPartition(topic, p) for p in paths])
+    finally:
+        await consumer.stop()
+    assert sorted(paths) == list(range(settings.topics.partitions))
+    for partition, path in paths.items():
+        end = ends[TopicPartition(topic, partition)]
+        assert end > 0 and persisted_offset(path) == end - 1, (partition, end)
