@@ -256,6 +256,56 @@ def _generated(
     return 0
 
 
+#: mkpi's topics by the short names ``mkpi tail`` takes (the part after the prefix).
+TOPIC_SHORT_NAMES = (
+    "raw",
+    "kpi-updates",
+    "kpi-windows",
+    "alerts",
+    "bad-rows",
+    "late-events",
+    "ingest-accounting",
+)
+
+
+def cmd_tail(settings: Settings, args: argparse.Namespace) -> int:
+    """Print a topic's committed messages, decoded, one per line."""
+    from agents.kafka.tail import NoSuchTopic, tail
+
+    topics = settings.topics
+    named = dict(
+        zip(
+            TOPIC_SHORT_NAMES,
+            (
+                topics.raw_topic,
+                topics.kpi_updates_topic,
+                topics.window_results_topic,
+                topics.alerts_topic,
+                topics.bad_rows_topic,
+                topics.late_events_topic,
+                topics.accounting_topic,
+            ),
+            strict=True,
+        )
+    )
+    try:
+        asyncio.run(
+            tail(
+                settings,
+                named.get(args.topic, args.topic),
+                from_beginning=args.from_beginning,
+                to_end=args.to_end,
+                key_filter=args.key_filter,
+                count=args.count,
+                out=lambda line: print(line, flush=True),
+            )
+        )
+    except NoSuchTopic as exc:
+        print(f"mkpi tail: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_query(settings: Settings, args: argparse.Namespace) -> int:
     """Print the newest KPI values from the Redis view, filtered."""
     import msgspec
@@ -405,6 +455,18 @@ def build_parser(stories: dict[str, str] | None = None) -> argparse.ArgumentPars
     )
     replay.add_argument("--reason", required=True, choices=[reason.value for reason in BadReason])
     replay.add_argument("--dry-run", action="store_true", help="count what would be sent; send nothing")
+    tail = sub.add_parser(
+        "tail",
+        help="print a topic's committed messages, decoded, one per line (as a downstream reader sees them)",
+    )
+    tail.add_argument(
+        "topic",
+        help="a topic name, or one of mkpi's by its short name: " + ", ".join(TOPIC_SHORT_NAMES),
+    )
+    tail.add_argument("--from-beginning", action="store_true", help="from the topic's start, not its end")
+    tail.add_argument("--to-end", action="store_true", help="stop at the end instead of following")
+    tail.add_argument("--key-filter", help="only messages whose key contains this text")
+    tail.add_argument("--count", type=_non_negative_int, help="stop after this many messages")
     sub.add_parser("config", help="print the effective settings (secrets masked)")
     schemas = sub.add_parser("schemas", help="write the JSON Schemas of events and outputs from the models")
     schemas.add_argument("--dir", default="schemas", help="schemas folder (default: ./schemas)")
@@ -429,6 +491,7 @@ COMMANDS = {
     "dashboards": cmd_dashboards,
     "query": cmd_query,
     "replay-bad-rows": cmd_replay_bad_rows,
+    "tail": cmd_tail,
 }
 
 
