@@ -46,6 +46,4 @@ async def test_tail_prints_the_committed_messages_decoded_and_filtered_by_key() 
         text=True,
         timeout=60,
     )
-    assert (
-        missing.returncode == 1 and "no topic 'no-such-topic'" in missing.stderr and topic in missing.stderr
-    )
+    assert missing.returncode == 1 and "no topic 'no-such-topic'; topics here: " in missing.stderr
