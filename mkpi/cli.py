@@ -270,7 +270,8 @@ TOPIC_SHORT_NAMES = (
 
 def cmd_tail(settings: Settings, args: argparse.Namespace) -> int:
     """Print a topic's committed messages, decoded, one per line."""
-    from agents.kafka.tail import NoSuchTopic, tail
+    from agents.kafka.tail import tail
+    from agents.kafka.topics import NoSuchTopic
 
     topics = settings.topics
     named = dict(

@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 
 import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import OffsetAndMetadata
 
 from agents.kafka.connections import kafka_options
+from agents.kafka.topics import topic_partitions
 from agents.settings import Settings
 from streams.contracts.outputs import BadReason, BadRow
 from streams.core.subjects import subject_key
@@ -64,7 +64,10 @@ async def replay_bad_rows(settings: Settings, reason: BadReason, dry_run: bool =
     await consumer.start()
     await producer.start()
     try:
-        partitions = await _partitions(settings, topics.bad_rows_topic)
+        partitions = [
+            TopicPartition(topics.bad_rows_topic, p)
+            for p in await topic_partitions(settings, topics.bad_rows_topic)
+        ]
         consumer.assign(partitions)
         ends = await consumer.end_offsets(partitions)
         committed = {tp: await consumer.committed(tp) for tp in partitions}
@@ -115,13 +118,3 @@ async def replay_bad_rows(settings: Settings, reason: BadReason, dry_run: bool =
         await producer.stop()
         await consumer.stop()
     return report
-
-
-async def _partitions(settings: Settings, topic: str) -> list[TopicPartition]:
-    admin = AIOKafkaAdminClient(**kafka_options(settings))
-    await admin.start()
-    try:
-        described = await admin.describe_topics([topic])
-    finally:
-        await admin.close()
-    return sorted(TopicPartition(topic, p["partition"]) for d in described for p in d["partitions"])

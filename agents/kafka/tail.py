@@ -8,14 +8,10 @@ import json
 from collections.abc import Callable
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 
 from agents.kafka.connections import kafka_options
+from agents.kafka.topics import topic_partitions
 from agents.settings import Settings
-
-
-class NoSuchTopic(ValueError):
-    """The topic to read does not exist."""
 
 
 def line_of(partition: int, offset: int, key: bytes | None, value: bytes | None) -> str:
@@ -44,7 +40,7 @@ async def tail(
     """Print the topic's committed messages (read_committed) from its end, or its start; stop
     after ``count`` printed, or (``to_end``) at the end as it was when reading began, else
     follow. Returns how many were printed."""
-    tps = [TopicPartition(topic, p) for p in await _partitions(settings, topic)]
+    tps = [TopicPartition(topic, p) for p in await topic_partitions(settings, topic)]
     consumer = AIOKafkaConsumer(
         **kafka_options(settings), enable_auto_commit=False, isolation_level="read_committed"
     )
@@ -74,18 +70,3 @@ async def tail(
     finally:
         await consumer.stop()
     return printed
-
-
-async def _partitions(settings: Settings, topic: str) -> list[int]:
-    admin = AIOKafkaAdminClient(**kafka_options(settings))
-    await admin.start()
-    try:
-        topics = await admin.list_topics()
-        if topic not in topics:
-            mine = sorted(t for t in topics if not t.startswith("__"))
-            shown = ", ".join(mine[:30]) + (f" and {len(mine) - 30} more" if len(mine) > 30 else "")
-            raise NoSuchTopic(f"no topic {topic!r}; topics here: {shown or 'none'}")
-        described = await admin.describe_topics([topic])
-    finally:
-        await admin.close()
-    return sorted(p["partition"] for d in described for p in d["partitions"])

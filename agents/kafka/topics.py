@@ -83,3 +83,23 @@ async def ensure_topics(settings: Settings) -> None:
             log.info("created topics %s", ", ".join(s.name for s in missing))
     finally:
         await admin.close()
+
+
+class NoSuchTopic(ValueError):
+    """A topic to read does not exist."""
+
+
+async def topic_partitions(settings: Settings, topic: str) -> list[int]:
+    """The partitions of ``topic``; ``NoSuchTopic`` (naming the topics there) when it does not exist."""
+    admin = AIOKafkaAdminClient(**kafka_options(settings))
+    await admin.start()
+    try:
+        topics = await admin.list_topics()
+        if topic not in topics:
+            mine = sorted(t for t in topics if not t.startswith("__"))
+            shown = ", ".join(mine[:30]) + (f" and {len(mine) - 30} more" if len(mine) > 30 else "")
+            raise NoSuchTopic(f"no topic {topic!r}; topics here: {shown or 'none'}")
+        described = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    return sorted(p["partition"] for d in described for p in d["partitions"])

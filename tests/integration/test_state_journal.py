@@ -32,24 +32,16 @@ RESTORED = re.compile(
 )
 
 
-async def journal_ends(settings: Settings) -> list[int]:
+async def journal_offsets(settings: Settings) -> tuple[list[int], list[int]]:
+    """Where each partition of the state journal begins and ends."""
     consumer = AIOKafkaConsumer(**kafka_options(settings))
     await consumer.start()
     try:
         topic = settings.topics.state_journal_topic
         partitions = [TopicPartition(topic, p) for p in range(settings.topics.partitions)]
-        return list((await consumer.end_offsets(partitions)).values())
-    finally:
-        await consumer.stop()
-
-
-async def journal_starts(settings: Settings) -> list[int]:
-    consumer = AIOKafkaConsumer(**kafka_options(settings))
-    await consumer.start()
-    try:
-        topic = settings.topics.state_journal_topic
-        partitions = [TopicPartition(topic, p) for p in range(settings.topics.partitions)]
-        return list((await consumer.beginning_offsets(partitions)).values())
+        starts = await consumer.beginning_offsets(partitions)
+        ends = await consumer.end_offsets(partitions)
+        return [starts[tp] for tp in partitions], [ends[tp] for tp in partitions]
     finally:
         await consumer.stop()
 
@@ -72,11 +64,12 @@ async def test_a_restored_worker_drops_retries_of_events_seen_before(tmp_path: P
     await produce_in_parts(settings, [m.payload for m in first], [m.key for m in first], 8, 0.7)
     await wait_for_accounting(settings, len(first), timeout=90)
     killed.kill()
-    assert any(start > 0 for start in await journal_starts(settings)), "records before a snapshot deleted"
+    starts, ends = await journal_offsets(settings)
+    assert any(start > 0 for start in starts), "records before a snapshot deleted"
 
     again = second + retries
     await produce(settings, settings.topics.raw_topic, [m.payload for m in again], [m.key for m in again])
-    journaled = sum(await journal_ends(settings)) - sum(await journal_starts(settings))
+    journaled = sum(ends) - sum(starts)
     restored = settings if disk == "same" else settings.replace(data_dir=str(tmp_path / "new-disk"))
     worker = WorkerProcess(restored, tmp_path, "restored")
     worker.start()
