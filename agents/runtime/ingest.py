@@ -13,6 +13,7 @@ it, and the state a new owner restores is exactly the state at the committed off
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -41,6 +42,10 @@ from streams.core.ingestor import BatchIngestor, DuplicateShare, Flushable, RawP
 from streams.core.privacy import Pseudonymizer
 
 log = logging.getLogger(__name__)
+
+#: Records counted at a time before the event loop gets a turn (a batch is up to
+#: MKPI_INGEST_MAX_RECORDS; counting one whole can hold the loop for a second).
+COUNT_SLICE = 1000
 
 
 class IngestService(TransactionalStage):
@@ -165,8 +170,10 @@ class IngestService(TransactionalStage):
                     for tp, batch in batches.items()
                     for record in self.ingestor.unread(RawPartition(*tp), batch)
                 ]
-                if records:
-                    self.ingestor.apply(self.ingestor.screen(records))
+                for start in range(0, len(records), COUNT_SLICE):
+                    if start:
+                        await asyncio.sleep(0)  # probes and scrapes are answered in between
+                    self.ingestor.apply(self.ingestor.screen(records[start : start + COUNT_SLICE]))
         interval = ingest.backlog_flush_interval_seconds if behind else ingest.flush_interval_seconds
         if time.monotonic() - self._last_flush >= interval:
             await self.flush()
@@ -208,6 +215,7 @@ class IngestService(TransactionalStage):
                 return
             for tp, point in points.items():
                 self._committed(tp, point, pending)
+                await asyncio.sleep(0)  # one partition's store write at a time
             self._count(pending, time.perf_counter() - started)
 
     def aborted(self, error: KafkaError) -> None:
