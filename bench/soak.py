@@ -76,6 +76,8 @@ class SoakReport:
     #: At the end, the most delta messages of a partition past the agent's committed offset
     #: (a transaction marker after the last record leaves 1): what a restart would read again.
     uncommitted_deltas: int = -1
+    #: Samples the worker did not answer in time (its event loop held up).
+    unanswered: int = 0
 
     def after_warmup(self, warmup_seconds: float) -> list[Sample]:
         return [s for s in self.samples if s.seconds >= warmup_seconds] or self.samples
@@ -96,6 +98,7 @@ class SoakReport:
             "rss_growth_last_30min_pct": self.growth_pct(1800),
             "rss_mb_per_million_events": round(slope([(s.ingested, s.rss_mb) for s in steady]) * 1e6, 2),
             "uncommitted_deltas_at_end": self.uncommitted_deltas,
+            "unanswered_samples": self.unanswered,
             "max_ingest_lag": max(s.ingest_lag for s in self.samples),
             "max_agent_backlog": max(s.agent_backlog for s in self.samples),
             "ingest_lag_after_warmup": {
@@ -229,7 +232,12 @@ async def soak(
     feeding = asyncio.create_task(feed(settings, rate, minutes * 60, seed, truth))
     while not feeding.done():
         await asyncio.wait([feeding], timeout=every)
-        report.samples.append(await asyncio.to_thread(worker_sample, settings, worker.pid, started))
+        try:
+            report.samples.append(await asyncio.to_thread(worker_sample, settings, worker.pid, started))
+        except OSError as exc:  # a worker too busy to answer its /metrics within 5 s
+            report.unanswered += 1
+            print(f"{time.monotonic() - started:7.0f} s  the worker's /metrics did not answer: {exc}")
+            continue
         last = report.samples[-1]
         print(
             f"{last.seconds:7.0f} s  rss {last.rss_mb:6.1f} MB  ingest lag {last.ingest_lag:7,}  "
