@@ -100,6 +100,13 @@ class Metrics:
             ["partition"],
             registry=self.registry,
         )
+        self.store_memory = Gauge(
+            "mkpi_ingest_store_memory_bytes",
+            "Memory RocksDB holds for ingest's state stores, by kind: block_cache (shared by the "
+            "worker's stores, memtables charged to it), memtables, table_readers (outside the cache).",
+            ["kind"],
+            registry=self.registry,
+        )
         self.table_restore_remaining = Gauge(
             "mkpi_table_restore_remaining_records",
             "KPI table changelog records the agent still reads before it publishes (0 once its "

@@ -216,6 +216,8 @@ class IngestService(TransactionalStage):
             for tp, point in points.items():
                 self._committed(tp, point, pending)
                 await asyncio.sleep(0)  # one partition's store write at a time
+            for kind, size in self.stores.memory().items():
+                self.metrics.store_memory.labels(kind).set(size)
             self._count(pending, time.perf_counter() - started)
 
     def aborted(self, error: KafkaError) -> None:

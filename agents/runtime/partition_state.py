@@ -123,6 +123,14 @@ class PartitionStores:
         )
         return PartitionState(store, checkpoint, snapshot_after_entries=self.snapshot_after)
 
+    def memory(self) -> dict[str, int]:
+        """RocksDB's memory for the open stores, by kind (the shared block cache counted once)."""
+        totals: dict[str, int] = {}
+        for store in self._open.values():
+            for kind, size in store.memory().items():
+                totals[kind] = size if kind == "block_cache" else totals.get(kind, 0) + size
+        return totals
+
     def committed(self, state: PartitionState, point: CommitPoint, journal: JournalChanges | None) -> None:
         """After a flush committed at ``point``: its changes and checkpoint to the store, at once,
         with the entries that expired since dropped."""

@@ -88,6 +88,20 @@ class SubjectStore:
             yield iterator.key(), _expiry.unpack_from(raw)[0], raw[8:]
             iterator.next()
 
+    def memory(self) -> dict[str, int]:
+        """Bytes RocksDB holds for this store beyond its files, by kind (the block cache is the
+        worker's, shared by its stores)."""
+        families = (self.db, self.db.get_column_family(EXPIRY))
+        return {
+            "block_cache": int(self.db.property_int_value("rocksdb.block-cache-usage") or 0),
+            "memtables": sum(
+                int(f.property_int_value("rocksdb.cur-size-all-mem-tables") or 0) for f in families
+            ),
+            "table_readers": sum(
+                int(f.property_int_value("rocksdb.estimate-table-readers-mem") or 0) for f in families
+            ),
+        }
+
     def estimated_entries(self) -> int:
         return max(0, int(self.db.property_int_value("rocksdb.estimate-num-keys") or 0) - 1)
 

@@ -86,3 +86,12 @@ def test_a_store_another_process_holds_is_refused_with_what_to_change(
     with pytest.raises(RuntimeError, match="MKPI_WORKER_NAME"):
         SubjectStore(tmp_path / "p0", budget)
     store.close()
+
+
+def test_the_store_says_what_memory_rocksdb_holds_for_it(tmp_path: Path, budget: StoreBudget) -> None:
+    store = SubjectStore(tmp_path / "p0", budget)
+    store.write([(f"se:{i}".encode(), NOW + 3600, b"x" * 100) for i in range(5000)], None)
+    memory = store.memory()
+    assert set(memory) == {"block_cache", "memtables", "table_readers"}
+    assert memory["memtables"] > 5000 * 100, "the writes sit in the memtables until a flush"
+    store.close()
