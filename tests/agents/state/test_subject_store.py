@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from agents.state.rocks import StoreBudget
-from agents.state.subject_store import EXPIRY, STATE_STORE_LAYOUT, SubjectStore
+from agents.state.subject_store import EXPIRY, STATE_STORE_LAYOUT, SubjectStore, _index, _unpacked
 from streams.contracts.checkpoints import CommitPoint, StoreCheckpoint
 from streams.contracts.journal import Session
 from streams.core.subject_state import PartitionState, resume
@@ -56,8 +56,10 @@ def test_entries_past_their_horizon_leave_through_the_expiry_index(
     store.write([], None, now=NOW + 11)
     keys = {key for key, _, _ in store.entries()}
     assert keys == {key for key, _, _ in lasting} | {b"se:again"}
-    index = store.db.get_column_family(EXPIRY)
-    assert sum(1 for _ in index.items()) == 1001, "the expired index entries went with their entries"
+    index = list(store.db.get_column_family(EXPIRY).items())
+    assert all(_index.unpack_from(k)[0] > NOW + 11 for k, _ in index), "the expired index entries went"
+    assert {key for _, listed in index for key in _unpacked(listed)} == keys, "the index lists what lives"
+    assert len(index) == 2, "one index entry per second and write, not one per key"
     store.close()
 
 
