@@ -33,6 +33,7 @@ import asyncio
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -501,6 +502,9 @@ def main() -> None:
     finally:
         prefix = settings.topics.topic_prefix
         asyncio.run(remove_run_data(settings, [prefix + name for name in ("", *WORKER_CONTENDERS)]))
+        for name in WORKER_CONTENDERS:  # and the contenders' state stores
+            own = settings.replace(topic_prefix=prefix + name)
+            shutil.rmtree(own.worker_dir.parent, ignore_errors=True)
     report = summary(settings, args.events, results)
     if args.freshness_seconds and "c" in results:
         report["freshness"] = measure_freshness(
